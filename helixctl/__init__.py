@@ -1,0 +1,1 @@
+"""helixctl: the command-line client of helixd over its Unix-socket JSON API."""

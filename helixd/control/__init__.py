@@ -1,0 +1,1 @@
+"""The Unix-socket control API used by helixctl."""

@@ -1,0 +1,181 @@
+"""The control API: HTTP/1.1 + JSON over the Unix socket, as DESIGN.md's table lays out.
+
+Handlers are thin: they parse the request, call the backend (the daemon), and shape the
+answer. Every error is ``{"error": {"code", "message"}}`` with a fitting status. Only
+names from the config are accepted, never command lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from helixd.control.sockets import peer_uid
+from helixd.supervisor.arbiter import Supervisor, UnknownProcess
+from helixd.supervisor.process import ProcessState
+
+log = logging.getLogger("helixd.control")
+
+MAX_LOG_LINES = 10_000
+DEFAULT_WAIT_S = 120.0
+
+
+class ReloadRefused(Exception):
+    """The new config is invalid; the message says why and the old config stays."""
+
+
+class ControlBackend(Protocol):
+    """What the control API needs from the daemon."""
+
+    supervisor: Supervisor
+
+    def status(self) -> dict[str, Any]:
+        """The ``GET /v1/status`` document."""
+        ...
+
+    async def reload(self) -> dict[str, Any]:
+        """Re-read the config; raise :class:`ReloadRefused` when it is invalid."""
+        ...
+
+
+def error(status: int, code: str, message: str, **details: Any) -> web.Response:
+    """The one error shape of the API."""
+    body: dict[str, Any] = {"code": code, "message": message}
+    if details:
+        body["details"] = details
+    return web.json_response({"error": body}, status=status)
+
+
+def _dumps(data: Any) -> str:
+    return json.dumps(data, indent=None, separators=(",", ":"))
+
+
+class ControlAPI:
+    """Builds the aiohttp application for a :class:`ControlBackend`."""
+
+    def __init__(self, backend: ControlBackend) -> None:
+        self.backend = backend
+
+    def app(self) -> web.Application:
+        """The aiohttp application with every route registered."""
+        app = web.Application(middlewares=[self._errors])
+        app.router.add_get("/v1/status", self.get_status)
+        app.router.add_get("/v1/providers", self.list_providers)
+        app.router.add_get("/v1/providers/{name}", self.get_provider)
+        app.router.add_post("/v1/providers/{name}/{action}", self.provider_action)
+        app.router.add_get("/v1/providers/{name}/logs", self.provider_logs)
+        app.router.add_post("/v1/reload", self.reload)
+        return app
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        try:
+            response: web.StreamResponse = await handler(request)
+            return response
+        except UnknownProcess as exc:
+            return error(404, "unknown_provider", exc.args[0])
+        except web.HTTPNotFound:
+            return error(404, "not_found", f"no such endpoint: {request.method} {request.path}")
+        except web.HTTPMethodNotAllowed:
+            return error(
+                405, "method_not_allowed", f"{request.method} is not allowed on {request.path}"
+            )
+        except web.HTTPException as exc:
+            return error(exc.status, "http_error", exc.reason)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("control API: %s %s failed", request.method, request.path)
+            return error(500, "internal", "helixd hit an internal error; see its log")
+
+    def _audit(self, request: web.Request, what: str) -> None:
+        uid = peer_uid(request.transport.get_extra_info("socket") if request.transport else None)
+        log.info("control: uid %s requested %s", uid if uid is not None else "?", what)
+
+    async def get_status(self, request: web.Request) -> web.Response:
+        """``GET /v1/status``."""
+        return web.json_response(self.backend.status(), dumps=_dumps)
+
+    async def list_providers(self, request: web.Request) -> web.Response:
+        """``GET /v1/providers``."""
+        processes = self.backend.supervisor.processes.values()
+        return web.json_response({"providers": [p.info() for p in processes]}, dumps=_dumps)
+
+    async def get_provider(self, request: web.Request) -> web.Response:
+        """``GET /v1/providers/{name}``."""
+        process = self.backend.supervisor.get(request.match_info["name"])
+        return web.json_response({"provider": process.info()}, dumps=_dumps)
+
+    async def provider_action(self, request: web.Request) -> web.Response:
+        """``POST /v1/providers/{name}/start|stop|restart[?wait=1&timeout=S]``."""
+        name, action = request.match_info["name"], request.match_info["action"]
+        if action not in ("start", "stop", "restart"):
+            return error(404, "not_found", f"unknown action {action!r}; use start, stop or restart")
+        process = self.backend.supervisor.get(name)
+        wait = request.query.get("wait", "0") not in ("0", "", "false")
+        try:
+            timeout = float(request.query.get("timeout", DEFAULT_WAIT_S))
+        except ValueError:
+            return error(400, "bad_request", "timeout must be a number of seconds")
+        self._audit(request, f"{action} {name}")
+        if action == "stop":
+            await process.stop()
+        elif action == "start":
+            await process.start()
+        else:
+            await process.restart()
+        if wait and action != "stop":
+            state = await process.wait_settled(timeout)
+            if state == ProcessState.FAILED:
+                info = process.info()
+                return error(
+                    500,
+                    "start_failed",
+                    f"{name} failed: {info['message']}",
+                    provider=info,
+                )
+            if state != ProcessState.READY:
+                return error(
+                    504,
+                    "timeout",
+                    f"{name} is still {state} after {timeout:g} s",
+                    provider=process.info(),
+                )
+        return web.json_response({"provider": process.info()}, dumps=_dumps)
+
+    async def provider_logs(self, request: web.Request) -> web.StreamResponse:
+        """``GET /v1/providers/{name}/logs?lines=N&follow=1``: JSON, or NDJSON when following."""
+        process = self.backend.supervisor.get(request.match_info["name"])
+        try:
+            lines = min(int(request.query.get("lines", "100")), MAX_LOG_LINES)
+        except ValueError:
+            return error(400, "bad_request", "lines must be a whole number")
+        follow = request.query.get("follow", "0") not in ("0", "", "false")
+        tail = [line.as_json() for line in process.sink.tail(lines)]
+        if not follow:
+            return web.json_response({"name": process.spec.name, "lines": tail}, dumps=_dumps)
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+        async with process.sink.follow() as queue:
+            for item in tail:
+                await response.write((_dumps(item) + "\n").encode())
+            while True:
+                line = await queue.get()
+                if line is None:
+                    break
+                await response.write((_dumps(line.as_json()) + "\n").encode())
+        await response.write_eof()
+        return response
+
+    async def reload(self, request: web.Request) -> web.Response:
+        """``POST /v1/reload``: 200 with the changes, or 422 naming what is wrong."""
+        self._audit(request, "reload")
+        try:
+            result = await self.backend.reload()
+        except ReloadRefused as exc:
+            return error(422, "invalid_config", str(exc))
+        return web.json_response(result, dumps=_dumps)

@@ -1,0 +1,240 @@
+"""The daemon: builds the components from config, runs them, reloads, shuts down.
+
+Start order: lock the state dir → clean up leftovers of an earlier instance → bind the
+control socket → spawn autostart processes → READY=1. Stop order is the reverse. Signal
+handlers only queue events; the main task acts on them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from helixd import __version__
+from helixd.config import ConfigError, DaemonPaths, LoadedConfig, load_config
+from helixd.control.api import ControlAPI, ReloadRefused
+from helixd.control.sockets import bind_control_socket
+from helixd.notify import Notifier
+from helixd.supervisor.arbiter import Supervisor
+from helixd.supervisor.process import ManagedProcess, ProcessState
+from helixd.supervisor.registry import ChildRegistry
+from helixd.supervisor.spec import ProcessSpec, SpecError, build_spec
+
+log = logging.getLogger("helixd")
+
+
+class StartupError(Exception):
+    """helixd cannot start; the message says why and what to do."""
+
+
+class Daemon:
+    """One helixd instance."""
+
+    def __init__(self, loaded: LoadedConfig, paths: DaemonPaths, notifier: Notifier) -> None:
+        self.loaded = loaded
+        self.paths = paths
+        self.notifier = notifier
+        self.started_at = time.time()
+        self.registry = ChildRegistry(paths.state_dir)
+        self.supervisor = Supervisor(self.registry, on_change=self._process_changed)
+        self._events: asyncio.Queue[str] = asyncio.Queue()
+        self._reload_lock = asyncio.Lock()
+        self._lock_fd: int | None = None
+        self._runner: web.AppRunner | None = None
+        self._status_dirty = asyncio.Event()
+
+    # -- life cycle --------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run until SIGTERM/SIGINT; raise :class:`StartupError` if it cannot start."""
+        self._lock_state_dir()
+        cleaned = await asyncio.to_thread(self.registry.clean_up_leftovers)
+        if cleaned:
+            log.warning("cleaned up after an earlier helixd: %s", "; ".join(cleaned))
+        specs = self._build_specs(self.loaded, previous=None)
+        for spec in specs.values():
+            self.supervisor.add(spec)
+        await self._start_control()
+        loop = asyncio.get_running_loop()
+        for sig, event in (
+            (signal.SIGTERM, "stop"),
+            (signal.SIGINT, "stop"),
+            (signal.SIGHUP, "reload"),
+        ):
+            loop.add_signal_handler(sig, self._events.put_nowait, event)
+        await self.supervisor.start_autostart()
+        self.notifier.ready(self.summary())
+        log.info(
+            "helixd %s ready (%s mode): control socket %s, %d provider(s)",
+            __version__,
+            self.paths.mode,
+            self.paths.socket,
+            len(self.supervisor.processes),
+        )
+        tasks = [asyncio.create_task(self._publish_status(), name="status")]
+        if self.notifier.watchdog_interval_s:
+            tasks.append(asyncio.create_task(self._watchdog(), name="watchdog"))
+        try:
+            while True:
+                event = await self._events.get()
+                if event == "stop":
+                    break
+                if event == "reload":
+                    with contextlib.suppress(ReloadRefused):
+                        await self.reload()
+        finally:
+            self.notifier.stopping()
+            log.info("stopping: %d provider(s)", len(self.supervisor.processes))
+            for task in tasks:
+                task.cancel()
+            await self.supervisor.stop_all()
+            await self._stop_control()
+            self._unlock_state_dir()
+            log.info("stopped")
+
+    def _lock_state_dir(self) -> None:
+        """One daemon per state dir: two would fight over the same children."""
+        state_dir = self.paths.state_dir
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+            fd = os.open(state_dir / "helixd.pid", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise StartupError(f"cannot use state dir {state_dir}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise StartupError(
+                f"another helixd (pid {other}) is already running with state dir {state_dir}; "
+                "stop it first, or give this one another [daemon] state_dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def _unlock_state_dir(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    async def _start_control(self) -> None:
+        try:
+            sock = bind_control_socket(
+                self.paths.socket, self.paths.socket_mode, self.paths.socket_group
+            )
+        except (OSError, ValueError) as exc:
+            message = exc.args[0] if isinstance(exc, ValueError) else exc.strerror or str(exc)
+            raise StartupError(f"control socket {self.paths.socket}: {message}") from None
+        self._runner = web.AppRunner(ControlAPI(self).app(), access_log=None, handle_signals=False)
+        await self._runner.setup()
+        await web.SockSite(self._runner, sock, shutdown_timeout=1.0).start()
+
+    async def _stop_control(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        with contextlib.suppress(FileNotFoundError):
+            self.paths.socket.unlink()
+
+    # -- reload ------------------------------------------------------------------------
+
+    async def reload(self) -> dict[str, Any]:
+        """Re-read the config file; apply the difference; refuse an invalid file whole."""
+        async with self._reload_lock:
+            self.notifier.reloading()
+            try:
+                try:
+                    new = load_config(self.loaded.path)
+                    specs = self._build_specs(new, previous=self.supervisor.processes)
+                except (ConfigError, SpecError) as exc:
+                    log.error("reload refused, keeping the running config:\n%s", exc)
+                    raise ReloadRefused(str(exc)) from None
+                warnings = self._restart_only_changes(new)
+                self.loaded = new
+                changes = await self.supervisor.apply(specs)
+            finally:
+                self.notifier.ready(self.summary())
+        return {"reloaded": True, "changes": changes.as_json(), "warnings": warnings}
+
+    def _restart_only_changes(self, new: LoadedConfig) -> list[str]:
+        """Keys that only take effect when helixd restarts (where it listens, keeps state)."""
+        if new.paths(self.paths.mode) == self.paths:
+            return []
+        message = "[daemon] paths changed; they take effect when helixd restarts"
+        log.warning(message)
+        return [message]
+
+    def _build_specs(
+        self, loaded: LoadedConfig, previous: dict[str, ManagedProcess] | None
+    ) -> dict[str, ProcessSpec]:
+        specs: dict[str, ProcessSpec] = {}
+        for name, provider in loaded.config.providers.items():
+            if provider.kind == "remote" or provider.is_model_template:
+                continue  # nothing to supervise at provider level
+            old = previous.get(name) if previous else None
+            # Keep an auto port across reloads so an unchanged provider stays unchanged.
+            port = old.spec.port if old is not None and provider.port == "auto" else None
+            specs[name] = build_spec(name, provider, self.paths, port=port)
+        return specs
+
+    # -- status ------------------------------------------------------------------------
+
+    def summary(self) -> str:
+        """The one-line STATUS= text, e.g. ``3 providers: 2 ready, 1 backoff``."""
+        counts: dict[str, int] = {}
+        for process in self.supervisor.processes.values():
+            counts[str(process.state)] = counts.get(str(process.state), 0) + 1
+        total = len(self.supervisor.processes)
+        if not total:
+            return "no providers configured"
+        order = [str(s) for s in ProcessState]
+        parts = ", ".join(f"{counts[s]} {s}" for s in order if s in counts)
+        return f"{total} provider{'s' if total != 1 else ''}: {parts}"
+
+    def status(self) -> dict[str, Any]:
+        """The ``GET /v1/status`` document."""
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "mode": self.paths.mode,
+            "started_at": self.started_at,
+            "uptime_s": time.time() - self.started_at,
+            "config": str(self.loaded.path),
+            "socket": str(self.paths.socket),
+            "state_dir": str(self.paths.state_dir),
+            "log_dir": str(self.paths.log_dir),
+            "summary": self.summary(),
+            "providers": [p.info() for p in self.supervisor.processes.values()],
+        }
+
+    def _process_changed(self, process: ManagedProcess) -> None:
+        self._status_dirty.set()
+
+    async def _publish_status(self) -> None:
+        while True:
+            await self._status_dirty.wait()
+            self._status_dirty.clear()
+            self.notifier.status(self.summary())
+
+    async def _watchdog(self) -> None:
+        interval = self.notifier.watchdog_interval_s
+        assert interval is not None
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(interval)
+
+
+def resolve_config_path(config: str | None, mode: str) -> Path:
+    """``--config``, else ``HELIXD_CONFIG``, else the mode's standard location."""
+    from helixd.config import default_config_path
+
+    return Path(config) if config else default_config_path(mode)  # type: ignore[arg-type]

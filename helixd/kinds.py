@@ -1,0 +1,74 @@
+"""What each provider kind brings by default: command, health probe, environment.
+
+The adapters of later capabilities (load/unload, upstream URLs) hang off the same kinds;
+this module only knows how a kind's server process is started and probed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class KindDefaults:
+    """Defaults of one provider kind; a provider's own keys override them."""
+
+    command: tuple[str, ...] | None
+    health_path: str | None
+    health_tcp: bool = False
+    env: dict[str, str] = field(default_factory=dict)
+    example: str = "['my-server', '--port', '{port}']"
+
+
+_KINDS: dict[str, KindDefaults] = {
+    "echo": KindDefaults(
+        command=(
+            "{python}",
+            "-m",
+            "helixd.providers.echo",
+            "--host",
+            "{host}",
+            "--port",
+            "{port}",
+        ),
+        health_path="/health",
+    ),
+    "ollama": KindDefaults(
+        command=("ollama", "serve"),
+        health_path="/",
+        # helixd decides model lifetimes, so Ollama's own scheduler must never unload
+        # (keep-alive forever) nor evict (high max-loaded); see DESIGN.md.
+        env={
+            "OLLAMA_HOST": "{host}:{port}",
+            "OLLAMA_KEEP_ALIVE": "-1",
+            "OLLAMA_MAX_LOADED_MODELS": "64",
+        },
+    ),
+    "llamacpp": KindDefaults(
+        command=None,
+        health_path="/health",
+        example="['llama-server', '-m', '{model_path}', '--host', '{host}', '--port', '{port}']",
+    ),
+    "vllm": KindDefaults(
+        command=None,
+        health_path="/health",
+        example="['vllm', 'serve', '{model}', '--host', '{host}', '--port', '{port}']",
+    ),
+    "localai": KindDefaults(
+        command=None,
+        health_path="/readyz",
+        example="['local-ai', 'run', '--address', '{host}:{port}']",
+    ),
+    "tabbyapi": KindDefaults(
+        command=None,
+        health_path="/health",
+        example="['python', 'main.py', '--host', '{host}', '--port', '{port}']",
+    ),
+    "openai": KindDefaults(command=None, health_path=None, health_tcp=True),
+    "remote": KindDefaults(command=None, health_path=None, health_tcp=True),
+}
+
+
+def kind_defaults(kind: str) -> KindDefaults:
+    """Defaults for ``kind``; kinds are validated by config, so this never misses."""
+    return _KINDS[kind]

@@ -1,0 +1,1 @@
+"""Supervision of provider processes: spawn, watch, restart with backoff, stop whole groups."""

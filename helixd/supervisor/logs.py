@@ -1,0 +1,145 @@
+"""Where a process's output goes: a size-rotated log file, a ring of recent lines, followers.
+
+Lines are written from the event loop as they are read from the child's pipes. File
+writes are small appends to a file opened once, so they do not stall the loop in
+practice; rotation (a rename or two) is rare.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+RING_LINES = 1000
+MAX_LINE_BYTES = 16 * 1024  # a runaway line (a binary dump) is cut, not buffered forever
+
+
+@dataclass(frozen=True)
+class LogLine:
+    """One line of output: when, from which stream (``stdout``, ``stderr``, ``helixd``), what."""
+
+    ts: float
+    stream: str
+    text: str
+
+    def as_json(self) -> dict[str, object]:
+        """The control API's shape."""
+        return {"ts": self.ts, "stream": self.stream, "text": self.text}
+
+
+class RotatingFile:
+    """Append-only file that rolls over at ``max_bytes`` to ``.1`` … ``.backups``."""
+
+    def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self._file: IO[bytes] | None = None
+        self._size = 0
+
+    def write(self, data: bytes) -> None:
+        """Append ``data``, rolling over first when it would pass the limit."""
+        if self._file is None:
+            self._open()
+        if self.max_bytes and self._size and self._size + len(data) > self.max_bytes:
+            self._rotate()
+        assert self._file is not None
+        self._file.write(data)
+        self._file.flush()
+        self._size += len(data)
+
+    def close(self) -> None:
+        """Close the file; a later write opens it again."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+        self._file = os.fdopen(fd, "ab")
+        self._size = os.fstat(fd).st_size
+
+    def _rotate(self) -> None:
+        self.close()
+        if self.backups == 0:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+        else:
+            for index in range(self.backups - 1, 0, -1):
+                src = self.path.with_name(f"{self.path.name}.{index}")
+                if src.exists():
+                    os.replace(src, self.path.with_name(f"{self.path.name}.{index + 1}"))
+            if self.path.exists():
+                os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+        self._open()
+
+
+class LogSink:
+    """Fans one process's lines out to its file, its ring and any live followers."""
+
+    def __init__(self, file: RotatingFile | None, ring_lines: int = RING_LINES) -> None:
+        self.file = file
+        self.ring: deque[LogLine] = deque(maxlen=ring_lines)
+        self._followers: set[asyncio.Queue[LogLine | None]] = set()
+
+    def emit(self, stream: str, text: str) -> None:
+        """Record one line (without its newline)."""
+        line = LogLine(time.time(), stream, text)
+        self.ring.append(line)
+        if self.file is not None:
+            prefix = "" if stream == "stdout" else f"[{stream}] "
+            try:
+                self.file.write(f"{prefix}{text}\n".encode(errors="replace"))
+            except OSError:
+                # A full disk must not take the supervisor down; the ring still has the line.
+                self.file.close()
+        for queue in self._followers:
+            if queue.qsize() < 10_000:  # a stalled follower loses lines, it never grows memory
+                queue.put_nowait(line)
+
+    def tail(self, lines: int) -> list[LogLine]:
+        """The last ``lines`` lines held in memory."""
+        if lines <= 0:
+            return []
+        return list(self.ring)[-lines:]
+
+    @contextlib.asynccontextmanager
+    async def follow(self) -> AsyncIterator[asyncio.Queue[LogLine | None]]:
+        """A queue that receives every new line until the context exits (``None`` = closed)."""
+        queue: asyncio.Queue[LogLine | None] = asyncio.Queue()
+        self._followers.add(queue)
+        try:
+            yield queue
+        finally:
+            self._followers.discard(queue)
+
+    def close(self) -> None:
+        """Wake followers so their streams end, and close the file."""
+        for queue in self._followers:
+            queue.put_nowait(None)
+        if self.file is not None:
+            self.file.close()
+
+
+def split_lines(buffer: bytearray, chunk: bytes) -> Iterator[str]:
+    """Append ``chunk`` to ``buffer`` and yield the complete lines it now holds."""
+    buffer.extend(chunk)
+    while True:
+        newline = buffer.find(b"\n")
+        if newline < 0:
+            if len(buffer) > MAX_LINE_BYTES:
+                yield buffer[:MAX_LINE_BYTES].decode(errors="replace")
+                del buffer[:MAX_LINE_BYTES]
+                continue
+            return
+        line = buffer[:newline]
+        del buffer[: newline + 1]
+        yield line.rstrip(b"\r").decode(errors="replace")

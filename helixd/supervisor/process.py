@@ -1,0 +1,413 @@
+"""``ManagedProcess``: one supervised process and its life cycle.
+
+States (DESIGN.md): ``stopped`` → ``starting`` → ``ready`` ⇄ ``unhealthy``; a process that
+dies goes to ``backoff`` and starts again, or settles in ``failed`` / ``stopped`` as the
+restart policy decides; ``stopping`` while a requested stop is under way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+from helixd.supervisor import health, spawn
+from helixd.supervisor.logs import LogSink, RotatingFile, split_lines
+from helixd.supervisor.policy import ExitInfo, RestartCounters, RestartPolicy, describe_exit
+from helixd.supervisor.registry import ChildRegistry
+from helixd.supervisor.spec import ProcessSpec
+
+log = logging.getLogger("helixd.supervisor")
+
+# How often a starting process is probed: quickly at first, then settling at 1 s.
+START_PROBE_FIRST_S = 0.05
+START_PROBE_MAX_S = 1.0
+# A process without a health probe counts as ready once it has survived this long.
+NO_PROBE_READY_S = 1.0
+GROUP_POLL_S = 0.05
+FAILED_LOG_TAIL = 20
+
+
+class ProcessState(enum.StrEnum):
+    """The public process states."""
+
+    STOPPED = "stopped"
+    STARTING = "starting"
+    READY = "ready"
+    UNHEALTHY = "unhealthy"
+    BACKOFF = "backoff"
+    FAILED = "failed"
+    STOPPING = "stopping"
+
+
+RUNNING_STATES = frozenset({ProcessState.STARTING, ProcessState.READY, ProcessState.UNHEALTHY})
+SETTLED_STATES = frozenset({ProcessState.READY, ProcessState.FAILED, ProcessState.STOPPED})
+
+
+class ManagedProcess:
+    """Runs one :class:`ProcessSpec`: spawn, probe, restart with backoff, stop the group."""
+
+    def __init__(
+        self,
+        spec: ProcessSpec,
+        registry: ChildRegistry,
+        on_change: Callable[[ManagedProcess], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.spec = spec
+        self.state = ProcessState.STOPPED
+        self.pid: int | None = None
+        self.restarts = 0
+        self.health_failures = 0
+        self.last_exit: ExitInfo | None = None
+        self.message = ""
+        self.since = time.time()
+        self.ready_since: float | None = None
+        self.sink = LogSink(RotatingFile(spec.log_path, spec.log_max_bytes, spec.log_backups))
+        self._registry = registry
+        self._on_change = on_change
+        self._clock = clock
+        self._child: spawn.Child | None = None
+        self._readers: list[int] = []
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        self._changed = asyncio.Event()
+
+    # -- public operations -------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start supervising (no-op while it already runs). Counters of a past failure reset."""
+        async with self._lock:
+            if self._task is not None and not self._task.done():
+                return
+            self._task = asyncio.create_task(self._run(), name=f"process:{self.spec.name}")
+
+    async def stop(self) -> None:
+        """Stop the process and its whole group: stop signal, grace, then SIGKILL."""
+        async with self._lock:
+            await self._stop_locked()
+
+    async def restart(self) -> None:
+        """Stop, then start again."""
+        async with self._lock:
+            await self._stop_locked()
+            self._task = asyncio.create_task(self._run(), name=f"process:{self.spec.name}")
+
+    async def wait_settled(self, timeout: float) -> ProcessState:
+        """Wait until the process is ready, failed or stopped (or ``timeout`` passes)."""
+        deadline = self._clock() + timeout
+        while self.state not in SETTLED_STATES or self._starting_soon():
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                break
+            changed = self._changed
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), remaining)
+        return self.state
+
+    def info(self) -> dict[str, Any]:
+        """The control API's view of this process."""
+        exit_info = None
+        if self.last_exit is not None:
+            exit_info = {
+                "code": self.last_exit.code,
+                "signal": self.last_exit.signal,
+                "reason": self.last_exit.reason,
+                "description": describe_exit(self.last_exit),
+            }
+        now = time.time()
+        data: dict[str, Any] = {
+            "name": self.spec.name,
+            "kind": self.spec.kind,
+            "state": str(self.state),
+            "pid": self.pid,
+            "port": self.spec.port,
+            "restarts": self.restarts,
+            "since": self.since,
+            "uptime_s": (now - self.ready_since) if self.ready_since is not None else None,
+            "health_failures": self.health_failures,
+            "message": self.message,
+            "last_exit": exit_info,
+            "autostart": self.spec.autostart,
+            "command": list(self.spec.argv),
+            "log_file": str(self.spec.log_path),
+        }
+        if self.state == ProcessState.FAILED:
+            data["log_tail"] = [line.text for line in self.sink.tail(FAILED_LOG_TAIL)]
+        return data
+
+    def close(self) -> None:
+        """Release the log file and end log followers (after :meth:`stop`)."""
+        self.sink.close()
+
+    # -- state -------------------------------------------------------------------------
+
+    def _starting_soon(self) -> bool:
+        # "stopped" right after start() was called but before the task ran is not settled.
+        return (
+            self.state == ProcessState.STOPPED and self._task is not None and not self._task.done()
+        )
+
+    def _set(self, state: ProcessState, message: str = "") -> None:
+        if state == self.state and message == self.message:
+            return
+        if state != self.state:
+            self.since = time.time()
+            log.info(
+                "%s: %s → %s%s",
+                self.spec.name,
+                self.state,
+                state,
+                f" ({message})" if message else "",
+            )
+        self.state = state
+        self.message = message
+        if state == ProcessState.READY and self.ready_since is None:
+            self.ready_since = time.time()
+        elif state not in (ProcessState.READY, ProcessState.UNHEALTHY):
+            self.ready_since = None
+        if message:
+            self.sink.emit("helixd", f"{state}: {message}")
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+        if self._on_change is not None:
+            self._on_change(self)
+
+    # -- the run loop ------------------------------------------------------------------
+
+    def _policy(self) -> RestartPolicy:
+        s = self.spec
+        return RestartPolicy(
+            s.restart, s.start_retries, s.backoff_initial_s, s.backoff_max_s, s.backoff_reset_s
+        )
+
+    async def _run(self) -> None:
+        policy = self._policy()
+        counters = RestartCounters()
+        while True:
+            self.health_failures = 0
+            self._set(ProcessState.STARTING, "")
+            try:
+                child = spawn.spawn(self.spec)
+            except spawn.SpawnError as exc:
+                self.sink.emit("helixd", f"spawn failed: {exc}")
+                exit_info, became_ready, ran_for = ExitInfo(None, None, "spawn-error"), False, 0.0
+                self.message = str(exc)
+            else:
+                exit_info, became_ready, ran_for = await self._supervise(child)
+            self.last_exit = exit_info
+            decision = policy.after_exit(exit_info, counters, became_ready, ran_for)
+            counters = decision.counters
+            if decision.action != "restart":
+                detail = decision.why
+                if exit_info.reason == "spawn-error" and self.message:
+                    detail = f"{self.message}; {decision.why}"
+                self._set(
+                    ProcessState.FAILED if decision.action == "failed" else ProcessState.STOPPED,
+                    detail,
+                )
+                return
+            self._set(
+                ProcessState.BACKOFF,
+                f"{decision.why}; restarting in {decision.delay_s:.1f} s",
+            )
+            await asyncio.sleep(decision.delay_s)
+            self.restarts += 1
+
+    async def _supervise(self, child: spawn.Child) -> tuple[ExitInfo, bool, float]:
+        """Watch one run of the child until it ends; return how, whether ready, for how long."""
+        self._child = child
+        self.pid = child.pid
+        self._registry.add(self.spec.name, child)
+        self.sink.emit("helixd", f"started pid {child.pid}: {' '.join(self.spec.argv)}")
+        self._attach_pipes(child)
+        exit_task = asyncio.create_task(spawn.wait_exit(child))
+        try:
+            became_ready = await self._until_ready(child, exit_task)
+            if not became_ready:
+                if exit_task.done():
+                    return self._exit_info(exit_task.result(), "exited"), False, 0.0
+                self.sink.emit("helixd", f"not ready after {self.spec.start_seconds:g} s")
+                code = await self._terminate(child, exit_task)
+                return self._exit_info(code, "start-timeout"), False, 0.0
+            ready_at = self._clock()
+            reason = await self._while_ready(exit_task)
+            if reason == "unhealthy":
+                code = await self._terminate(child, exit_task)
+            else:
+                code = exit_task.result()
+                await self._reap_group(child, self.spec.stop_timeout_s)
+            return self._exit_info(code, reason), True, self._clock() - ready_at
+        finally:
+            if not exit_task.done():
+                exit_task.cancel()
+            if self._child is child and child.popen.returncode is not None:
+                self._forget_child(child)
+
+    async def _until_ready(self, child: spawn.Child, exit_task: asyncio.Task[int]) -> bool:
+        deadline = self._clock() + self.spec.start_seconds
+        probe = self.spec.health
+        wait_s = START_PROBE_FIRST_S
+        if probe.kind == "none":
+            done, _ = await asyncio.wait(
+                {exit_task}, timeout=min(NO_PROBE_READY_S, self.spec.start_seconds)
+            )
+            if done:
+                return False
+            self._set(ProcessState.READY, "")
+            return True
+        while True:
+            result = await health.probe(probe, self.spec.host, self.spec.port)
+            if exit_task.done():
+                return False
+            if result.ok:
+                self._set(ProcessState.READY, "")
+                return True
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                self.message = f"last probe: {result.detail}"
+                return False
+            done, _ = await asyncio.wait({exit_task}, timeout=min(wait_s, remaining))
+            if done:
+                return False
+            wait_s = min(START_PROBE_MAX_S, wait_s * 1.5)
+
+    async def _while_ready(self, exit_task: asyncio.Task[int]) -> str:
+        """Probe at the configured interval until the process exits or fails N probes."""
+        probe = self.spec.health
+        while True:
+            done, _ = await asyncio.wait(
+                {exit_task}, timeout=probe.interval_s if probe.kind != "none" else None
+            )
+            if done:
+                return "exited"
+            result = await health.probe(probe, self.spec.host, self.spec.port)
+            if exit_task.done():
+                return "exited"
+            if result.ok:
+                if self.health_failures:
+                    self.health_failures = 0
+                    self._set(ProcessState.READY, "")
+                continue
+            self.health_failures += 1
+            message = (
+                f"health check failed {self.health_failures}/{probe.failures}: {result.detail}"
+            )
+            self._set(ProcessState.UNHEALTHY, message)
+            if self.health_failures >= probe.failures:
+                return "unhealthy"
+
+    def _exit_info(self, returncode: int, reason: str) -> ExitInfo:
+        if returncode < 0:
+            return ExitInfo(None, -returncode, reason)
+        return ExitInfo(returncode, None, reason)
+
+    # -- stopping ----------------------------------------------------------------------
+
+    async def _stop_locked(self) -> None:
+        task, self._task = self._task, None
+        child = self._child
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if child is not None:
+            self._set(ProcessState.STOPPING, f"sending {self.spec.stop_signal.name} to the group")
+            exit_task = asyncio.create_task(spawn.wait_exit(child))
+            code = await self._terminate(child, exit_task)
+            self.last_exit = self._exit_info(code, "stopped")
+            self._forget_child(child)
+        self._set(ProcessState.STOPPED, "stopped on request" if child is not None else "")
+
+    async def _terminate(self, child: spawn.Child, exit_task: asyncio.Task[int]) -> int:
+        """Stop signal to the group, wait up to stop_timeout_s, then SIGKILL what is left."""
+        grace = self.spec.stop_timeout_s
+        escaped = await asyncio.to_thread(spawn.descendants, child.pid)
+        spawn.signal_group(child.pgid, self.spec.stop_signal)
+        done, _ = await asyncio.wait({exit_task}, timeout=grace)
+        started = self._clock()
+        if done:
+            await self._reap_group(child, max(0.0, grace - (self._clock() - started)), escaped)
+        else:
+            self.sink.emit(
+                "helixd", f"still running after {grace:g} s; sending SIGKILL to the group"
+            )
+            spawn.signal_group(child.pgid, signal.SIGKILL)
+            spawn.kill_all(escaped, signal.SIGKILL)
+            await self._reap_group(child, 0.0, escaped)
+        return await exit_task
+
+    async def _reap_group(
+        self, child: spawn.Child, grace: float, escaped: list[Any] | None = None
+    ) -> None:
+        """Make sure nothing of the child's group outlives it: the port and GPU must be free."""
+        deadline = self._clock() + grace
+        signalled = False
+        while True:
+            members = await asyncio.to_thread(spawn.group_members, child.pgid)
+            members += [p for p in escaped or () if _alive(p)]
+            if not members:
+                return
+            if not signalled and grace > 0:
+                # The leader is gone but its group is not: ask the rest to leave too.
+                spawn.signal_group(child.pgid, self.spec.stop_signal)
+                signalled = True
+            if self._clock() >= deadline:
+                pids = ", ".join(str(p.pid) for p in members)
+                self.sink.emit("helixd", f"killing leftover processes of the group: {pids}")
+                spawn.signal_group(child.pgid, signal.SIGKILL)
+                spawn.kill_all(members, signal.SIGKILL)
+                # SIGKILL cannot be refused; the loop ends as soon as the kernel reaps them.
+                deadline = float("inf")
+            await asyncio.sleep(GROUP_POLL_S)
+
+    def _forget_child(self, child: spawn.Child) -> None:
+        self._registry.remove(self.spec.name)
+        self._child = None
+        self.pid = None
+
+    # -- output ------------------------------------------------------------------------
+
+    def _attach_pipes(self, child: spawn.Child) -> None:
+        loop = asyncio.get_running_loop()
+        for stream_name, pipe in (("stdout", child.popen.stdout), ("stderr", child.popen.stderr)):
+            if pipe is None:
+                continue
+            # Own a duplicate of the fd and let Popen's file object go, so exactly one
+            # close() ever touches it.
+            fd = os.dup(pipe.fileno())
+            pipe.close()
+            os.set_blocking(fd, False)
+            buffer = bytearray()
+
+            def on_readable(fd: int = fd, name: str = stream_name, buf: bytearray = buffer) -> None:
+                try:
+                    chunk = os.read(fd, 65536)
+                except BlockingIOError:
+                    return
+                except OSError:
+                    chunk = b""
+                if not chunk:
+                    loop.remove_reader(fd)
+                    if buf:
+                        self.sink.emit(name, buf.decode(errors="replace"))
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+                    return
+                for line in split_lines(buf, chunk):
+                    self.sink.emit(name, line)
+
+            loop.add_reader(fd, on_readable)
+
+
+def _alive(proc: Any) -> bool:
+    try:
+        return bool(proc.is_running()) and proc.status() != "zombie"
+    except Exception:
+        return False

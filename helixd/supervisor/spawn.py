@@ -1,0 +1,167 @@
+"""Low-level process handling: spawn in a new session, watch for exit, signal whole groups.
+
+Children are started with ``subprocess.Popen`` from the event-loop thread and watched
+through a pidfd, so exit is noticed the moment it happens and no asyncio child watcher
+(or its threads) is involved. ``PR_SET_PDEATHSIG`` makes each child die with helixd,
+even when helixd is SIGKILLed; grandchildren are caught through the process group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import grp
+import os
+import pwd
+import signal
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import psutil
+
+from helixd.supervisor.spec import ProcessSpec
+
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class SpawnError(Exception):
+    """The process could not be started at all (missing binary, bad cwd, bad user)."""
+
+
+def _child_setup(parent_pid: int) -> Callable[[], None]:
+    def setup() -> None:
+        # Runs in the child between fork and exec: only async-signal-safe work here.
+        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent_pid:  # helixd died before prctl took effect
+            os._exit(1)
+        # Restore default signal dispositions the daemon may have changed.
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+
+    return setup
+
+
+@dataclass
+class Child:
+    """A running child: its Popen, pid/pgid, and the fds of its stdout/stderr pipes."""
+
+    popen: subprocess.Popen[bytes]
+    pid: int
+    pgid: int
+    create_time: float
+
+
+def spawn(spec: ProcessSpec) -> Child:
+    """Start ``spec`` in its own session; raise :class:`SpawnError` with a readable reason."""
+    kwargs: dict[str, object] = {}
+    if os.geteuid() == 0:
+        if spec.user:
+            kwargs["user"] = spec.user
+            try:
+                entry = pwd.getpwnam(spec.user)
+            except KeyError:
+                raise SpawnError(
+                    f"providers.{spec.name}.user: no such user {spec.user!r}"
+                ) from None
+            kwargs["group"] = entry.pw_gid
+            kwargs["extra_groups"] = os.getgrouplist(spec.user, entry.pw_gid)
+        if spec.group:
+            try:
+                kwargs["group"] = grp.getgrnam(spec.group).gr_gid
+            except KeyError:
+                raise SpawnError(
+                    f"providers.{spec.name}.group: no such group {spec.group!r}"
+                ) from None
+    try:
+        popen = subprocess.Popen(
+            list(spec.argv),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=dict(spec.env),
+            cwd=spec.cwd,
+            start_new_session=True,
+            preexec_fn=_child_setup(os.getpid()),
+            close_fds=True,
+            **kwargs,  # type: ignore[call-overload]
+        )
+    except FileNotFoundError as exc:
+        missing = exc.filename or spec.argv[0]
+        if spec.cwd is not None and str(missing) == str(spec.cwd):
+            raise SpawnError(f"working directory {spec.cwd} does not exist") from None
+        raise SpawnError(
+            f"command not found: {spec.argv[0]!r} (is it installed and on PATH? "
+            f"PATH={dict(spec.env).get('PATH', '')!r})"
+        ) from None
+    except PermissionError as exc:
+        raise SpawnError(f"permission denied running {spec.argv[0]!r}: {exc.strerror}") from None
+    except (OSError, subprocess.SubprocessError, ValueError) as exc:
+        raise SpawnError(f"cannot start {spec.argv[0]!r}: {exc}") from None
+    try:
+        create_time = psutil.Process(popen.pid).create_time()
+    except psutil.Error:
+        create_time = 0.0
+    return Child(popen=popen, pid=popen.pid, pgid=popen.pid, create_time=create_time)
+
+
+async def wait_exit(child: Child) -> int:
+    """Wait for ``child`` to exit and reap it; return Popen's returncode (-N = signal N)."""
+    if child.popen.returncode is not None:
+        # Already reaped: the pid may belong to someone else by now.
+        return child.popen.returncode
+    loop = asyncio.get_running_loop()
+    try:
+        pidfd = os.pidfd_open(child.pid)
+    except ProcessLookupError:
+        return child.popen.wait()
+    exited = loop.create_future()
+    loop.add_reader(pidfd, lambda: exited.done() or exited.set_result(None))
+    try:
+        if child.popen.poll() is None:
+            await exited
+    finally:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+    return child.popen.wait()
+
+
+def signal_group(pgid: int, sig: int) -> bool:
+    """Send ``sig`` to the process group; False when the group no longer exists."""
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # a member changed user; it still exists
+    return True
+
+
+def group_members(pgid: int) -> list[psutil.Process]:
+    """Live (non-zombie) processes whose process group is ``pgid``. Blocking: use a thread."""
+    members = []
+    for proc in psutil.process_iter(["status"]):
+        try:
+            if proc.info["status"] == psutil.STATUS_ZOMBIE:
+                continue
+            if os.getpgid(proc.pid) == pgid:
+                members.append(proc)
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return members
+
+
+def descendants(pid: int) -> list[psutil.Process]:
+    """Every live descendant of ``pid``, including ones that left its process group."""
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def kill_all(processes: list[psutil.Process], sig: int) -> None:
+    """Signal each process that is still the same process (psutil checks pid reuse)."""
+    for proc in processes:
+        with contextlib.suppress(psutil.Error):
+            proc.send_signal(sig)

@@ -98,9 +98,11 @@ class HealthConfig(_Strict):
     """How readiness and liveness of a process are probed.
 
     ``path`` probes HTTP (any 2xx is healthy), ``tcp = true`` only connects; with neither,
-    the provider kind's default applies (see ``helixd.kinds``).
+    the provider kind's default applies (see ``helixd.kinds``). ``enabled = false`` turns
+    probing off: the process counts as ready once it has run for a second.
     """
 
+    enabled: bool = True
     path: str | None = None
     tcp: bool = False
     interval_s: Seconds = 30.0

@@ -453,8 +453,12 @@ async def serve(config: EchoConfig) -> int:
         loop.add_signal_handler(sig, stop.set)  # the handler only sets a flag; the loop acts
     if config.startup_delay > 0:
         # Like vLLM loading its model: nothing listens yet, so clients get "connection refused".
+        delay = config.startup_delay
+        print(
+            f"echo provider: listening in {delay} s (--startup-delay)", file=sys.stderr, flush=True
+        )
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), config.startup_delay)
+            await asyncio.wait_for(stop.wait(), delay)
         if stop.is_set():
             return 0
     # A short shutdown grace: a stopped echo server need not finish slow streams.

@@ -107,8 +107,9 @@ class RestartPolicy:
 
         Jitter keeps several crashed processes (or several hosts) from restarting in step.
         """
-        base = min(self.backoff_max_s, self.backoff_initial_s * (2 ** min(attempt, 32)))
-        return min(self.backoff_max_s, base * (1.0 + 0.25 * self.jitter()))
+        base = min(self.backoff_max_s, self.backoff_initial_s * float(2 ** min(attempt, 32)))
+        jitter = float(self.jitter())
+        return min(self.backoff_max_s, base * (1.0 + 0.25 * jitter))
 
 
 def describe_exit(exit: ExitInfo) -> str:

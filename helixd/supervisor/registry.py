@@ -100,7 +100,7 @@ def _belongs(proc: psutil.Process, leader_pid: int, leader_started: float) -> bo
     """A group member is ours if it is the same leader, or was born after our leader was."""
     with contextlib.suppress(psutil.Error):
         if proc.pid == leader_pid:
-            return abs(proc.create_time() - leader_started) < 1.0
+            return bool(abs(proc.create_time() - leader_started) < 1.0)
         return bool(proc.create_time() >= leader_started - 1.0)
     return False
 

@@ -117,7 +117,7 @@ async def wait_exit(child: Child) -> int:
     except ProcessLookupError:
         return child.popen.wait()
     exited = loop.create_future()
-    loop.add_reader(pidfd, lambda: exited.done() or exited.set_result(None))
+    loop.add_reader(pidfd, _resolve, exited)
     try:
         if child.popen.poll() is None:
             await exited
@@ -125,6 +125,11 @@ async def wait_exit(child: Child) -> int:
         loop.remove_reader(pidfd)
         os.close(pidfd)
     return child.popen.wait()
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def signal_group(pgid: int, sig: int) -> bool:
@@ -155,7 +160,8 @@ def group_members(pgid: int) -> list[psutil.Process]:
 def descendants(pid: int) -> list[psutil.Process]:
     """Every live descendant of ``pid``, including ones that left its process group."""
     try:
-        return psutil.Process(pid).children(recursive=True)
+        found: list[psutil.Process] = psutil.Process(pid).children(recursive=True)
+        return found
     except psutil.Error:
         return []
 

@@ -130,7 +130,9 @@ def build_spec(
 def _probe(provider: ProviderConfig) -> HealthProbe:
     defaults = kind_defaults(provider.kind)
     h = provider.health
-    if h.path is not None:
+    if not h.enabled:
+        kind, path = "none", None
+    elif h.path is not None:
         kind, path = "http", h.path
     elif h.tcp:
         kind, path = "tcp", None

@@ -1,0 +1,297 @@
+"""``helixctl``: drive helixd over its control socket.
+
+Exit codes (DESIGN.md): 0 done; 1 the operation failed; 2 usage; 3 helixd not reachable.
+Commands that talk to the daemon import neither aiohttp, pydantic nor helixd, so the
+whole process stays fast; ``config check`` and ``init`` import ``helixd`` lazily.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, NoReturn
+from urllib.parse import quote
+
+import click
+
+from helixctl.transport import Client, ProtocolError, Unreachable, find_socket
+
+EXIT_FAILED = 1
+EXIT_UNREACHABLE = 3
+
+
+class Context:
+    """Options shared by every command."""
+
+    def __init__(self, socket_path: str | None, as_json: bool) -> None:
+        self.socket_path = socket_path
+        self.as_json = as_json
+        self._client: Client | None = None
+
+    @property
+    def client(self) -> Client:
+        """The control-API client (created on first use)."""
+        if self._client is None:
+            path, looked_at = find_socket(self.socket_path)
+            self._client = Client(path, looked_at)
+        return self._client
+
+    def call(self, method: str, path: str, timeout: float | None = None) -> Any:
+        """Call the API; exit 3 when unreachable, 1 on an API error (printing it)."""
+        try:
+            status, document = self.client.call(method, path, timeout)
+        except Unreachable as exc:
+            fail(str(exc), EXIT_UNREACHABLE)
+        except ProtocolError as exc:
+            fail(str(exc), EXIT_FAILED)
+        if status >= 400:
+            self.api_error(document)
+        return document
+
+    def api_error(self, document: Any) -> NoReturn:
+        """Print an API error (as JSON with --json) and exit 1."""
+        if self.as_json:
+            click.echo(json.dumps(document, indent=2))
+            sys.exit(EXIT_FAILED)
+        err = (document or {}).get("error", {}) if isinstance(document, dict) else {}
+        message = err.get("message", "helixd answered with an error")
+        tail = (err.get("details") or {}).get("provider", {}).get("log_tail")
+        if tail:
+            message += "\nlast log lines:\n  " + "\n  ".join(tail)
+        fail(message, EXIT_FAILED)
+
+    def emit(self, document: Any, human: str) -> None:
+        """Print JSON with --json, else the human text."""
+        click.echo(json.dumps(document, indent=2) if self.as_json else human)
+
+
+def fail(message: str, code: int) -> NoReturn:
+    """Print ``helixctl: message`` to stderr and exit with ``code``."""
+    click.echo(f"helixctl: {message}", err=True)
+    sys.exit(code)
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--socket",
+    "socket_path",
+    metavar="PATH",
+    envvar="HELIXD_SOCKET",
+    help="control socket (default: the user's, then the system one)",
+)
+@click.option("--json", "as_json", is_flag=True, help="machine-readable JSON output")
+@click.version_option(package_name="helixd", prog_name="helixctl")
+@click.pass_context
+def cli(ctx: click.Context, socket_path: str | None, as_json: bool) -> None:
+    """Control helixd, the local LLM serving supervisor."""
+    ctx.obj = Context(socket_path, as_json)
+
+
+@cli.command()
+@pass_ctx
+def status(ctx: Context) -> None:
+    """Show the daemon and its providers."""
+    from helixctl.render import PROVIDER_HEADERS, duration, provider_rows, table
+
+    doc = ctx.call("GET", "/v1/status")
+    if ctx.as_json:
+        ctx.emit(doc, "")
+        return
+    click.echo(
+        f"helixd {doc['version']} ({doc['mode']} mode), pid {doc['pid']}, "
+        f"up {duration(doc['uptime_s'])}, config {doc['config']}"
+    )
+    click.echo(doc["summary"])
+    if doc["providers"]:
+        click.echo("")
+        click.echo(table(PROVIDER_HEADERS, provider_rows(doc["providers"])))
+
+
+def _provider_action(ctx: Context, action: str, name: str, wait: bool, timeout: float) -> None:
+    query = f"?wait=1&timeout={timeout:g}" if wait else ""
+    doc = ctx.call(
+        "POST",
+        f"/v1/providers/{quote(name, safe='')}/{action}{query}",
+        timeout=timeout + 30 if wait else 180,
+    )
+    p = doc["provider"]
+    ctx.emit(doc, f"{p['name']}: {p['state']}" + (f" (pid {p['pid']})" if p.get("pid") else ""))
+
+
+_wait = click.option("--wait", is_flag=True, help="wait until ready (or failed)")
+_timeout = click.option(
+    "--timeout", type=float, default=120.0, show_default=True, help="seconds to wait with --wait"
+)
+
+
+@cli.command()
+@click.argument("provider")
+@_wait
+@_timeout
+@pass_ctx
+def start(ctx: Context, provider: str, wait: bool, timeout: float) -> None:
+    """Start PROVIDER."""
+    _provider_action(ctx, "start", provider, wait, timeout)
+
+
+@cli.command()
+@click.argument("provider")
+@_wait
+@_timeout
+@pass_ctx
+def stop(ctx: Context, provider: str, wait: bool, timeout: float) -> None:
+    """Stop PROVIDER and its whole process group (stopping always waits)."""
+    _provider_action(ctx, "stop", provider, False, timeout)
+
+
+@cli.command()
+@click.argument("provider")
+@_wait
+@_timeout
+@pass_ctx
+def restart(ctx: Context, provider: str, wait: bool, timeout: float) -> None:
+    """Restart PROVIDER."""
+    _provider_action(ctx, "restart", provider, wait, timeout)
+
+
+@cli.command()
+@click.argument("provider")
+@click.option("-f", "--follow", is_flag=True, help="keep printing new lines")
+@click.option(
+    "-n",
+    "--lines",
+    type=click.IntRange(0, 10_000),
+    default=50,
+    show_default=True,
+    help="how many recent lines",
+)
+@pass_ctx
+def logs(ctx: Context, provider: str, follow: bool, lines: int) -> None:
+    """Print PROVIDER's recent output (stdout, stderr and helixd's notes)."""
+    path = f"/v1/providers/{quote(provider, safe='')}/logs?lines={lines}"
+    if not follow:
+        doc = ctx.call("GET", path)
+        human = "\n".join(_log_text(line) for line in doc["lines"])
+        if ctx.as_json:
+            ctx.emit(doc, "")
+        elif human:
+            click.echo(human)
+        return
+    try:
+        response = ctx.client.request("GET", path + "&follow=1", timeout=None)
+    except Unreachable as exc:
+        fail(str(exc), EXIT_UNREACHABLE)
+    if response.status >= 400:
+        ctx.api_error(response.json())
+    try:
+        for raw in response.iter_lines():
+            if ctx.as_json:
+                click.echo(raw.decode())
+            else:
+                click.echo(_log_text(json.loads(raw)))
+    except KeyboardInterrupt:
+        pass
+    except ProtocolError:
+        fail("helixd closed the log stream (stopped or restarted)", EXIT_FAILED)
+    finally:
+        response.close()
+
+
+def _log_text(line: dict[str, Any]) -> str:
+    import time
+
+    stamp = time.strftime("%H:%M:%S", time.localtime(line["ts"]))
+    tag = "" if line["stream"] == "stdout" else f"[{line['stream']}] "
+    return f"{stamp} {tag}{line['text']}"
+
+
+@cli.command()
+@pass_ctx
+def reload(ctx: Context) -> None:
+    """Re-read the config and apply it; a broken config is refused (exit 1)."""
+    doc = ctx.call("POST", "/v1/reload", timeout=300)
+    changes = doc["changes"]
+    parts = [f"{k} {', '.join(v)}" for k, v in changes.items() if v and k != "unchanged"]
+    human = "reloaded: " + ("; ".join(parts) if parts else "nothing changed")
+    for warning in doc.get("warnings", []):
+        human += f"\nwarning: {warning}"
+    ctx.emit(doc, human)
+
+
+@cli.group()
+def config() -> None:
+    """Work with config files."""
+
+
+@config.command("check")
+@click.argument("file", required=False, type=click.Path(dir_okay=False))
+@click.option("--system", "mode", flag_value="system", help="default to the system config")
+@click.option("--user", "mode", flag_value="user", help="default to the user config")
+@pass_ctx
+def config_check(ctx: Context, file: str | None, mode: str | None) -> None:
+    """Validate FILE (default: the config helixd would use) with helixd's own validator."""
+    from pathlib import Path
+
+    from helixd.config import ConfigError, default_config_path, load_config
+    from helixd.paths import default_mode
+
+    path = Path(file) if file else default_config_path(mode or default_mode())  # type: ignore[arg-type]
+    try:
+        loaded = load_config(path)
+    except ConfigError as exc:
+        if ctx.as_json:
+            click.echo(
+                json.dumps(
+                    {"ok": False, "file": str(path), "errors": str(exc).splitlines()}, indent=2
+                )
+            )
+            sys.exit(EXIT_FAILED)
+        fail(str(exc), EXIT_FAILED)
+    names = list(loaded.config.providers)
+    ctx.emit(
+        {"ok": True, "file": str(path), "providers": names},
+        f"{path}: OK ({len(names)} provider{'s' if len(names) != 1 else ''}: "
+        f"{', '.join(names) or 'none'})",
+    )
+
+
+@cli.command()
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False),
+    help="where to write (default: the config helixd would read)",
+)
+@click.option("--system", "mode", flag_value="system", help="write the system config")
+@click.option("--user", "mode", flag_value="user", help="write the user config")
+@click.option("--force", is_flag=True, help="overwrite an existing file")
+@pass_ctx
+def init(ctx: Context, output: str | None, mode: str | None, force: bool) -> None:
+    """Write a config for the providers found on this host (echo, Ollama, vLLM, llama-server)."""
+    from pathlib import Path
+
+    from helixctl.initcfg import write_initial_config
+
+    try:
+        path, found = write_initial_config(Path(output) if output else None, mode, force)
+    except FileExistsError as exc:
+        fail(f"{exc.args[0]} already exists; pass --force to overwrite it", EXIT_FAILED)
+    except OSError as exc:
+        fail(f"cannot write {exc.filename}: {exc.strerror}", EXIT_FAILED)
+    ctx.emit(
+        {"file": str(path), "found": found},
+        f"wrote {path} (providers: {', '.join(found)})\ncheck it with: helixctl config check "
+        f"{path}",
+    )
+
+
+def main() -> None:
+    """Entry point of the ``helixctl`` command."""
+    cli(prog_name="helixctl")
+
+
+if __name__ == "__main__":
+    main()

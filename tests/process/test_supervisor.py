@@ -1,0 +1,219 @@
+"""The supervisor against real child processes: crashes, hangs, stubborn groups, logs."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import psutil
+import pytest
+
+from helixd.supervisor.process import ManagedProcess, ProcessState
+from helixd.supervisor.registry import ChildRegistry
+from helixd.supervisor.spec import free_port
+from tests.conftest import child_argv, make_spec, wait_for
+
+
+def _process(tmp_path: Path, **provider: object) -> ManagedProcess:
+    spec = make_spec(tmp_path, **provider)
+    return ManagedProcess(spec, ChildRegistry(tmp_path / "state"))
+
+
+def _pids_alive(pids: list[int]) -> list[int]:
+    alive = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                alive.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+def _read_pids(pidfile: Path) -> list[int]:
+    return [int(p) for p in pidfile.read_text().split()]
+
+
+async def test_sigkilled_provider_comes_back_ready_with_restart_counted(tmp_path: Path) -> None:
+    port = free_port()
+    proc = _process(
+        tmp_path,
+        command=child_argv("--port", "{port}"),
+        port=port,
+        health={"path": "/health", "interval_s": 0.1, "failures": 2},
+    )
+    await proc.start()
+    try:
+        assert await proc.wait_settled(15) == ProcessState.READY
+        first_pid = proc.pid
+        assert first_pid is not None
+        os.kill(first_pid, signal.SIGKILL)
+        await wait_for(
+            lambda: proc.restarts == 1 and proc.state == ProcessState.READY, what="restart to ready"
+        )
+        assert proc.pid != first_pid
+        assert proc.last_exit is not None and proc.last_exit.signal == signal.SIGKILL
+    finally:
+        await proc.stop()
+    assert proc.state == ProcessState.STOPPED
+
+
+async def test_provider_that_exits_at_every_start_ends_failed_with_log_tail(tmp_path: Path) -> None:
+    proc = _process(tmp_path, command=child_argv("--exit-code", "3"), start_retries=2)
+    await proc.start()
+    assert await proc.wait_settled(15) == ProcessState.FAILED
+    info = proc.info()
+    assert "3 failed starts" in info["message"]
+    assert info["last_exit"]["code"] == 3
+    assert any("exiting with 3" in line for line in info["log_tail"])
+    assert proc.restarts == 2
+
+
+async def test_stop_kills_a_group_that_ignores_sigterm_and_forks(tmp_path: Path) -> None:
+    pidfile = tmp_path / "pids"
+    proc = _process(
+        tmp_path,
+        command=child_argv("--ignore-term", "--grandchild", "--pidfile", str(pidfile)),
+        health={"enabled": False},
+        stop_timeout_s=0.5,
+    )
+    await proc.start()
+    assert await proc.wait_settled(15) == ProcessState.READY
+    await wait_for(lambda: pidfile.exists() and len(_read_pids(pidfile)) == 2, what="pidfile")
+    pids = _read_pids(pidfile)
+    await proc.stop()
+    assert proc.state == ProcessState.STOPPED
+    assert _pids_alive(pids) == []
+    assert any("SIGKILL" in line.text for line in proc.sink.tail(20))
+
+
+async def test_stop_also_kills_a_grandchild_that_left_the_group(tmp_path: Path) -> None:
+    pidfile = tmp_path / "pids"
+    proc = _process(
+        tmp_path,
+        command=child_argv("--grandchild-setsid", "--pidfile", str(pidfile)),
+        health={"enabled": False},
+        stop_timeout_s=0.5,
+    )
+    await proc.start()
+    await wait_for(lambda: pidfile.exists() and len(_read_pids(pidfile)) == 2, what="pidfile")
+    pids = _read_pids(pidfile)
+    await proc.stop()
+    assert _pids_alive(pids) == []
+
+
+async def test_failing_health_checks_mark_unhealthy_then_restart(tmp_path: Path) -> None:
+    flag = tmp_path / "sick"
+    port = free_port()
+    proc = _process(
+        tmp_path,
+        command=child_argv("--port", "{port}", "--unhealthy-if", str(flag)),
+        port=port,
+        health={"path": "/", "interval_s": 0.1, "failures": 3},
+    )
+    states: list[str] = []
+    proc._on_change = lambda p: states.append(str(p.state))
+    await proc.start()
+    try:
+        assert await proc.wait_settled(15) == ProcessState.READY
+        flag.touch()
+        await wait_for(lambda: proc.restarts >= 1, what="restart after failed health checks")
+        assert "unhealthy" in states
+        assert proc.last_exit is not None and proc.last_exit.reason == "unhealthy"
+        flag.unlink()
+        await wait_for(lambda: proc.state == ProcessState.READY, what="ready again")
+    finally:
+        await proc.stop()
+
+
+async def test_start_timeout_counts_as_failed_start(tmp_path: Path) -> None:
+    # Listens nowhere, so the HTTP probe never passes.
+    proc = _process(
+        tmp_path, command=child_argv(), health={"path": "/"}, start_seconds=0.3, start_retries=1
+    )
+    await proc.start()
+    assert await proc.wait_settled(15) == ProcessState.FAILED
+    assert proc.last_exit is not None and proc.last_exit.reason == "start-timeout"
+    assert "2 failed starts" in proc.message
+
+
+async def test_missing_binary_fails_with_a_readable_reason(tmp_path: Path) -> None:
+    proc = _process(tmp_path, command=["/nonexistent/llama-server"], start_retries=0)
+    await proc.start()
+    assert await proc.wait_settled(5) == ProcessState.FAILED
+    assert "command not found: '/nonexistent/llama-server'" in proc.message
+
+
+async def test_clean_exit_with_on_failure_policy_stops(tmp_path: Path) -> None:
+    proc = _process(
+        tmp_path,
+        command=child_argv("--exit-code", "0"),
+        health={"enabled": False},
+        restart="on-failure",
+    )
+    await proc.start()
+    # A clean exit is not a failure: on-failure leaves it stopped, and says why.
+    assert await proc.wait_settled(15) == ProcessState.STOPPED
+    assert proc.message == "exited with code 0"
+    assert proc.restarts == 0
+
+
+async def test_output_goes_to_ring_and_log_file_with_stream_tags(tmp_path: Path) -> None:
+    proc = _process(tmp_path, command=child_argv("--lines", "3"), health={"enabled": False})
+    await proc.start()
+    try:
+        await wait_for(
+            lambda: any(line.text == "line 2" for line in proc.sink.tail(50)), what="output"
+        )
+        streams = {line.stream for line in proc.sink.tail(50)}
+        assert {"stdout", "stderr", "helixd"} <= streams
+        text = proc.spec.log_path.read_text()
+        assert "line 2\n" in text and "[stderr] child" in text
+    finally:
+        await proc.stop()
+
+
+async def test_child_environment_is_clean(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NOTIFY_SOCKET", "/run/systemd/notify")
+    monkeypatch.setenv("SECRET_TOKEN", "leak")
+    proc = _process(
+        tmp_path,
+        command=child_argv(
+            "--env", "NOTIFY_SOCKET", "--env", "SECRET_TOKEN", "--env", "MINE", "--env", "PATH"
+        ),
+        env={"MINE": "yes"},
+        health={"enabled": False},
+    )
+    await proc.start()
+    try:
+        await wait_for(lambda: any("env PATH=" in l.text for l in proc.sink.tail(50)), what="env")
+        lines = {l.text for l in proc.sink.tail(50)}
+        assert "env NOTIFY_SOCKET=<unset>" in lines
+        assert "env SECRET_TOKEN=<unset>" in lines
+        assert "env MINE=yes" in lines
+        assert f"env PATH={os.environ['PATH']}" in lines
+    finally:
+        await proc.stop()
+
+
+async def test_registry_cleans_up_what_a_dead_supervisor_left(tmp_path: Path) -> None:
+    pidfile = tmp_path / "pids"
+    registry = ChildRegistry(tmp_path / "state")
+    proc = ManagedProcess(
+        make_spec(
+            tmp_path,
+            command=child_argv("--grandchild", "--pidfile", str(pidfile)),
+            health={"enabled": False},
+        ),
+        registry,
+    )
+    await proc.start()
+    await wait_for(lambda: pidfile.exists() and len(_read_pids(pidfile)) == 2, what="pidfile")
+    pids = _read_pids(pidfile)
+    # Simulate a supervisor that vanished: its record stays, its children run on.
+    assert proc._task is not None
+    proc._task.cancel()
+    cleaned = ChildRegistry(tmp_path / "state").clean_up_leftovers(grace_s=2)
+    assert cleaned and cleaned[0].startswith("p (")
+    await wait_for(lambda: _pids_alive(pids) == [], what="leftovers gone")

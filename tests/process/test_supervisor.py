@@ -187,8 +187,10 @@ async def test_child_environment_is_clean(tmp_path: Path, monkeypatch: pytest.Mo
     )
     await proc.start()
     try:
-        await wait_for(lambda: any("env PATH=" in l.text for l in proc.sink.tail(50)), what="env")
-        lines = {l.text for l in proc.sink.tail(50)}
+        await wait_for(
+            lambda: any("env PATH=" in line.text for line in proc.sink.tail(50)), what="env"
+        )
+        lines = {line.text for line in proc.sink.tail(50)}
         assert "env NOTIFY_SOCKET=<unset>" in lines
         assert "env SECRET_TOKEN=<unset>" in lines
         assert "env MINE=yes" in lines

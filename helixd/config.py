@@ -194,13 +194,29 @@ class ProviderConfig(_Strict):
         """The ``{names}`` its command uses."""
         found: set[str] = set()
         for arg in self.command or ():
-            found.update(f for _, f, _, _ in string.Formatter().parse(arg) if f)
+            found.update(_placeholders(arg))
         return found
 
     @property
     def is_model_template(self) -> bool:
         """True when the command is started once per model rather than once per provider."""
         return bool(self.placeholders & MODEL_PLACEHOLDERS)
+
+
+def _placeholders(template: str) -> set[str]:
+    """Field names of a ``str.format`` template; malformed braces yield nothing (checked apart)."""
+    try:
+        return {field for _, field, _, _ in string.Formatter().parse(template) if field}
+    except ValueError:
+        return set()
+
+
+def _brace_problem(template: str) -> str | None:
+    try:
+        list(string.Formatter().parse(template))
+    except ValueError as exc:
+        return f"{template!r}: {exc}; write a literal brace as {{{{ or }}}}"
+    return None
 
 
 class HelixConfig(_Strict):
@@ -310,6 +326,10 @@ def _check_semantics(config: HelixConfig) -> list[str]:
             problems.append(
                 f"{key}.command: required for kind '{provider.kind}', e.g. {defaults.example}"
             )
+        for arg in provider.command or ():
+            problem = _brace_problem(arg)
+            if problem:
+                problems.append(f"{key}.command: {problem}")
         unknown = provider.placeholders - PROCESS_PLACEHOLDERS - MODEL_PLACEHOLDERS
         if unknown:
             allowed = ", ".join(

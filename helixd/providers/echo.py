@@ -461,8 +461,9 @@ async def serve(config: EchoConfig) -> int:
             await asyncio.wait_for(stop.wait(), delay)
         if stop.is_set():
             return 0
-    # A short shutdown grace: a stopped echo server need not finish slow streams.
-    runner = web.AppRunner(create_app(config), access_log=None, shutdown_timeout=1.0)
+    # A short grace on stop: aiohttp waits it out twice (finish, then cancel) per open
+    # request, and a stopped echo server need not finish a slow stream: it drops it.
+    runner = web.AppRunner(create_app(config), access_log=None, shutdown_timeout=0.25)
     await runner.setup()
     try:
         await web.TCPSite(runner, config.host, config.port).start()

@@ -100,7 +100,7 @@ def build_spec(
     argv = tuple(_fill(arg, values, f"providers.{name}.command") for arg in argv_template)
     env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
     for key, value in {**defaults.env, **provider.env}.items():
-        env[key] = _fill(value, values, f"providers.{name}.env.{key}")
+        env[key] = _substitute(value, values)
     return ProcessSpec(
         name=name,
         kind=provider.kind,
@@ -143,6 +143,13 @@ def _probe(provider: ProviderConfig) -> HealthProbe:
     else:
         kind, path = "none", None
     return HealthProbe(kind, path, h.interval_s, h.timeout_s, h.failures)
+
+
+def _substitute(value: str, values: dict[str, str]) -> str:
+    """Replace known ``{placeholders}`` in an env value; other braces (JSON) stay as written."""
+    for key, replacement in values.items():
+        value = value.replace("{" + key + "}", replacement)
+    return value
 
 
 def _fill(template: str, values: dict[str, str], key: str) -> str:

@@ -1,0 +1,138 @@
+"""Config validation: every mistake names the file, the dotted key and the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from helixd.config import ConfigError, load_config
+
+
+def _load(tmp_path: Path, text: str) -> object:
+    path = tmp_path / "helixd.toml"
+    path.write_text(text)
+    return load_config(path)
+
+
+def _error(tmp_path: Path, text: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        _load(tmp_path, text)
+    return str(info.value)
+
+
+def test_minimal_echo_config_is_valid(tmp_path: Path) -> None:
+    loaded = _load(tmp_path, '[providers.demo]\nkind = "echo"\n')
+    provider = loaded.config.providers["demo"]  # type: ignore[attr-defined]
+    assert provider.kind == "echo" and provider.port == "auto" and provider.restart == "on-failure"
+
+
+def test_bad_enum_value_names_file_key_and_choices(tmp_path: Path) -> None:
+    message = _error(tmp_path, '[providers.ollama]\nkind = "ollama"\nrestart = "allways"\n')
+    assert message == (
+        "helixd.toml: providers.ollama.restart: expected one of always, on-failure, never; "
+        "got 'allways'"
+    )
+
+
+def test_unknown_key_lists_the_allowed_ones(tmp_path: Path) -> None:
+    message = _error(tmp_path, '[providers.x]\nkind = "echo"\nrestrat = "always"\n')
+    assert message.startswith("helixd.toml: providers.x.restrat: unknown key; allowed keys here:")
+    assert "restart" in message
+
+
+def test_unknown_top_level_section(tmp_path: Path) -> None:
+    message = _error(tmp_path, "[deamon]\n")
+    assert message.startswith("helixd.toml: deamon: unknown key; allowed keys here: daemon")
+
+
+def test_wrong_type_says_what_was_expected(tmp_path: Path) -> None:
+    message = _error(tmp_path, '[providers.x]\nkind = "echo"\nstart_retries = "three"\n')
+    assert message == "helixd.toml: providers.x.start_retries: expected an integer; got 'three'"
+
+
+def test_command_must_be_a_list_not_a_shell_string(tmp_path: Path) -> None:
+    message = _error(tmp_path, '[providers.x]\nkind = "openai"\ncommand = "my-server --port 1"\n')
+    assert "providers.x.command: expected a list" in message
+
+
+def test_missing_kind(tmp_path: Path) -> None:
+    message = _error(tmp_path, '[providers.x]\ncommand = ["a"]\n')
+    assert message == "helixd.toml: providers.x.kind: required key is missing"
+
+
+def test_kind_without_default_command_needs_one(tmp_path: Path) -> None:
+    message = _error(tmp_path, '[providers.x]\nkind = "openai"\n')
+    assert "providers.x.command: required for kind 'openai'" in message
+
+
+def test_unknown_placeholder(tmp_path: Path) -> None:
+    message = _error(tmp_path, '[providers.x]\nkind = "openai"\ncommand = ["s", "{prot}"]\n')
+    assert "providers.x.command: unknown placeholder {prot}; allowed:" in message
+
+
+def test_unbalanced_brace_is_reported_not_raised(tmp_path: Path) -> None:
+    message = _error(tmp_path, '[providers.x]\nkind = "openai"\ncommand = ["s", "{port"]\n')
+    assert "providers.x.command:" in message and "{{" in message
+
+
+def test_duplicate_fixed_port(tmp_path: Path) -> None:
+    message = _error(
+        tmp_path,
+        '[providers.a]\nkind = "echo"\nport = 9000\n[providers.b]\nkind = "echo"\nport = 9000\n',
+    )
+    assert "providers.b.port: 9000 is already used by providers.a" in message
+
+
+def test_port_range_and_signal_and_duration(tmp_path: Path) -> None:
+    message = _error(
+        tmp_path,
+        '[providers.a]\nkind = "echo"\nport = 70000\nstop_signal = "SIGFOO"\n'
+        'backoff_max_s = "soon"\n',
+    )
+    assert "providers.a.port: expected a TCP port from 1 to 65535 or 'auto'; got 70000" in message
+    assert "providers.a.stop_signal: expected a signal name" in message
+    assert "providers.a.backoff_max_s: expected a duration" in message
+
+
+def test_durations_and_sizes_accept_units(tmp_path: Path) -> None:
+    loaded = _load(
+        tmp_path,
+        '[providers.a]\nkind = "echo"\nstart_seconds = "2m"\nstop_signal = "int"\n'
+        'log = { max_bytes = "1MiB", backups = 2 }\n',
+    )
+    provider = loaded.config.providers["a"]  # type: ignore[attr-defined]
+    assert provider.start_seconds == 120
+    assert provider.stop_signal == "SIGINT"
+    assert provider.log.max_bytes == 1024 * 1024
+
+
+def test_missing_file_says_how_to_make_one(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such file; create one with 'helixctl init'"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_invalid_toml_names_line(tmp_path: Path) -> None:
+    message = _error(tmp_path, "[providers.x\n")
+    assert message.startswith(f"{tmp_path / 'helixd.toml'}: not valid TOML:")
+    assert "line 1" in message
+
+
+def test_relative_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
+    loaded = _load(tmp_path, '[daemon]\nstate_dir = "state"\nsocket = "run/h.sock"\n')
+    paths = loaded.paths("user")  # type: ignore[attr-defined]
+    assert paths.state_dir == tmp_path / "state"
+    assert paths.socket == tmp_path / "run" / "h.sock"
+    assert paths.socket_mode == 0o600
+
+
+def test_system_mode_defaults(tmp_path: Path) -> None:
+    paths = _load(tmp_path, "").paths("system")  # type: ignore[attr-defined]
+    assert str(paths.socket) == "/run/helixd/helixd.sock"
+    assert paths.socket_mode == 0o660 and paths.socket_group == "helixd"
+
+
+def test_example_config_in_etc_is_valid() -> None:
+    example = Path(__file__).parents[2] / "etc" / "helixd.toml"
+    loaded = load_config(example)
+    assert "demo" in loaded.config.providers

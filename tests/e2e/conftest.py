@@ -48,11 +48,15 @@ class Helix:
         with open(self.stderr_path, "ab") as stderr:
             self.proc = subprocess.Popen(
                 [str(BIN / "helixd"), "--user", "--config", str(self.config)],
-                env=env, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                start_new_session=True,
             )
         if wait:
-            wait_for_sync(lambda: self.ctl("status").returncode == 0 or self._died(),
-                          what="helixd to answer")
+            wait_for_sync(
+                lambda: self.ctl("status").returncode == 0 or self._died(), what="helixd to answer"
+            )
             assert not self._died(), self.stderr()
 
     def _died(self) -> bool:
@@ -63,7 +67,10 @@ class Helix:
 
     def ctl(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [str(BIN / "helixctl"), *args], env=self.env, capture_output=True, text=True,
+            [str(BIN / "helixctl"), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
             timeout=timeout,
         )
 
@@ -77,8 +84,9 @@ class Helix:
         return next(p for p in self.status()["providers"] if p["name"] == name)
 
     def wait_state(self, name: str, state: str, timeout: float = 20) -> dict[str, Any]:
-        wait_for_sync(lambda: self.provider(name)["state"] == state, timeout,
-                      what=f"{name} to be {state}")
+        wait_for_sync(
+            lambda: self.provider(name)["state"] == state, timeout, what=f"{name} to be {state}"
+        )
         return self.provider(name)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:

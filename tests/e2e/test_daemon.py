@@ -73,7 +73,10 @@ def test_a_second_daemon_on_the_same_socket_refuses_to_start(helix: Any) -> None
     h = helix(ECHO)
     second = subprocess.run(
         [str(Path(sys.executable).parent / "helixd"), "--user", "--config", str(h.config)],
-        capture_output=True, text=True, timeout=30, env=h.env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=h.env,
     )
     assert second.returncode == 1
     assert "already running" in second.stderr
@@ -215,7 +218,9 @@ def test_logs_tail_and_follow(helix: Any) -> None:
     assert [line["text"] for line in as_json["lines"]][-1] == "line 4"
     follower = subprocess.Popen(
         [str(Path(sys.executable).parent / "helixctl"), "logs", "talker", "-f", "-n", "0"],
-        env=h.env, stdout=subprocess.PIPE, text=True,
+        env=h.env,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         time.sleep(0)  # the follower needs no head start: restart output is awaited below
@@ -244,7 +249,10 @@ def test_helixctl_without_a_daemon_exits_3_and_says_where_it_looked(tmp_path: Pa
     env = dict(os.environ, HELIXD_SOCKET=str(tmp_path / "none.sock"))
     result = subprocess.run(
         [str(Path(sys.executable).parent / "helixctl"), "status"],
-        env=env, capture_output=True, text=True, timeout=30,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == 3
     assert str(tmp_path / "none.sock") in result.stderr and "helixd --user" in result.stderr
@@ -255,12 +263,16 @@ def test_helixd_with_a_broken_config_does_not_start(tmp_path: Path) -> None:
     config.write_text('[providers.x]\nkind = "ollma"\n')
     result = subprocess.run(
         [str(Path(sys.executable).parent / "helixd"), "--user", "--config", str(config)],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == 1
     assert "bad.toml: providers.x.kind: expected one of echo, ollama" in result.stderr
     check = subprocess.run(
         [str(Path(sys.executable).parent / "helixctl"), "config", "check", str(config)],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert check.returncode == 1 and "providers.x.kind" in check.stderr

@@ -60,7 +60,9 @@ def test_policies_on_clean_and_failed_exits() -> None:
 
 def test_unhealthy_restarts_unless_never() -> None:
     unhealthy = ExitInfo(code=None, signal=15, reason="unhealthy")
-    assert policy("on-failure").after_exit(unhealthy, RestartCounters(), True, 5).action == "restart"
+    assert (
+        policy("on-failure").after_exit(unhealthy, RestartCounters(), True, 5).action == "restart"
+    )
 
 
 @given(

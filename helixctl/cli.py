@@ -232,13 +232,21 @@ def config() -> None:
 @click.option("--user", "mode", flag_value="user", help="default to the user config")
 @pass_ctx
 def config_check(ctx: Context, file: str | None, mode: str | None) -> None:
-    """Validate FILE (default: the config helixd would use) with helixd's own validator."""
+    """Validate FILE with helixd's own validator.
+
+    Without FILE: the config of the helixd that answers on the socket, else the one a new
+    helixd would read (HELIXD_CONFIG, or the system/user default).
+    """
     from pathlib import Path
 
     from helixd.config import ConfigError, default_config_path, load_config
     from helixd.paths import default_mode
 
-    path = Path(file) if file else default_config_path(mode or default_mode())  # type: ignore[arg-type]
+    if file:
+        path = Path(file)
+    else:
+        running = _running_config(ctx) if mode is None else None
+        path = running or default_config_path(mode or default_mode())  # type: ignore[arg-type]
     try:
         loaded = load_config(path)
     except ConfigError as exc:
@@ -256,6 +264,16 @@ def config_check(ctx: Context, file: str | None, mode: str | None) -> None:
         f"{path}: OK ({len(names)} provider{'s' if len(names) != 1 else ''}: "
         f"{', '.join(names) or 'none'})",
     )
+
+
+def _running_config(ctx: Context) -> Any:
+    from pathlib import Path
+
+    try:
+        status, doc = ctx.client.call("GET", "/v1/status", timeout=5)
+    except (Unreachable, ProtocolError):
+        return None
+    return Path(doc["config"]) if status == 200 and isinstance(doc, dict) else None
 
 
 @cli.command()

@@ -159,6 +159,7 @@ class Daemon:
                     log.error("reload refused, keeping the running config:\n%s", exc)
                     raise ReloadRefused(str(exc)) from None
                 warnings = self._restart_only_changes(new)
+                logging.getLogger().setLevel(new.config.daemon.log_level.upper())
                 self.loaded = new
                 changes = await self.supervisor.apply(specs)
             finally:

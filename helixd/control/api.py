@@ -160,15 +160,18 @@ class ControlAPI:
             return web.json_response({"name": process.spec.name, "lines": tail}, dumps=_dumps)
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await response.prepare(request)
-        async with process.sink.follow() as queue:
-            for item in tail:
-                await response.write((_dumps(item) + "\n").encode())
-            while True:
-                line = await queue.get()
-                if line is None:
-                    break
-                await response.write((_dumps(line.as_json()) + "\n").encode())
-        await response.write_eof()
+        try:
+            async with process.sink.follow() as queue:
+                for item in tail:
+                    await response.write((_dumps(item) + "\n").encode())
+                while True:
+                    line = await queue.get()
+                    if line is None:
+                        break
+                    await response.write((_dumps(line.as_json()) + "\n").encode())
+            await response.write_eof()
+        except ConnectionError:
+            pass  # the follower went away (Ctrl-C on helixctl logs -f): nothing to report
         return response
 
     async def reload(self, request: web.Request) -> web.Response:

@@ -64,10 +64,12 @@ class Supervisor:
         return process
 
     async def start_autostart(self) -> None:
-        """Start every process whose spec says autostart."""
-        for process in self.processes.values():
-            if process.spec.autostart:
-                await process.start()
+        """Start every autostart process and return once each has been spawned."""
+        started = [p for p in self.processes.values() if p.spec.autostart]
+        for process in started:
+            await process.start()
+        for process in started:
+            await process.wait_spawned()
 
     async def stop_all(self) -> None:
         """Stop everything in parallel, each within its own grace."""

@@ -99,6 +99,11 @@ class ManagedProcess:
             await self._stop_locked()
             self._task = asyncio.create_task(self._run(), name=f"process:{self.spec.name}")
 
+    async def wait_spawned(self) -> None:
+        """Wait until a just-started process has left ``stopped`` (spawned, or failed to)."""
+        while self._starting_soon():
+            await self._changed.wait()
+
     async def wait_settled(self, timeout: float) -> ProcessState:
         """Wait until the process is ready, failed or stopped (or ``timeout`` passes)."""
         deadline = self._clock() + timeout
@@ -188,6 +193,16 @@ class ManagedProcess:
         )
 
     async def _run(self) -> None:
+        try:
+            await self._run_loop()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # A bug here must not leave a process shown as "ready" that nobody watches.
+            log.exception("%s: supervision failed", self.spec.name)
+            self._set(ProcessState.FAILED, f"internal error in helixd: {exc!r}; see its log")
+
+    async def _run_loop(self) -> None:
         policy = self._policy()
         counters = RestartCounters()
         while True:

@@ -286,3 +286,20 @@ def test_helixd_with_a_broken_config_does_not_start(tmp_path: Path) -> None:
         timeout=30,
     )
     assert check.returncode == 1 and "providers.x.kind" in check.stderr
+
+
+def test_socket_gets_the_configured_mode_and_group(helix: Any, tmp_path: Path) -> None:
+    import grp
+    import stat
+
+    group = grp.getgrgid(os.getgid()).gr_name
+    h = helix(ECHO, start=False)
+    h.config.write_text(
+        h.config.read_text().replace(
+            "[daemon]\n", f'[daemon]\nsocket_mode = "0660"\nsocket_group = "{group}"\n'
+        )
+    )
+    h.start()
+    info = h.socket.stat()
+    assert stat.S_IMODE(info.st_mode) == 0o660
+    assert info.st_gid == grp.getgrnam(group).gr_gid

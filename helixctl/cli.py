@@ -121,40 +121,27 @@ def _provider_action(ctx: Context, action: str, name: str, wait: bool, timeout: 
     ctx.emit(doc, f"{p['name']}: {p['state']}" + (f" (pid {p['pid']})" if p.get("pid") else ""))
 
 
-_wait = click.option("--wait", is_flag=True, help="wait until ready (or failed)")
-_timeout = click.option(
-    "--timeout", type=float, default=120.0, show_default=True, help="seconds to wait with --wait"
-)
+def _provider_command(action: str, help_text: str) -> None:
+    """Register ``helixctl ACTION PROVIDER [--wait] [--timeout S]``."""
+
+    @cli.command(name=action, help=help_text)
+    @click.argument("provider")
+    @click.option("--wait", is_flag=True, help="wait until ready (or failed)")
+    @click.option(
+        "--timeout",
+        type=float,
+        default=120.0,
+        show_default=True,
+        help="seconds to wait with --wait",
+    )
+    @pass_ctx
+    def command(ctx: Context, provider: str, wait: bool, timeout: float) -> None:
+        _provider_action(ctx, action, provider, wait and action != "stop", timeout)
 
 
-@cli.command()
-@click.argument("provider")
-@_wait
-@_timeout
-@pass_ctx
-def start(ctx: Context, provider: str, wait: bool, timeout: float) -> None:
-    """Start PROVIDER."""
-    _provider_action(ctx, "start", provider, wait, timeout)
-
-
-@cli.command()
-@click.argument("provider")
-@_wait
-@_timeout
-@pass_ctx
-def stop(ctx: Context, provider: str, wait: bool, timeout: float) -> None:
-    """Stop PROVIDER and its whole process group (stopping always waits)."""
-    _provider_action(ctx, "stop", provider, False, timeout)
-
-
-@cli.command()
-@click.argument("provider")
-@_wait
-@_timeout
-@pass_ctx
-def restart(ctx: Context, provider: str, wait: bool, timeout: float) -> None:
-    """Restart PROVIDER."""
-    _provider_action(ctx, "restart", provider, wait, timeout)
+_provider_command("start", "Start PROVIDER.")
+_provider_command("stop", "Stop PROVIDER and its whole process group (stopping always waits).")
+_provider_command("restart", "Restart PROVIDER.")
 
 
 @cli.command()

@@ -100,6 +100,8 @@ class Supervisor:
                 current.close()
                 process = self.add(spec)
                 process.restarts = current.restarts
+                # Keep the recent output: why it was restarted is often in there.
+                process.sink.ring.extend(current.sink.ring)
                 if was_running:
                     await process.start()
                 changes.restarted.append(name)

@@ -9,67 +9,13 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any, NoReturn
+from typing import Any
 from urllib.parse import quote
 
 import click
 
-from helixctl.transport import Client, ProtocolError, Unreachable, find_socket
-
-EXIT_FAILED = 1
-EXIT_UNREACHABLE = 3
-
-
-class Context:
-    """Options shared by every command."""
-
-    def __init__(self, socket_path: str | None, as_json: bool) -> None:
-        self.socket_path = socket_path
-        self.as_json = as_json
-        self._client: Client | None = None
-
-    @property
-    def client(self) -> Client:
-        """The control-API client (created on first use)."""
-        if self._client is None:
-            path, looked_at = find_socket(self.socket_path)
-            self._client = Client(path, looked_at)
-        return self._client
-
-    def call(self, method: str, path: str, timeout: float | None = None) -> Any:
-        """Call the API; exit 3 when unreachable, 1 on an API error (printing it)."""
-        try:
-            status, document = self.client.call(method, path, timeout)
-        except Unreachable as exc:
-            fail(str(exc), EXIT_UNREACHABLE)
-        except ProtocolError as exc:
-            fail(str(exc), EXIT_FAILED)
-        if status >= 400:
-            self.api_error(document)
-        return document
-
-    def api_error(self, document: Any) -> NoReturn:
-        """Print an API error (as JSON with --json) and exit 1."""
-        if self.as_json:
-            click.echo(json.dumps(document, indent=2))
-            sys.exit(EXIT_FAILED)
-        err = (document or {}).get("error", {}) if isinstance(document, dict) else {}
-        message = err.get("message", "helixd answered with an error")
-        tail = (err.get("details") or {}).get("provider", {}).get("log_tail")
-        if tail:
-            message += "\nlast log lines:\n  " + "\n  ".join(tail)
-        fail(message, EXIT_FAILED)
-
-    def emit(self, document: Any, human: str) -> None:
-        """Print JSON with --json, else the human text."""
-        click.echo(json.dumps(document, indent=2) if self.as_json else human)
-
-
-def fail(message: str, code: int) -> NoReturn:
-    """Print ``helixctl: message`` to stderr and exit with ``code``."""
-    click.echo(f"helixctl: {message}", err=True)
-    sys.exit(code)
-
+from helixctl.core import EXIT_FAILED, EXIT_UNREACHABLE, Context, echo, fail, show_status
+from helixctl.transport import ProtocolError, Unreachable
 
 pass_ctx = click.make_pass_decorator(Context)
 
@@ -94,20 +40,7 @@ def cli(ctx: click.Context, socket_path: str | None, as_json: bool) -> None:
 @pass_ctx
 def status(ctx: Context) -> None:
     """Show the daemon and its providers."""
-    from helixctl.render import PROVIDER_HEADERS, duration, provider_rows, table
-
-    doc = ctx.call("GET", "/v1/status")
-    if ctx.as_json:
-        ctx.emit(doc, "")
-        return
-    click.echo(
-        f"helixd {doc['version']} ({doc['mode']} mode), pid {doc['pid']}, "
-        f"up {duration(doc['uptime_s'])}, config {doc['config']}"
-    )
-    click.echo(doc["summary"])
-    if doc["providers"]:
-        click.echo("")
-        click.echo(table(PROVIDER_HEADERS, provider_rows(doc["providers"])))
+    show_status(ctx)
 
 
 def _provider_action(ctx: Context, action: str, name: str, wait: bool, timeout: float) -> None:
@@ -165,7 +98,7 @@ def logs(ctx: Context, provider: str, follow: bool, lines: int) -> None:
         if ctx.as_json:
             ctx.emit(doc, "")
         elif human:
-            click.echo(human)
+            echo(human)
         return
     try:
         response = ctx.client.request("GET", path + "&follow=1", timeout=None)
@@ -176,9 +109,9 @@ def logs(ctx: Context, provider: str, follow: bool, lines: int) -> None:
     try:
         for raw in response.iter_lines():
             if ctx.as_json:
-                click.echo(raw.decode())
+                echo(raw.decode())
             else:
-                click.echo(_log_text(json.loads(raw)))
+                echo(_log_text(json.loads(raw)))
     except KeyboardInterrupt:
         pass
     except ProtocolError:
@@ -238,7 +171,7 @@ def config_check(ctx: Context, file: str | None, mode: str | None) -> None:
         loaded = load_config(path)
     except ConfigError as exc:
         if ctx.as_json:
-            click.echo(
+            echo(
                 json.dumps(
                     {"ok": False, "file": str(path), "errors": str(exc).splitlines()}, indent=2
                 )
@@ -294,7 +227,7 @@ def init(ctx: Context, output: str | None, mode: str | None, force: bool) -> Non
 
 
 def main() -> None:
-    """Entry point of the ``helixctl`` command."""
+    """Entry point through click alone (``python -m helixctl.cli``)."""
     cli(prog_name="helixctl")
 
 

@@ -303,3 +303,27 @@ def test_socket_gets_the_configured_mode_and_group(helix: Any, tmp_path: Path) -
     info = h.socket.stat()
     assert stat.S_IMODE(info.st_mode) == 0o660
     assert info.st_gid == grp.getgrnam(group).gr_gid
+
+
+def test_status_fast_path_and_click_path_print_the_same(helix: Any) -> None:
+    h = helix(ECHO)
+    h.wait_state("echo", "ready")
+    fast = h.ctl("--json", "status")
+    slow = subprocess.run(
+        [sys.executable, "-m", "helixctl.cli", "--json", "status"],
+        env=h.env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert fast.returncode == slow.returncode == 0
+    strip = lambda doc: {k: v for k, v in json.loads(doc).items() if k != "uptime_s"}  # noqa: E731
+    assert strip(fast.stdout) == strip(slow.stdout)
+    human = subprocess.run(
+        [sys.executable, "-m", "helixctl.cli", "status"],
+        env=h.env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert human.stdout.splitlines()[1:] == h.ctl("status").stdout.splitlines()[1:]

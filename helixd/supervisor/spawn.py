@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import errno
 import grp
 import os
 import pwd
 import signal
+import socket
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -53,8 +55,43 @@ class Child:
     create_time: float
 
 
+def ensure_port_free(host: str, port: int) -> None:
+    """Raise :class:`SpawnError` naming the holder when something already listens on ``port``.
+
+    Some servers silently move to another port when theirs is taken; helixd would then
+    probe (and later route to) the wrong process. Checking first gives a clear reason.
+    """
+    probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is not "in use"
+    try:
+        probe.bind((host, port))
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise SpawnError(f"cannot use port {port}: {exc.strerror}") from None
+        holder = _port_holder(port)
+        raise SpawnError(
+            f"port {port} is already in use{holder}; stop that process or give this provider "
+            "another port (or port = 'auto')"
+        ) from None
+    finally:
+        probe.close()
+
+
+def _port_holder(port: int) -> str:
+    try:
+        for conn in psutil.net_connections(kind="tcp"):
+            listening = conn.status == psutil.CONN_LISTEN and conn.pid
+            if listening and conn.laddr and conn.laddr.port == port:
+                return f" by pid {conn.pid} ({psutil.Process(conn.pid).name()})"
+    except (psutil.Error, OSError):
+        pass
+    return ""
+
+
 def spawn(spec: ProcessSpec) -> Child:
     """Start ``spec`` in its own session; raise :class:`SpawnError` with a readable reason."""
+    if spec.port is not None and spec.health.kind != "none":
+        ensure_port_free(spec.host, spec.port)
     kwargs: dict[str, object] = {}
     if os.geteuid() == 0:
         if spec.user:

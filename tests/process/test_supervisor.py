@@ -219,3 +219,25 @@ async def test_registry_cleans_up_what_a_dead_supervisor_left(tmp_path: Path) ->
     cleaned = ChildRegistry(tmp_path / "state").clean_up_leftovers(grace_s=2)
     assert cleaned and cleaned[0].startswith("p (")
     await wait_for(lambda: _pids_alive(pids) == [], what="leftovers gone")
+
+
+async def test_a_taken_port_is_reported_with_its_holder(tmp_path: Path) -> None:
+    import socket
+
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    try:
+        proc = _process(
+            tmp_path,
+            command=child_argv("--port", "{port}"),
+            port=port,
+            start_retries=0,
+            health={"path": "/"},
+        )
+        await proc.start()
+        assert await proc.wait_settled(10) == ProcessState.FAILED
+        assert f"port {port} is already in use by pid {os.getpid()}" in proc.message
+    finally:
+        holder.close()

@@ -62,7 +62,7 @@ def _provider_command(action: str, help_text: str) -> None:
     @click.option("--wait", is_flag=True, help="wait until ready (or failed)")
     @click.option(
         "--timeout",
-        type=float,
+        type=click.FloatRange(min=0, max=86400),
         default=120.0,
         show_default=True,
         help="seconds to wait with --wait",
@@ -114,8 +114,8 @@ def logs(ctx: Context, provider: str, follow: bool, lines: int) -> None:
                 echo(_log_text(json.loads(raw)))
     except KeyboardInterrupt:
         pass
-    except ProtocolError:
-        fail("helixd closed the log stream (stopped or restarted)", EXIT_FAILED)
+    except (ProtocolError, OSError):
+        fail("helixd closed the log stream (it stopped or restarted)", EXIT_FAILED)
     finally:
         response.close()
 

@@ -14,7 +14,7 @@ import os
 import sys
 from typing import Any, NoReturn
 
-from helixctl.transport import Client, ProtocolError, Unreachable, find_socket
+from helixctl.transport import DEFAULT, Client, ProtocolError, Timeout, Unreachable, find_socket
 
 
 def echo(text: str, err: bool = False) -> None:
@@ -49,7 +49,7 @@ class Context:
             self._client = Client(path, looked_at)
         return self._client
 
-    def call(self, method: str, path: str, timeout: float | None = None) -> Any:
+    def call(self, method: str, path: str, timeout: Timeout = DEFAULT) -> Any:
         """Call the API; exit 3 when unreachable, 1 on an API error (printing it)."""
         try:
             status, document = self.client.call(method, path, timeout)
@@ -126,7 +126,10 @@ def main() -> None:
     """Entry point of the ``helixctl`` command."""
     fast = _fast_status_args(sys.argv[1:])
     if fast is not None:
-        show_status(Context(*fast))
+        try:
+            show_status(Context(*fast))
+        except KeyboardInterrupt:
+            sys.exit(130)
         return
     from helixctl.cli import cli
 

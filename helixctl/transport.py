@@ -47,6 +47,14 @@ def find_socket(explicit: str | None) -> tuple[str, list[str]]:
     return candidates[0], candidates
 
 
+class _Default:
+    """Marks "use the client's default timeout", as distinct from ``None`` (wait forever)."""
+
+
+DEFAULT = _Default()
+Timeout = float | None | _Default
+
+
 class Response:
     """Status, headers and a body reader."""
 
@@ -168,11 +176,13 @@ class Client:
             raise Unreachable(f"cannot connect to helixd at {self.path}: {exc.strerror}") from None
         return sock
 
-    def request(self, method: str, path: str, timeout: float | None = None) -> Response:
-        """Send one request; return the response with its body unread."""
+    def request(self, method: str, path: str, timeout: Timeout = DEFAULT) -> Response:
+        """Send one request; return the response with its body unread.
+
+        ``timeout`` bounds each wait for data; ``None`` waits forever (``logs -f``).
+        """
         sock = self._connect()
-        if timeout is not None or self.timeout is None:
-            sock.settimeout(timeout)
+        sock.settimeout(self.timeout if isinstance(timeout, _Default) else timeout)
         head = (
             f"{method} {path} HTTP/1.1\r\nHost: helixd\r\nUser-Agent: helixctl\r\n"
             "Content-Length: 0\r\nConnection: close\r\n\r\n"
@@ -203,12 +213,14 @@ class Client:
             headers[key.strip().lower()] = value.strip()
         return Response(sock, int(parts[1]), headers, rest)
 
-    def call(self, method: str, path: str, timeout: float | None = None) -> tuple[int, Any]:
+    def call(self, method: str, path: str, timeout: Timeout = DEFAULT) -> tuple[int, Any]:
         """A request whose answer is JSON: ``(status, document)``."""
         response = self.request(method, path, timeout)
         try:
             return response.status, response.json()
         except TimeoutError:
             raise Unreachable(f"helixd at {self.path} did not answer in time") from None
+        except OSError as exc:
+            raise Unreachable(f"lost the connection to helixd at {self.path}: {exc}") from None
         finally:
             response.close()

@@ -51,6 +51,7 @@ class Daemon:
         self._lock_fd: int | None = None
         self._runner: web.AppRunner | None = None
         self._status_dirty = asyncio.Event()
+        self.stopping = False
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -89,14 +90,21 @@ class Daemon:
                 if event == "stop":
                     break
                 if event == "reload":
-                    with contextlib.suppress(ReloadRefused):
+                    try:
                         await self.reload()
+                    except ReloadRefused:
+                        pass  # logged by reload(); the running config stays
+                    except Exception:
+                        # A failed SIGHUP must never take every provider down with it.
+                        log.exception("reload failed; the running config stays")
         finally:
+            self.stopping = True
             self.notifier.stopping()
             log.info("stopping: %d provider(s)", len(self.supervisor.processes))
             for task in tasks:
                 task.cancel()
-            await self.supervisor.stop_all()
+            async with self.supervisor.lock:
+                await self.supervisor.stop_all()
             await self._stop_control()
             self._unlock_state_dir()
             log.info("stopped")
@@ -161,7 +169,10 @@ class Daemon:
                 warnings = self._restart_only_changes(new)
                 logging.getLogger().setLevel(new.config.daemon.log_level.upper())
                 self.loaded = new
-                changes = await self.supervisor.apply(specs)
+                async with self.supervisor.lock:
+                    if self.stopping:
+                        raise ReloadRefused("helixd is shutting down")
+                    changes = await self.supervisor.apply(specs)
             finally:
                 self.notifier.ready(self.summary())
         return {"reloaded": True, "changes": changes.as_json(), "warnings": warnings}

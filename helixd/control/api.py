@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 from typing import Any, Protocol
 
 from aiohttp import web
 
 from helixd.control.sockets import peer_uid
 from helixd.supervisor.arbiter import Supervisor, UnknownProcess
-from helixd.supervisor.process import ProcessState
+from helixd.supervisor.process import ProcessClosed, ProcessState
 
 log = logging.getLogger("helixd.control")
 
@@ -32,6 +33,7 @@ class ControlBackend(Protocol):
     """What the control API needs from the daemon."""
 
     supervisor: Supervisor
+    stopping: bool
 
     def status(self) -> dict[str, Any]:
         """The ``GET /v1/status`` document."""
@@ -78,6 +80,8 @@ class ControlAPI:
             return response
         except UnknownProcess as exc:
             return error(404, "unknown_provider", exc.args[0])
+        except ProcessClosed as exc:
+            return error(409, "replaced", str(exc))
         except web.HTTPNotFound:
             return error(404, "not_found", f"no such endpoint: {request.method} {request.path}")
         except web.HTTPMethodNotAllowed:
@@ -115,19 +119,25 @@ class ControlAPI:
         name, action = request.match_info["name"], request.match_info["action"]
         if action not in ("start", "stop", "restart"):
             return error(404, "not_found", f"unknown action {action!r}; use start, stop or restart")
+        if self.backend.stopping:
+            return error(503, "stopping", "helixd is shutting down")
         process = self.backend.supervisor.get(name)
         wait = request.query.get("wait", "0") not in ("0", "", "false")
         try:
             timeout = float(request.query.get("timeout", DEFAULT_WAIT_S))
         except ValueError:
-            return error(400, "bad_request", "timeout must be a number of seconds")
+            timeout = -1.0
+        if not math.isfinite(timeout) or not 0 <= timeout <= 86400:
+            return error(400, "bad_request", "timeout must be a number of seconds from 0 to 86400")
         self._audit(request, f"{action} {name}")
-        if action == "stop":
-            await process.stop()
-        elif action == "start":
-            await process.start()
-        else:
-            await process.restart()
+        # One change at a time: a reload must not replace a process under our feet.
+        async with self.backend.supervisor.lock:
+            if action == "stop":
+                await process.stop()
+            elif action == "start":
+                await process.start()
+            else:
+                await process.restart()
         if wait and action != "stop":
             state = await process.wait_settled(timeout)
             if state == ProcessState.FAILED:
@@ -136,6 +146,14 @@ class ControlAPI:
                     500,
                     "start_failed",
                     f"{name} failed: {info['message']}",
+                    provider=info,
+                )
+            if state == ProcessState.STOPPED:
+                info = process.info()
+                return error(
+                    500,
+                    "start_failed",
+                    f"{name} stopped: {info['message'] or 'it exited'}",
                     provider=info,
                 )
             if state != ProcessState.READY:
@@ -177,6 +195,8 @@ class ControlAPI:
     async def reload(self, request: web.Request) -> web.Response:
         """``POST /v1/reload``: 200 with the changes, or 422 naming what is wrong."""
         self._audit(request, "reload")
+        if self.backend.stopping:
+            return error(503, "stopping", "helixd is shutting down")
         try:
             result = await self.backend.reload()
         except ReloadRefused as exc:

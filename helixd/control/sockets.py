@@ -16,7 +16,7 @@ import struct
 from pathlib import Path
 
 
-class SocketInUse(Exception):
+class SocketInUse(ValueError):
     """Another live process already serves the control socket."""
 
 
@@ -45,6 +45,7 @@ def ensure_not_serving(path: Path) -> None:
 def bind_control_socket(path: Path, mode: int, group: str | None) -> socket.socket:
     """Bind a listening AF_UNIX socket at ``path`` atomically, with ``mode`` and ``group``."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o755 if group else 0o700)
+    _check_directory_owner(path.parent)
     ensure_not_serving(path)
     gid = _group_id(group) if group else None
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -65,6 +66,22 @@ def bind_control_socket(path: Path, mode: int, group: str | None) -> socket.sock
         raise
     sock.setblocking(False)
     return sock
+
+
+def _check_directory_owner(directory: Path) -> None:
+    """Refuse a socket directory someone else controls: they could swap our socket.
+
+    Matters for the /tmp fallback used when XDG_RUNTIME_DIR is unset, where another user
+    could create the directory first.
+    """
+    for folder in (directory, directory.parent):
+        info = folder.stat()
+        sticky = bool(info.st_mode & 0o1000)
+        if info.st_uid not in (os.geteuid(), 0) or (info.st_mode & 0o002 and not sticky):
+            raise ValueError(
+                f"{folder} is owned by uid {info.st_uid} or writable by others; helixd will not "
+                "put its control socket there. Set XDG_RUNTIME_DIR or [daemon] socket."
+            )
 
 
 def _group_id(group: str) -> int | None:

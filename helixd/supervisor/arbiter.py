@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from helixd.supervisor.process import ManagedProcess
+from helixd.supervisor.process import ManagedProcess, ProcessState
 from helixd.supervisor.registry import ChildRegistry
 from helixd.supervisor.spec import ProcessSpec
 
@@ -19,6 +19,7 @@ class ReloadChanges:
     """What a reload did, by process name."""
 
     started: list[str] = field(default_factory=list)
+    added: list[str] = field(default_factory=list)  # new, but autostart = false
     stopped: list[str] = field(default_factory=list)
     restarted: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
@@ -27,6 +28,7 @@ class ReloadChanges:
         """The control API's shape."""
         return {
             "started": self.started,
+            "added": self.added,
             "stopped": self.stopped,
             "restarted": self.restarted,
             "unchanged": self.unchanged,
@@ -48,6 +50,8 @@ class Supervisor:
         self.registry = registry
         self.processes: dict[str, ManagedProcess] = {}
         self._on_change = on_change
+        # Held by whoever changes which processes exist or run (reload, API operations).
+        self.lock = asyncio.Lock()
 
     def get(self, name: str) -> ManagedProcess:
         """The process called ``name``; :class:`UnknownProcess` names the configured ones."""
@@ -85,24 +89,37 @@ class Supervisor:
         for name in removed:
             self.processes.pop(name).close()
             changes.stopped.append(name)
+        changed = [
+            name
+            for name, spec in specs.items()
+            if name in self.processes and self.processes[name].spec != spec
+        ]
+        # Which changed ones to bring back: those that were meant to run. A provider the
+        # user stopped stays stopped; a failed one gets another chance with the new config.
+        bring_back = {
+            name
+            for name in changed
+            if self.processes[name].state != ProcessState.STOPPED or specs[name].autostart
+        }
+        await asyncio.gather(*(self.processes[name].stop() for name in changed))
         for name, spec in specs.items():
             current = self.processes.get(name)
             if current is None:
                 process = self.add(spec)
                 if spec.autostart:
                     await process.start()
-                changes.started.append(name)
-            elif current.spec == spec:
+                    changes.started.append(name)
+                else:
+                    changes.added.append(name)
+            elif name not in changed:
                 changes.unchanged.append(name)
             else:
-                was_running = current.state != "stopped" or spec.autostart
-                await current.stop()
                 current.close()
                 process = self.add(spec)
                 process.restarts = current.restarts
                 # Keep the recent output: why it was restarted is often in there.
                 process.sink.ring.extend(current.sink.ring)
-                if was_running:
+                if name in bring_back:
                     await process.start()
                 changes.restarted.append(name)
         log.info("reload: %s", changes.as_json())

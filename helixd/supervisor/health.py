@@ -34,6 +34,9 @@ async def probe(health: HealthProbe, host: str, port: int | None) -> ProbeResult
         return ProbeResult(False, f"no answer within {health.timeout_s:g} s")
     except OSError as exc:
         return ProbeResult(False, exc.strerror or str(exc))
+    except Exception as exc:
+        # Whatever the other end sends (a 64 KiB status line, garbage), a probe only fails.
+        return ProbeResult(False, f"unreadable answer: {exc!r:.120}")
 
 
 async def _probe(health: HealthProbe, host: str, port: int) -> ProbeResult:

@@ -50,6 +50,15 @@ RUNNING_STATES = frozenset({ProcessState.STARTING, ProcessState.READY, ProcessSt
 SETTLED_STATES = frozenset({ProcessState.READY, ProcessState.FAILED, ProcessState.STOPPED})
 
 
+class ProcessClosed(Exception):
+    """The process was replaced or removed by a reload; its name may now mean another one."""
+
+
+# After SIGKILL, how long to wait for the group to vanish before reporting it as stuck
+# (a member in uninterruptible sleep, or one helixd may not signal).
+KILL_WAIT_S = 10.0
+
+
 class ManagedProcess:
     """Runs one :class:`ProcessSpec`: spawn, probe, restart with backoff, stop the group."""
 
@@ -78,12 +87,14 @@ class ManagedProcess:
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._changed = asyncio.Event()
+        self._closed = False
 
     # -- public operations -------------------------------------------------------------
 
     async def start(self) -> None:
         """Start supervising (no-op while it already runs). Counters of a past failure reset."""
         async with self._lock:
+            self._check_open()
             if self._task is not None and not self._task.done():
                 return
             self._task = asyncio.create_task(self._run(), name=f"process:{self.spec.name}")
@@ -96,8 +107,13 @@ class ManagedProcess:
     async def restart(self) -> None:
         """Stop, then start again."""
         async with self._lock:
+            self._check_open()
             await self._stop_locked()
             self._task = asyncio.create_task(self._run(), name=f"process:{self.spec.name}")
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ProcessClosed(f"{self.spec.name} was just replaced by a reload; try again")
 
     async def wait_spawned(self) -> None:
         """Wait until a just-started process has left ``stopped`` (spawned, or failed to)."""
@@ -148,7 +164,8 @@ class ManagedProcess:
         return data
 
     def close(self) -> None:
-        """Release the log file and end log followers (after :meth:`stop`)."""
+        """Release the log file and end log followers (after :meth:`stop`); no more starts."""
+        self._closed = True
         self.sink.close()
 
     # -- state -------------------------------------------------------------------------
@@ -198,8 +215,13 @@ class ManagedProcess:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            # A bug here must not leave a process shown as "ready" that nobody watches.
+            # A bug here must not leave a child running that nobody watches.
             log.exception("%s: supervision failed", self.spec.name)
+            child = self._child
+            if child is not None:
+                with contextlib.suppress(Exception):
+                    await self._terminate(child, asyncio.create_task(spawn.wait_exit(child)))
+                self._forget_child(child)
             self._set(ProcessState.FAILED, f"internal error in helixd: {exc!r}; see its log")
 
     async def _run_loop(self) -> None:
@@ -257,6 +279,8 @@ class ManagedProcess:
                 code = await self._terminate(child, exit_task)
             else:
                 code = exit_task.result()
+                self.pid = None  # never show a dead pid as the ready process
+                self._set(ProcessState.STOPPING, describe_exit(self._exit_info(code, reason)))
                 await self._reap_group(child, self.spec.stop_timeout_s)
             return self._exit_info(code, reason), True, self._clock() - ready_at
         finally:
@@ -334,8 +358,12 @@ class ManagedProcess:
                 await task
         if child is not None:
             self._set(ProcessState.STOPPING, f"sending {self.spec.stop_signal.name} to the group")
-            exit_task = asyncio.create_task(spawn.wait_exit(child))
-            code = await self._terminate(child, exit_task)
+            if child.popen.returncode is not None:
+                # The leader is gone already (its pid may be reused): only its group is left.
+                await self._reap_group(child, self.spec.stop_timeout_s)
+                code = child.popen.returncode
+            else:
+                code = await self._terminate(child, asyncio.create_task(spawn.wait_exit(child)))
             self.last_exit = self._exit_info(code, "stopped")
             self._forget_child(child)
         self._set(ProcessState.STOPPED, "stopped on request" if child is not None else "")
@@ -344,9 +372,9 @@ class ManagedProcess:
         """Stop signal to the group, wait up to stop_timeout_s, then SIGKILL what is left."""
         grace = self.spec.stop_timeout_s
         escaped = await asyncio.to_thread(spawn.descendants, child.pid)
+        started = self._clock()
         spawn.signal_group(child.pgid, self.spec.stop_signal)
         done, _ = await asyncio.wait({exit_task}, timeout=grace)
-        started = self._clock()
         if done:
             await self._reap_group(child, max(0.0, grace - (self._clock() - started)), escaped)
         else:
@@ -363,23 +391,32 @@ class ManagedProcess:
     ) -> None:
         """Make sure nothing of the child's group outlives it: the port and GPU must be free."""
         deadline = self._clock() + grace
-        signalled = False
+        signalled = killed_at = None
         while True:
-            members = await asyncio.to_thread(spawn.group_members, child.pgid)
-            members += [p for p in escaped or () if _alive(p)]
+            found = await asyncio.to_thread(spawn.group_members, child.pgid)
+            found += [p for p in escaped or () if _alive(p)]
+            members = list({p.pid: p for p in found}.values())
             if not members:
                 return
-            if not signalled and grace > 0:
+            if signalled is None and grace > 0:
                 # The leader is gone but its group is not: ask the rest to leave too.
                 spawn.signal_group(child.pgid, self.spec.stop_signal)
-                signalled = True
-            if self._clock() >= deadline:
+                signalled = self._clock()
+            now = self._clock()
+            if killed_at is None and now >= deadline:
                 pids = ", ".join(str(p.pid) for p in members)
                 self.sink.emit("helixd", f"killing leftover processes of the group: {pids}")
                 spawn.signal_group(child.pgid, signal.SIGKILL)
                 spawn.kill_all(members, signal.SIGKILL)
-                # SIGKILL cannot be refused; the loop ends as soon as the kernel reaps them.
-                deadline = float("inf")
+                killed_at = now
+            elif killed_at is not None and now - killed_at > KILL_WAIT_S:
+                # Uninterruptible sleep (a hung driver call) or not ours to signal: polling
+                # forever would hang every stop and the daemon's shutdown with it.
+                pids = ", ".join(str(p.pid) for p in members)
+                message = f"processes {pids} survived SIGKILL for {KILL_WAIT_S:g} s; giving up"
+                log.error("%s: %s", self.spec.name, message)
+                self.sink.emit("helixd", message)
+                return
             await asyncio.sleep(GROUP_POLL_S)
 
     def _forget_child(self, child: spawn.Child) -> None:

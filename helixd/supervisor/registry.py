@@ -80,6 +80,8 @@ class ChildRegistry:
                 )
             except (KeyError, TypeError, ValueError):
                 continue
+            if _group_id_reused(pgid, started):
+                continue
             members = [p for p in group_members(pgid) if _belongs(p, pid, started)]
             if not members:
                 continue
@@ -94,6 +96,14 @@ class ChildRegistry:
             cleaned.append(f"{name} ({', '.join(map(str, pids))})")
         self._save()
         return cleaned
+
+
+def _group_id_reused(pgid: int, leader_started: float) -> bool:
+    """True when a process with the group's id exists but is not our leader: a new group."""
+    try:
+        return bool(abs(psutil.Process(pgid).create_time() - leader_started) >= 1.0)
+    except psutil.Error:
+        return False
 
 
 def _belongs(proc: psutil.Process, leader_pid: int, leader_started: float) -> bool:

@@ -153,6 +153,11 @@ async def wait_exit(child: Child) -> int:
         pidfd = os.pidfd_open(child.pid)
     except ProcessLookupError:
         return child.popen.wait()
+    except OSError:
+        # No pidfd (kernel < 5.3, or a seccomp sandbox): poll instead.
+        while child.popen.poll() is None:
+            await asyncio.sleep(0.05)
+        return child.popen.wait()
     exited = loop.create_future()
     loop.add_reader(pidfd, _resolve, exited)
     try:

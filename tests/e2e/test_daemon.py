@@ -337,3 +337,47 @@ def _without_uptime(value: Any) -> Any:
     if isinstance(value, list):
         return [_without_uptime(v) for v in value]
     return value
+
+
+def test_second_daemon_with_its_own_state_dir_but_the_same_socket_refuses(helix: Any) -> None:
+    h = helix(ECHO)
+    other = h.root / "other.toml"
+    other.write_text(
+        h.config.read_text().replace(f'state_dir = "{h.root}/state"', f'state_dir = "{h.root}/s2"')
+    )
+    second = subprocess.run(
+        [str(Path(sys.executable).parent / "helixd"), "--user", "--config", str(other)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=h.env,
+    )
+    assert second.returncode == 1
+    assert f"another helixd is already running on {h.socket}" in second.stderr
+    assert "Traceback" not in second.stderr
+    assert h.ctl("status").returncode == 0
+
+
+def test_api_rejects_bad_timeouts_and_start_wait_reports_a_clean_exit(helix: Any) -> None:
+    from helixctl.transport import Client
+
+    h = helix(_child_provider("once", "--exit-code", "0", autostart="false"))
+    client = Client(str(h.socket), [str(h.socket)])
+    for bad in ("nan", "-5", "inf", "soon"):
+        status, doc = client.call("POST", f"/v1/providers/once/start?wait=1&timeout={bad}")
+        assert status == 400 and doc["error"]["code"] == "bad_request", bad
+    result = h.ctl("start", "once", "--wait")
+    assert result.returncode == 1
+    assert "once stopped: exited with code 0" in result.stderr
+
+
+def test_follow_requests_have_no_client_timeout(helix: Any) -> None:
+    from helixctl.transport import Client
+
+    h = helix(ECHO)
+    client = Client(str(h.socket), [str(h.socket)], timeout=30)
+    response = client.request("GET", "/v1/providers/echo/logs?lines=1&follow=1", timeout=None)
+    try:
+        assert response._sock.gettimeout() is None
+    finally:
+        response.close()

@@ -241,3 +241,52 @@ async def test_a_taken_port_is_reported_with_its_holder(tmp_path: Path) -> None:
         assert f"port {port} is already in use by pid {os.getpid()}" in proc.message
     finally:
         holder.close()
+
+
+async def test_a_garbage_answer_fails_the_probe_instead_of_crashing(tmp_path: Path) -> None:
+    import asyncio
+
+    from helixd.supervisor.health import probe
+    from helixd.supervisor.spec import HealthProbe
+
+    async def flood(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 " + b"9" * 100_000)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(flood, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        result = await probe(HealthProbe("http", "/", 1, 2, 1), "127.0.0.1", port)
+    assert not result.ok and "unreadable answer" in result.detail
+
+
+async def test_cleanup_spares_a_group_whose_id_was_reused(tmp_path: Path) -> None:
+    import json
+    import subprocess
+
+    from helixd.supervisor.registry import boot_id
+
+    # An unrelated session that happens to have the recorded group id.
+    stranger = subprocess.Popen(
+        ["sh", "-c", "sleep 60 & wait"], start_new_session=True, stdin=subprocess.DEVNULL
+    )
+    try:
+        await wait_for(lambda: len(psutil.Process(stranger.pid).children()) == 1, what="fork")
+        (tmp_path / "state").mkdir()
+        (tmp_path / "state" / "children.json").write_text(
+            json.dumps(
+                {
+                    "boot_id": boot_id(),
+                    "children": {
+                        "old": {"pid": stranger.pid, "pgid": stranger.pid, "create_time": 1000.0}
+                    },
+                }
+            )
+        )
+        assert ChildRegistry(tmp_path / "state").clean_up_leftovers(grace_s=1) == []
+        assert stranger.poll() is None
+        assert len(psutil.Process(stranger.pid).children()) == 1
+    finally:
+        os.killpg(stranger.pid, signal.SIGKILL)
+        stranger.wait()

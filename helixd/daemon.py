@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -100,6 +101,7 @@ class Daemon:
         finally:
             self.stopping = True
             self.notifier.stopping()
+            self.notifier.status(f"stopping {len(self.supervisor.processes)} provider(s)")
             log.info("stopping: %d provider(s)", len(self.supervisor.processes))
             for task in tasks:
                 task.cancel()
@@ -116,7 +118,14 @@ class Daemon:
             state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
             fd = os.open(state_dir / "helixd.pid", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as exc:
-            raise StartupError(f"cannot use state dir {state_dir}: {exc.strerror}") from None
+            hint = ""
+            if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                hint = (
+                    "; under systemd only /var/lib/helixd, /var/log/helixd and /run/helixd are "
+                    "writable: add the folder with ReadWritePaths= in a drop-in "
+                    "(systemctl edit helixd)"
+                )
+            raise StartupError(f"cannot use state dir {state_dir}: {exc.strerror}{hint}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -23,7 +23,12 @@ def _parser() -> argparse.ArgumentParser:
         description="Supervisor daemon for local LLM serving. Runs in the foreground; "
         "under systemd use the helixd.service unit.",
     )
-    parser.add_argument("--config", metavar="FILE", help="config file (default: see --help-paths)")
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="config file (default: $HELIXD_CONFIG, else /etc/helixd/helixd.toml for --system "
+        "or $XDG_CONFIG_HOME/helixd/helixd.toml for --user)",
+    )
     group = parser.add_mutually_exclusive_group()
     group.add_argument(
         "--system",

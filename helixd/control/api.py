@@ -140,22 +140,10 @@ class ControlAPI:
                 await process.restart()
         if wait and action != "stop":
             state = await process.wait_settled(timeout)
-            if state == ProcessState.FAILED:
+            if state in (ProcessState.FAILED, ProcessState.STOPPED):
                 info = process.info()
-                return error(
-                    500,
-                    "start_failed",
-                    f"{name} failed: {info['message']}",
-                    provider=info,
-                )
-            if state == ProcessState.STOPPED:
-                info = process.info()
-                return error(
-                    500,
-                    "start_failed",
-                    f"{name} stopped: {info['message'] or 'it exited'}",
-                    provider=info,
-                )
+                why = info["message"] or "it exited"
+                return error(500, "start_failed", f"{name} {state}: {why}", provider=info)
             if state != ProcessState.READY:
                 return error(
                     504,

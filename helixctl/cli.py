@@ -54,6 +54,13 @@ def _provider_action(ctx: Context, action: str, name: str, wait: bool, timeout: 
     ctx.emit(doc, f"{p['name']}: {p['state']}" + (f" (pid {p['pid']})" if p.get("pid") else ""))
 
 
+def _seconds(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    # FloatRange lets NaN through (every comparison with it is false).
+    if value != value:
+        raise click.BadParameter("must be a number of seconds, not nan")
+    return value
+
+
 def _provider_command(action: str, help_text: str) -> None:
     """Register ``helixctl ACTION PROVIDER [--wait] [--timeout S]``."""
 
@@ -63,6 +70,7 @@ def _provider_command(action: str, help_text: str) -> None:
     @click.option(
         "--timeout",
         type=click.FloatRange(min=0, max=86400),
+        callback=_seconds,
         default=120.0,
         show_default=True,
         help="seconds to wait with --wait",

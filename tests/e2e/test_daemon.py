@@ -381,3 +381,30 @@ def test_follow_requests_have_no_client_timeout(helix: Any) -> None:
         assert response._sock.gettimeout() is None
     finally:
         response.close()
+
+
+def test_bad_input_to_helixctl_never_shows_a_traceback(helix: Any, tmp_path: Path) -> None:
+    h = helix(ECHO)
+    directory = tmp_path / "a-dir"
+    directory.mkdir()
+    cases = [
+        (["start", "echo", "--wait", "--timeout", "nan"], 2),
+        (["start", "echo", "--wait", "--timeout", "-1"], 2),
+        (["logs", "echo", "-n", "-1"], 2),
+        (["logs", "echo", "-n", "many"], 2),
+        (["start", ""], 1),
+        (["start", "a/b"], 1),
+        (["restart", "../v1/reload"], 1),
+        (["logs", "nope"], 1),
+        (["config", "check", str(tmp_path / "missing.toml")], 1),
+        (["config", "check", str(directory)], 2),
+        (["init", "--output", "/proc/helixd-cannot-write.toml"], 1),
+        (["frobnicate"], 2),
+        (["--socket", str(tmp_path / "nowhere.sock"), "status"], 3),
+        (["--socket", str(tmp_path / "nowhere.sock"), "logs", "echo", "-f"], 3),
+    ]
+    for args, code in cases:
+        result = h.ctl(*args)
+        assert result.returncode == code, (args, result.stdout, result.stderr)
+        assert "Traceback" not in result.stderr, (args, result.stderr)
+        assert result.stderr.strip(), args

@@ -15,8 +15,10 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# compat mode: a plain path entry instead of an import hook, which would cost
-	# helixctl ~15 ms of start-up on every call.
-	$(BIN)/pip install --quiet -e '.[test]' --config-settings editable_mode=compat
+	# helixctl ~15 ms of start-up on every call. setuptools calls the mode transitional,
+	# so fall back to a default editable install if it ever goes away.
+	$(BIN)/pip install --quiet -e '.[test]' --config-settings editable_mode=compat \
+	  || $(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
 ## Run helixd in the foreground as a user instance (writes a first config if there is none).

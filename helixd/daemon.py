@@ -201,6 +201,10 @@ class Daemon:
         for name, provider in loaded.config.providers.items():
             if provider.kind == "remote" or provider.is_model_template:
                 continue  # nothing to supervise at provider level
+            if (provider.user or provider.group) and os.geteuid() != 0:
+                log.warning(
+                    "providers.%s: user/group are ignored: helixd does not run as root", name
+                )
             old = previous.get(name) if previous else None
             # Keep an auto port across reloads so an unchanged provider stays unchanged.
             port = old.spec.port if old is not None and provider.port == "auto" else None

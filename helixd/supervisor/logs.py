@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import time
 from collections import deque
@@ -16,6 +17,8 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
+
+log = logging.getLogger("helixd.supervisor")
 
 RING_LINES = 1000
 MAX_LINE_BYTES = 16 * 1024  # a runaway line (a binary dump) is cut, not buffered forever
@@ -88,6 +91,7 @@ class LogSink:
     def __init__(self, file: RotatingFile | None, ring_lines: int = RING_LINES) -> None:
         self.file = file
         self.ring: deque[LogLine] = deque(maxlen=ring_lines)
+        self._file_failing = False
         self._followers: set[asyncio.Queue[LogLine | None]] = set()
 
     def emit(self, stream: str, text: str) -> None:
@@ -98,9 +102,13 @@ class LogSink:
             prefix = "" if stream == "stdout" else f"[{stream}] "
             try:
                 self.file.write(f"{prefix}{text}\n".encode(errors="replace"))
-            except OSError:
+                self._file_failing = False
+            except OSError as exc:
                 # A full disk must not take the supervisor down; the ring still has the line.
                 self.file.close()
+                if not self._file_failing:
+                    log.warning("cannot write %s: %s (lines stay in memory)", self.file.path, exc)
+                    self._file_failing = True
         for queue in self._followers:
             if queue.qsize() < 10_000:  # a stalled follower loses lines, it never grows memory
                 queue.put_nowait(line)

@@ -48,3 +48,21 @@ def test_stderr_and_helixd_lines_are_tagged_in_the_file(tmp_path: Path) -> None:
     sink.emit("helixd", "note")
     sink.close()
     assert path.read_text() == "out\n[stderr] err\n[helixd] note\n"
+
+
+def test_an_unwritable_log_file_warns_once_and_keeps_lines_in_memory(
+    tmp_path: Path, caplog: object
+) -> None:
+    import logging
+
+    import pytest
+
+    assert isinstance(caplog, pytest.LogCaptureFixture)
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    sink = LogSink(RotatingFile(blocker / "p.log", max_bytes=0, backups=1))
+    with caplog.at_level(logging.WARNING):
+        sink.emit("stdout", "one")
+        sink.emit("stdout", "two")
+    assert [line.text for line in sink.tail(5)] == ["one", "two"]
+    assert len([r for r in caplog.records if "cannot write" in r.getMessage()]) == 1

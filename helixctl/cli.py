@@ -120,6 +120,8 @@ def logs(ctx: Context, provider: str, follow: bool, lines: int) -> None:
                 echo(raw.decode())
             else:
                 echo(_log_text(json.loads(raw)))
+        # A clean end: the provider was replaced by a reload, or helixd is stopping.
+        echo(f"helixctl: the log stream of {provider} ended (reload or helixd stopping)", err=True)
     except KeyboardInterrupt:
         pass
     except (ProtocolError, OSError):

@@ -22,6 +22,9 @@ from helixd.supervisor.process import ProcessClosed, ProcessState
 log = logging.getLogger("helixd.control")
 
 MAX_LOG_LINES = 10_000
+# How often a quiet log follower checks that its client is still there: aiohttp does not
+# cancel a handler when the client goes away, only the next write would notice.
+FOLLOW_CHECK_S = 5.0
 DEFAULT_WAIT_S = 120.0
 
 
@@ -171,7 +174,12 @@ class ControlAPI:
                 for item in tail:
                     await response.write((_dumps(item) + "\n").encode())
                 while True:
-                    line = await queue.get()
+                    try:
+                        line = await asyncio.wait_for(queue.get(), FOLLOW_CHECK_S)
+                    except TimeoutError:
+                        if request.transport is None or request.transport.is_closing():
+                            break
+                        continue
                     if line is None:
                         break
                     await response.write((_dumps(line.as_json()) + "\n").encode())

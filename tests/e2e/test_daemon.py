@@ -408,3 +408,26 @@ def test_bad_input_to_helixctl_never_shows_a_traceback(helix: Any, tmp_path: Pat
         assert result.returncode == code, (args, result.stdout, result.stderr)
         assert "Traceback" not in result.stderr, (args, result.stderr)
         assert result.stderr.strip(), args
+
+
+def test_follow_ends_cleanly_when_a_reload_replaces_the_provider(helix: Any) -> None:
+    config = _child_provider("talker", env='{ A = "1" }')
+    h = helix(config)
+    h.wait_state("talker", "ready")
+    follower = subprocess.Popen(
+        [str(Path(sys.executable).parent / "helixctl"), "logs", "talker", "-f", "-n", "1"],
+        env=h.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for_sync(lambda: _following(h), what="the follower to attach")
+        h.write_config(config.replace('A = "1"', 'A = "2"'))
+        assert h.ctl("reload").returncode == 0
+        _, stderr = follower.communicate(timeout=30)
+        assert follower.returncode == 0
+        assert "the log stream of talker ended" in stderr
+    finally:
+        follower.kill()
+        follower.wait(10)

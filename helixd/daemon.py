@@ -25,6 +25,7 @@ from helixd.config import ConfigError, DaemonPaths, LoadedConfig, load_config
 from helixd.control.api import ControlAPI, ReloadRefused
 from helixd.control.sockets import bind_control_socket
 from helixd.notify import Notifier
+from helixd.state import OperatorStops
 from helixd.supervisor.arbiter import Supervisor
 from helixd.supervisor.process import ManagedProcess, ProcessState
 from helixd.supervisor.registry import ChildRegistry
@@ -46,6 +47,7 @@ class Daemon:
         self.notifier = notifier
         self.started_at = time.time()
         self.registry = ChildRegistry(paths.state_dir)
+        self.operator_stops: OperatorStops | None = None  # read once the state dir is ours
         self.supervisor = Supervisor(self.registry, on_change=self._process_changed)
         self._events: asyncio.Queue[str] = asyncio.Queue()
         self._reload_lock = asyncio.Lock()
@@ -73,7 +75,12 @@ class Daemon:
             (signal.SIGHUP, "reload"),
         ):
             loop.add_signal_handler(sig, self._events.put_nowait, event)
-        await self.supervisor.start_autostart()
+        self.operator_stops = OperatorStops(self.paths.state_dir)
+        self.operator_stops.keep_only(set(self.supervisor.processes))
+        for name in sorted(self.operator_stops.stopped):
+            log.info("%s stays stopped: stopped with 'helixctl stop' before helixd restarted", name)
+            self.supervisor.processes[name].message = "stopped on request; start it to run it"
+        await self.supervisor.start_autostart(skip=self.operator_stops.stopped)
         self.notifier.ready(self.summary())
         log.info(
             "helixd %s ready (%s mode): control socket %s, %d provider(s)",
@@ -181,7 +188,10 @@ class Daemon:
                 async with self.supervisor.lock:
                     if self.stopping:
                         raise ReloadRefused("helixd is shutting down")
-                    changes = await self.supervisor.apply(specs)
+                    held = self.operator_stops.stopped if self.operator_stops else set()
+                    changes = await self.supervisor.apply(specs, keep_stopped=held)
+                    if self.operator_stops is not None:
+                        self.operator_stops.keep_only(set(specs))
             finally:
                 self.notifier.ready(self.summary())
         return {"reloaded": True, "changes": changes.as_json(), "warnings": warnings}
@@ -240,6 +250,17 @@ class Daemon:
             "summary": self.summary(),
             "providers": [p.info() for p in self.supervisor.processes.values()],
         }
+
+    def operator_stopped(self, name: str, stopped: bool) -> None:
+        """Keep an operator's stop across helixd restarts (see :class:`OperatorStops`)."""
+        if self.operator_stops is None:
+            return
+        try:
+            self.operator_stops.mark(name, stopped)
+        except OSError as exc:
+            log.warning(
+                "cannot record that %s was %s: %s", name, "stopped" if stopped else "started", exc
+            )
 
     def _process_changed(self, process: ManagedProcess) -> None:
         self._status_dirty.set()

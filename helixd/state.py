@@ -42,6 +42,51 @@ def atomic_write_json(path: Path, data: Any) -> None:
     atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
 
 
+def boot_id() -> str:
+    """The kernel's id of this boot: runtime records from another boot refer to nothing."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+class OperatorStops:
+    """Providers an operator stopped with ``helixctl stop``, kept until started again.
+
+    When helixd itself restarts (a crash, the watchdog, an upgrade), such a provider stays
+    stopped instead of coming back and taking the GPU the operator freed. A reboot starts
+    over from the config's ``autostart``, as systemd does with stopped units.
+    """
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / "operator-stops.json"
+        self._boot_id = boot_id()
+        record = read_json(self.path, {})
+        same_boot = isinstance(record, dict) and record.get("boot_id") == self._boot_id
+        names = record.get("stopped", []) if same_boot else []
+        self.stopped: set[str] = {n for n in names if isinstance(n, str)}
+
+    def mark(self, name: str, stopped: bool) -> None:
+        """Record that ``name`` was stopped (or started) on request; persisted at once."""
+        before = set(self.stopped)
+        if stopped:
+            self.stopped.add(name)
+        else:
+            self.stopped.discard(name)
+        if self.stopped != before:
+            self.save()
+
+    def keep_only(self, names: set[str]) -> None:
+        """Forget providers that are no longer configured."""
+        if self.stopped - names:
+            self.stopped &= names
+            self.save()
+
+    def save(self) -> None:
+        """Write the record atomically."""
+        atomic_write_json(self.path, {"boot_id": self._boot_id, "stopped": sorted(self.stopped)})
+
+
 def read_json(path: Path, default: Any) -> Any:
     """Read a JSON state file; a missing or unreadable one yields ``default``.
 

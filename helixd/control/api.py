@@ -46,6 +46,10 @@ class ControlBackend(Protocol):
         """Re-read the config; raise :class:`ReloadRefused` when it is invalid."""
         ...
 
+    def operator_stopped(self, name: str, stopped: bool) -> None:
+        """Remember that an operator stopped (True) or started (False) ``name``."""
+        ...
+
 
 def error(status: int, code: str, message: str, **details: Any) -> web.Response:
     """The one error shape of the API."""
@@ -141,6 +145,7 @@ class ControlAPI:
                 await process.start()
             else:
                 await process.restart()
+            self.backend.operator_stopped(name, action == "stop")
         if wait and action != "stop":
             state = await process.wait_settled(timeout)
             if state in (ProcessState.FAILED, ProcessState.STOPPED):

@@ -67,9 +67,11 @@ class Supervisor:
         self.processes[spec.name] = process
         return process
 
-    async def start_autostart(self) -> None:
-        """Start every autostart process and return once each has been spawned."""
-        started = [p for p in self.processes.values() if p.spec.autostart]
+    async def start_autostart(self, skip: set[str] | frozenset[str] = frozenset()) -> None:
+        """Start every autostart process not in ``skip``; return once each has been spawned."""
+        started = [
+            p for p in self.processes.values() if p.spec.autostart and p.spec.name not in skip
+        ]
         for process in started:
             await process.start()
         for process in started:
@@ -81,8 +83,15 @@ class Supervisor:
         for process in self.processes.values():
             process.close()
 
-    async def apply(self, specs: Mapping[str, ProcessSpec]) -> ReloadChanges:
-        """Move to ``specs``: untouched if equal, restarted if changed, stopped if gone."""
+    async def apply(
+        self,
+        specs: Mapping[str, ProcessSpec],
+        keep_stopped: set[str] | frozenset[str] = frozenset(),
+    ) -> ReloadChanges:
+        """Move to ``specs``: untouched if equal, restarted if changed, stopped if gone.
+
+        ``keep_stopped`` names providers an operator stopped: they stay stopped.
+        """
         changes = ReloadChanges()
         removed = [name for name in self.processes if name not in specs]
         await asyncio.gather(*(self.processes[name].stop() for name in removed))
@@ -99,7 +108,8 @@ class Supervisor:
         bring_back = {
             name
             for name in changed
-            if self.processes[name].state != ProcessState.STOPPED or specs[name].autostart
+            if self.processes[name].state != ProcessState.STOPPED
+            or (specs[name].autostart and name not in keep_stopped)
         }
         await asyncio.gather(*(self.processes[name].stop() for name in changed))
         for name, spec in specs.items():

@@ -17,20 +17,12 @@ from typing import Any
 
 import psutil
 
-from helixd.state import atomic_write_json, read_json
+from helixd.state import atomic_write_json, boot_id, read_json
 from helixd.supervisor.spawn import Child, group_members
 
 log = logging.getLogger("helixd.supervisor")
 
 RECORD_FILE = "children.json"
-
-
-def boot_id() -> str:
-    """The kernel's id of this boot; a record from another boot refers to nothing."""
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return "unknown"
 
 
 class ChildRegistry:

@@ -431,3 +431,22 @@ def test_follow_ends_cleanly_when_a_reload_replaces_the_provider(helix: Any) -> 
     finally:
         follower.kill()
         follower.wait(10)
+
+
+def test_an_operator_stop_survives_a_helixd_restart_until_started_again(helix: Any) -> None:
+    h = helix(ECHO + _child_provider("other", env='{ A = "1" }'))
+    h.wait_state("other", "ready")
+    assert h.ctl("stop", "other").returncode == 0
+    # A config change of a stopped provider does not bring it back either.
+    h.write_config(ECHO + _child_provider("other", env='{ A = "2" }'))
+    assert h.ctl("reload").returncode == 0
+    assert h.provider("other")["state"] == "stopped"
+    h.stop(signal.SIGKILL)
+    h.start()
+    h.wait_state("echo", "ready")
+    other = h.provider("other")
+    assert other["state"] == "stopped" and "stopped on request" in other["message"]
+    assert h.ctl("start", "other", "--wait").returncode == 0
+    h.stop(signal.SIGKILL)
+    h.start()
+    h.wait_state("other", "ready")  # started again by the operator: autostart applies

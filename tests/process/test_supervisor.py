@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import psutil
@@ -14,10 +15,22 @@ from helixd.supervisor.registry import ChildRegistry
 from helixd.supervisor.spec import free_port
 from tests.conftest import child_argv, make_spec, wait_for
 
+_CREATED: list[ManagedProcess] = []
+
+
+@pytest.fixture(autouse=True)
+async def _stop_what_a_test_started() -> AsyncIterator[None]:
+    # A failing assertion must not leave children (and their groups) running.
+    yield
+    while _CREATED:
+        await _CREATED.pop().stop()
+
 
 def _process(tmp_path: Path, **provider: object) -> ManagedProcess:
     spec = make_spec(tmp_path, **provider)
-    return ManagedProcess(spec, ChildRegistry(tmp_path / "state"))
+    process = ManagedProcess(spec, ChildRegistry(tmp_path / "state"))
+    _CREATED.append(process)
+    return process
 
 
 def _pids_alive(pids: list[int]) -> list[int]:

@@ -170,13 +170,13 @@ def config_check(ctx: Context, file: str | None, mode: str | None) -> None:
     from pathlib import Path
 
     from helixd.config import ConfigError, default_config_path, load_config
-    from helixd.paths import default_mode
+    from helixd.paths import parse_mode
 
     if file:
         path = Path(file)
     else:
         running = _running_config(ctx) if mode is None else None
-        path = running or default_config_path(mode or default_mode())  # type: ignore[arg-type]
+        path = running or default_config_path(parse_mode(mode))
     try:
         loaded = load_config(path)
     except ConfigError as exc:

@@ -65,10 +65,10 @@ def write_initial_config(
 ) -> tuple[Path, list[str]]:
     """Write the config atomically; refuse to overwrite unless ``force``."""
     from helixd.config import default_config_path, validate_config
-    from helixd.paths import default_mode
+    from helixd.paths import parse_mode
     from helixd.state import atomic_write_bytes
 
-    path = output or default_config_path(mode or default_mode())  # type: ignore[arg-type]
+    path = output or default_config_path(parse_mode(mode))
     if path.exists() and not force:
         raise FileExistsError(str(path))
     text, found = render_initial_config()

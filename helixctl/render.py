@@ -36,8 +36,6 @@ def provider_rows(providers: list[dict[str, Any]]) -> list[list[Any]]:
     now = time.time()
     for p in providers:
         note = p.get("message") or ""
-        if p["state"] in ("ready",) and not note:
-            note = ""
         rows.append(
             [
                 p["name"],

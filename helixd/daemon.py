@@ -15,7 +15,6 @@ import logging
 import os
 import signal
 import time
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -174,6 +173,8 @@ class Daemon:
     async def reload(self) -> dict[str, Any]:
         """Re-read the config file; apply the difference; refuse an invalid file whole."""
         async with self._reload_lock:
+            if self.stopping:
+                raise ReloadRefused("helixd is shutting down")
             self.notifier.reloading()
             try:
                 try:
@@ -277,10 +278,3 @@ class Daemon:
         while True:
             self.notifier.watchdog()
             await asyncio.sleep(interval)
-
-
-def resolve_config_path(config: str | None, mode: str) -> Path:
-    """``--config``, else ``HELIXD_CONFIG``, else the mode's standard location."""
-    from helixd.config import default_config_path
-
-    return Path(config) if config else default_config_path(mode)  # type: ignore[arg-type]

@@ -61,6 +61,15 @@ def default_paths(mode: Mode) -> DefaultPaths:
     )
 
 
+def parse_mode(value: str | None) -> Mode:
+    """``"system"``/``"user"`` as given (e.g. by a CLI flag), else :func:`default_mode`."""
+    if value == "system":
+        return "system"
+    if value == "user":
+        return "user"
+    return default_mode()
+
+
 def default_mode() -> Mode:
     """Root runs the system instance unless told otherwise; anyone else a user instance."""
     return "system" if os.geteuid() == 0 else "user"

@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -226,6 +225,7 @@ def test_logs_tail_and_follow(helix: Any) -> None:
         if line["stream"] == "stdout"
     ]
     assert stdout[-5:] == [f"line {i}" for i in range(5)]
+    baseline = _unix_connections(h)
     follower = subprocess.Popen(
         [str(Path(sys.executable).parent / "helixctl"), "logs", "talker", "-f", "-n", "0"],
         env=h.env,
@@ -233,8 +233,7 @@ def test_logs_tail_and_follow(helix: Any) -> None:
         text=True,
     )
     try:
-        time.sleep(0)  # the follower needs no head start: restart output is awaited below
-        wait_for_sync(lambda: _following(h), what="the follower to attach")
+        wait_for_sync(lambda: _unix_connections(h) > baseline, what="the follower to attach")
         assert h.ctl("restart", "talker").returncode == 0
         assert follower.stdout is not None
         seen = []
@@ -248,11 +247,11 @@ def test_logs_tail_and_follow(helix: Any) -> None:
         follower.wait(10)
 
 
-def _following(h: Any) -> bool:
-    # A follow connection is visible as an extra connection on the daemon's socket.
+def _unix_connections(h: Any) -> int:
+    # A follow connection shows as one more AF_UNIX socket of the daemon; its baseline
+    # (listener, asyncio's self-pipe) is counted before the follower starts.
     assert h.proc is not None
-    conns = psutil.Process(h.proc.pid).net_connections(kind="unix")
-    return len(conns) >= 3
+    return len(psutil.Process(h.proc.pid).net_connections(kind="unix"))
 
 
 def test_helixctl_without_a_daemon_exits_3_and_says_where_it_looked(tmp_path: Path) -> None:
@@ -414,6 +413,7 @@ def test_follow_ends_cleanly_when_a_reload_replaces_the_provider(helix: Any) -> 
     config = _child_provider("talker", env='{ A = "1" }')
     h = helix(config)
     h.wait_state("talker", "ready")
+    baseline = _unix_connections(h)
     follower = subprocess.Popen(
         [str(Path(sys.executable).parent / "helixctl"), "logs", "talker", "-f", "-n", "1"],
         env=h.env,
@@ -422,7 +422,7 @@ def test_follow_ends_cleanly_when_a_reload_replaces_the_provider(helix: Any) -> 
         text=True,
     )
     try:
-        wait_for_sync(lambda: _following(h), what="the follower to attach")
+        wait_for_sync(lambda: _unix_connections(h) > baseline, what="the follower to attach")
         h.write_config(config.replace('A = "1"', 'A = "2"'))
         assert h.ctl("reload").returncode == 0
         _, stderr = follower.communicate(timeout=30)

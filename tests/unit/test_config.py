@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from helixd.config import ConfigError, load_config
+from helixd.config import ConfigError, LoadedConfig, load_config
 
 
-def _load(tmp_path: Path, text: str) -> object:
+def _load(tmp_path: Path, text: str) -> LoadedConfig:
     path = tmp_path / "helixd.toml"
     path.write_text(text)
     return load_config(path)
@@ -23,7 +23,7 @@ def _error(tmp_path: Path, text: str) -> str:
 
 def test_minimal_echo_config_is_valid(tmp_path: Path) -> None:
     loaded = _load(tmp_path, '[providers.demo]\nkind = "echo"\n')
-    provider = loaded.config.providers["demo"]  # type: ignore[attr-defined]
+    provider = loaded.config.providers["demo"]
     assert provider.kind == "echo" and provider.port == "auto" and provider.restart == "on-failure"
 
 
@@ -101,7 +101,7 @@ def test_durations_and_sizes_accept_units(tmp_path: Path) -> None:
         '[providers.a]\nkind = "echo"\nstart_seconds = "2m"\nstop_signal = "int"\n'
         'log = { max_bytes = "1MiB", backups = 2 }\n',
     )
-    provider = loaded.config.providers["a"]  # type: ignore[attr-defined]
+    provider = loaded.config.providers["a"]
     assert provider.start_seconds == 120
     assert provider.stop_signal == "SIGINT"
     assert provider.log.max_bytes == 1024 * 1024
@@ -120,14 +120,14 @@ def test_invalid_toml_names_line(tmp_path: Path) -> None:
 
 def test_relative_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
     loaded = _load(tmp_path, '[daemon]\nstate_dir = "state"\nsocket = "run/h.sock"\n')
-    paths = loaded.paths("user")  # type: ignore[attr-defined]
+    paths = loaded.paths("user")
     assert paths.state_dir == tmp_path / "state"
     assert paths.socket == tmp_path / "run" / "h.sock"
     assert paths.socket_mode == 0o600
 
 
 def test_system_mode_defaults(tmp_path: Path) -> None:
-    paths = _load(tmp_path, "").paths("system")  # type: ignore[attr-defined]
+    paths = _load(tmp_path, "").paths("system")
     assert str(paths.socket) == "/run/helixd/helixd.sock"
     assert paths.socket_mode == 0o660 and paths.socket_group == "helixd"
 

@@ -180,7 +180,8 @@ class ControlAPI:
                     await response.write((_dumps(item) + "\n").encode())
                 while True:
                     try:
-                        line = await asyncio.wait_for(queue.get(), FOLLOW_CHECK_S)
+                        async with asyncio.timeout(FOLLOW_CHECK_S):
+                            line = await queue.get()
                     except TimeoutError:
                         if request.transport is None or request.transport.is_closing():
                             break

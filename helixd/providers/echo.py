@@ -458,7 +458,8 @@ async def serve(config: EchoConfig) -> int:
             f"echo provider: listening in {delay} s (--startup-delay)", file=sys.stderr, flush=True
         )
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), delay)
+            async with asyncio.timeout(delay):
+                await stop.wait()
         if stop.is_set():
             return 0
     # A short grace on stop: aiohttp waits it out twice (finish, then cancel) per open

@@ -29,7 +29,10 @@ async def probe(health: HealthProbe, host: str, port: int | None) -> ProbeResult
     if port is None:
         return ProbeResult(False, "no port to probe")
     try:
-        return await asyncio.wait_for(_probe(health, host, port), health.timeout_s)
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation
+        # that arrives as the probe completes, and a stop would then wait forever.
+        async with asyncio.timeout(health.timeout_s):
+            return await _probe(health, host, port)
     except TimeoutError:
         return ProbeResult(False, f"no answer within {health.timeout_s:g} s")
     except OSError as exc:

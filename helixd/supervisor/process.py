@@ -129,7 +129,8 @@ class ManagedProcess:
                 break
             changed = self._changed
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), remaining)
+                async with asyncio.timeout(remaining):
+                    await changed.wait()
         return self.state
 
     def info(self) -> dict[str, Any]:
@@ -352,10 +353,8 @@ class ManagedProcess:
     async def _stop_locked(self) -> None:
         task, self._task = self._task, None
         child = self._child
-        if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if task is not None:
+            await _cancel_and_wait(task)
         if child is not None:
             self._set(ProcessState.STOPPING, f"sending {self.spec.stop_signal.name} to the group")
             if child.popen.returncode is not None:
@@ -456,6 +455,19 @@ class ManagedProcess:
                     self.sink.emit(name, line)
 
             loop.add_reader(fd, on_readable)
+
+
+async def _cancel_and_wait(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` and wait for it to end, cancelling again should it swallow one.
+
+    Code the run loop awaits (a library, a future refactor) may absorb a CancelledError;
+    a stop must not then wait forever on a loop that carries on.
+    """
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=1.0)
+    if not task.cancelled() and task.exception() is not None:
+        log.error("supervision task ended with %r", task.exception())
 
 
 def _alive(proc: Any) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import signal
 from collections.abc import AsyncIterator
@@ -303,3 +305,35 @@ async def test_cleanup_spares_a_group_whose_id_was_reused(tmp_path: Path) -> Non
     finally:
         os.killpg(stranger.pid, signal.SIGKILL)
         stranger.wait()
+
+
+async def test_stop_ends_a_run_loop_that_swallows_a_cancellation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Defence in depth for the CI hang: whatever the run loop awaits may absorb one
+    # CancelledError (Python 3.11's wait_for did); stop must still end the loop and the child.
+    from helixd.supervisor import health
+    from helixd.supervisor import process as process_module
+
+    real_probe = health.probe
+    probing = asyncio.Event()
+
+    async def probe_swallowing_one_cancel(*args: object) -> health.ProbeResult:
+        probing.set()
+        with contextlib.suppress(asyncio.CancelledError):  # swallowed, as 3.11's wait_for did
+            await asyncio.Event().wait()  # never passes on its own
+        monkeypatch.setattr(process_module.health, "probe", real_probe)
+        return health.ProbeResult(False, "swallowed a cancel")
+
+    monkeypatch.setattr(process_module.health, "probe", probe_swallowing_one_cancel)
+    port = free_port()
+    proc = _process(tmp_path, command=child_argv("--port", "{port}"), port=port)
+    await proc.start()
+    await asyncio.wait_for(probing.wait(), 15)
+    child_pid = proc.pid
+    assert child_pid is not None
+    stop = asyncio.create_task(proc.stop())
+    done, _ = await asyncio.wait({stop}, timeout=15)
+    assert stop in done, "stop() hung on a run loop that swallowed its cancellation"
+    assert proc.state == ProcessState.STOPPED
+    assert _pids_alive([child_pid]) == []

@@ -9,74 +9,57 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import string
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
+from pydantic import BaseModel, Field, ValidationError, field_validator
+
+from helixd.config.providers import (
+    MODEL_PLACEHOLDERS,
+    PROCESS_PLACEHOLDERS,
+    PROVIDER_KINDS,
+    HealthConfig,
+    LogConfig,
+    ProviderConfig,
+    ProviderKind,
+    brace_problem,
 )
-
+from helixd.config.residency import FOREVER, ModelConfig, ResourcesConfig, SchedulerConfig
+from helixd.config.types import NAME_RE, Strict
 from helixd.kinds import kind_defaults
 from helixd.paths import Mode, default_paths
 
-PROVIDER_KINDS = ("echo", "ollama", "llamacpp", "vllm", "localai", "tabbyapi", "openai", "remote")
-ProviderKind = Literal[
-    "echo", "ollama", "llamacpp", "vllm", "localai", "tabbyapi", "openai", "remote"
+__all__ = [
+    "FOREVER",
+    "MODEL_PLACEHOLDERS",
+    "PROCESS_PLACEHOLDERS",
+    "PROVIDER_KINDS",
+    "ConfigError",
+    "DaemonConfig",
+    "DaemonPaths",
+    "HealthConfig",
+    "HelixConfig",
+    "LoadedConfig",
+    "LogConfig",
+    "ModelConfig",
+    "ProviderConfig",
+    "ProviderKind",
+    "ResourcesConfig",
+    "SchedulerConfig",
+    "default_config_path",
+    "load_config",
+    "validate_config",
 ]
-
-# Placeholders a provider-level command may use; model placeholders mark a per-model template.
-PROCESS_PLACEHOLDERS = frozenset({"port", "host", "name", "state_dir", "log_dir", "python"})
-MODEL_PLACEHOLDERS = frozenset({"model", "model_path", "model_id", "ctx", "gpu_memory_utilization"})
-
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 
 
 class ConfigError(Exception):
     """A config that cannot be used; the message names the file, the key and the fix."""
 
 
-def _parse_duration_s(value: Any) -> Any:
-    """Accept ``30``, ``"30s"``, ``"10m"``, ``"1h"``; leave anything else to pydantic."""
-    if isinstance(value, str):
-        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*", value)
-        if not match:
-            raise ValueError(f"expected a duration such as 30, '30s', '10m' or '1h'; got {value!r}")
-        number, unit = float(match.group(1)), match.group(2) or "s"
-        return number * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[unit]
-    return value
-
-
-def _parse_size_bytes(value: Any) -> Any:
-    """Accept ``1048576``, ``"10MiB"``, ``"1 GiB"``, ``"500KiB"``."""
-    if isinstance(value, str):
-        match = re.fullmatch(r"\s*(\d+)\s*(B|KiB|MiB|GiB)?\s*", value)
-        if not match:
-            raise ValueError(f"expected a size such as '10MiB' or a number of bytes; got {value!r}")
-        scale = {"B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}[match.group(2) or "B"]
-        return int(match.group(1)) * scale
-    return value
-
-
-Seconds = Annotated[float, BeforeValidator(_parse_duration_s), Field(gt=0)]
-ByteSize = Annotated[int, BeforeValidator(_parse_size_bytes), Field(ge=0)]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class DaemonConfig(_Strict):
+class DaemonConfig(Strict):
     """``[daemon]``: socket, state and log locations; unset paths follow the mode."""
 
     socket: Path | None = None
@@ -94,141 +77,16 @@ class DaemonConfig(_Strict):
         return value
 
 
-class HealthConfig(_Strict):
-    """How readiness and liveness of a process are probed.
-
-    ``path`` probes HTTP (any 2xx is healthy), ``tcp = true`` only connects; with neither,
-    the provider kind's default applies (see ``helixd.kinds``). ``enabled = false`` turns
-    probing off: the process counts as ready once it has run for a second.
-    """
-
-    enabled: bool = True
-    path: str | None = None
-    tcp: bool = False
-    interval_s: Seconds = 30.0
-    timeout_s: Seconds = 5.0
-    failures: int = Field(default=3, ge=1)
-
-    @field_validator("path")
-    @classmethod
-    def _absolute_path(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith("/"):
-            raise ValueError(f"expected an HTTP path starting with '/'; got {value!r}")
-        return value
-
-    @model_validator(mode="after")
-    def _one_probe(self) -> HealthConfig:
-        if self.path is not None and self.tcp:
-            raise ValueError("set either path (HTTP probe) or tcp = true, not both")
-        return self
-
-
-class LogConfig(_Strict):
-    """Per-process log file rotation."""
-
-    max_bytes: ByteSize = 10 * 1024 * 1024
-    backups: int = Field(default=5, ge=0, le=100)
-
-
-class ProviderConfig(_Strict):
-    """``[providers.NAME]``: a kind of inference server and how to run it."""
-
-    kind: ProviderKind
-    command: list[str] | None = None
-    port: int | Literal["auto"] = "auto"
-    env: dict[str, str] = Field(default_factory=dict)
-    cwd: Path | None = None
-    user: str | None = None
-    group: str | None = None
-    autostart: bool = True
-    restart: Literal["always", "on-failure", "never"] = "on-failure"
-    start_seconds: Seconds = 60.0
-    start_retries: int = Field(default=3, ge=0, le=1000)
-    backoff_initial_s: Seconds = 1.0
-    backoff_max_s: Seconds = 60.0
-    backoff_reset_s: Seconds = 60.0
-    stop_signal: str = "SIGTERM"
-    stop_timeout_s: Annotated[float, BeforeValidator(_parse_duration_s), Field(gt=0, le=120)] = 10.0
-    health: HealthConfig = Field(default_factory=HealthConfig)
-    log: LogConfig = Field(default_factory=LogConfig)
-    url: str | None = None
-
-    @field_validator("command")
-    @classmethod
-    def _argv(cls, value: list[str] | None) -> list[str] | None:
-        if value is not None and (not value or not value[0].strip()):
-            raise ValueError("expected a non-empty list of arguments, e.g. ['ollama', 'serve']")
-        return value
-
-    @field_validator("port")
-    @classmethod
-    def _port_range(cls, value: int | str) -> int | str:
-        if isinstance(value, int) and not 1 <= value <= 65535:
-            raise ValueError(f"expected a TCP port from 1 to 65535 or 'auto'; got {value}")
-        return value
-
-    @field_validator("stop_signal")
-    @classmethod
-    def _signal_name(cls, value: str) -> str:
-        name = value.upper() if value.upper().startswith("SIG") else "SIG" + value.upper()
-        if name not in signal.Signals.__members__:
-            raise ValueError(f"expected a signal name such as SIGTERM or SIGINT; got {value!r}")
-        return name
-
-    @field_validator("env")
-    @classmethod
-    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
-        for key in value:
-            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
-                raise ValueError(f"expected environment variable names; got {key!r}")
-        return value
-
-    @model_validator(mode="after")
-    def _backoff_order(self) -> ProviderConfig:
-        if self.backoff_max_s < self.backoff_initial_s:
-            raise ValueError("backoff_max_s must be at least backoff_initial_s")
-        return self
-
-    @property
-    def placeholders(self) -> set[str]:
-        """The ``{names}`` its command uses."""
-        found: set[str] = set()
-        for arg in self.command or ():
-            found.update(_placeholders(arg))
-        return found
-
-    @property
-    def is_model_template(self) -> bool:
-        """True when the command is started once per model rather than once per provider."""
-        return bool(self.placeholders & MODEL_PLACEHOLDERS)
-
-
-def _placeholders(template: str) -> set[str]:
-    """Field names of a ``str.format`` template; malformed braces yield nothing (checked apart)."""
-    try:
-        return {field for _, field, _, _ in string.Formatter().parse(template) if field}
-    except ValueError:
-        return set()
-
-
-def _brace_problem(template: str) -> str | None:
-    try:
-        list(string.Formatter().parse(template))
-    except ValueError as exc:
-        return f"{template!r}: {exc}; write a literal brace as {{{{ or }}}}"
-    return None
-
-
-class HelixConfig(_Strict):
+class HelixConfig(Strict):
     """The whole ``helixd.toml``."""
 
     daemon: DaemonConfig = Field(default_factory=DaemonConfig)
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    models: dict[str, ModelConfig] = Field(default_factory=dict)
     # Sections owned by later capabilities; parsed leniently until they land.
     proxy: dict[str, Any] = Field(default_factory=dict)
-    resources: dict[str, Any] = Field(default_factory=dict)
-    scheduler: dict[str, Any] = Field(default_factory=dict)
-    models: dict[str, dict[str, Any]] = Field(default_factory=dict)
     routes: dict[str, dict[str, Any]] = Field(default_factory=dict)
     jobs: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
@@ -316,7 +174,7 @@ def _check_semantics(config: HelixConfig) -> list[str]:
     fixed_ports: dict[int, str] = {}
     for name, provider in config.providers.items():
         key = f"providers.{name}"
-        if not _NAME_RE.match(name):
+        if not NAME_RE.match(name):
             problems.append(
                 f"{key}: provider names use letters, digits, '.', '_', ':' and '-' "
                 "and start with a letter or digit"
@@ -327,7 +185,7 @@ def _check_semantics(config: HelixConfig) -> list[str]:
                 f"{key}.command: required for kind '{provider.kind}', e.g. {defaults.example}"
             )
         for arg in provider.command or ():
-            problem = _brace_problem(arg)
+            problem = brace_problem(arg)
             if problem:
                 problems.append(f"{key}.command: {problem}")
         unknown = provider.placeholders - PROCESS_PLACEHOLDERS - MODEL_PLACEHOLDERS
@@ -351,6 +209,43 @@ def _check_semantics(config: HelixConfig) -> list[str]:
                     "give each provider its own port or use 'auto'"
                 )
             fixed_ports[provider.port] = name
+    problems += _check_models(config)
+    return problems
+
+
+def _check_models(config: HelixConfig) -> list[str]:
+    """Models must name a provider that can load them; names and aliases must be unique."""
+    problems: list[str] = []
+    taken: dict[str, str] = {name: f"models.{name}" for name in config.models}
+    for name, model in config.models.items():
+        key = f"models.{name}"
+        if not NAME_RE.match(name):
+            problems.append(
+                f"{key}: model names use letters, digits, '.', '_', ':' and '-' "
+                "and start with a letter or digit"
+            )
+        provider = config.providers.get(model.provider)
+        if provider is None:
+            known = ", ".join(sorted(config.providers)) or "none defined"
+            problems.append(
+                f"{key}.provider: no provider named {model.provider!r}; providers: {known}"
+            )
+        elif not provider.is_model_template:
+            problems.append(
+                f"{key}.provider: {model.provider!r} (kind {provider.kind}) runs one server "
+                "for all its models, which this version cannot load or unload; use a provider "
+                "whose command is a per-model template (with {model_path} or {model})"
+            )
+        elif "model_path" in provider.placeholders and model.path is None:
+            problems.append(
+                f"{key}.path: required, because providers.{model.provider}.command uses "
+                "{model_path}; e.g. path = '/models/qwen2.5-7b-instruct-q4_k_m.gguf'"
+            )
+        for alias in model.aliases:
+            other = taken.get(alias)
+            if other is not None and other != f"{key}.aliases":
+                problems.append(f"{key}.aliases: {alias!r} is already taken by {other}")
+            taken[alias] = f"{key}.aliases"
     return problems
 
 

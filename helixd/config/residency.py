@@ -1,0 +1,81 @@
+"""``[resources]``, ``[scheduler]`` and ``[models.NAME]``: what may be resident, and where.
+
+Memory is declared in MiB (``vram_mib``, ``ram_mib``) because that is how people read
+``nvidia-smi``; everything downstream works in bytes.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator, Field, field_validator
+
+from helixd.config.types import Seconds, Strict, parse_duration_s
+
+FOREVER = math.inf
+
+
+def _parse_keep_alive(value: Any) -> Any:
+    """``"forever"`` (or ``-1``, as Ollama writes it) never unloads; else a duration."""
+    if value == "forever" or (isinstance(value, int | float) and value < 0):
+        return FOREVER
+    return parse_duration_s(value)
+
+
+KeepAlive = Annotated[float, BeforeValidator(_parse_keep_alive), Field(gt=0)]
+
+
+class ResourcesConfig(Strict):
+    """``[resources]``: which GPUs helixd may use and what it keeps free for others."""
+
+    gpus: Literal["auto", "none"] | list[Annotated[int, Field(ge=0, le=63)]] = "auto"
+    vram_reserve_mib: int = Field(default=512, ge=0)
+    ram_reserve_mib: int = Field(default=2048, ge=0)
+    max_loaded_models: int = Field(default=0, ge=0)
+
+    @field_validator("gpus")
+    @classmethod
+    def _distinct(cls, value: str | list[int]) -> str | list[int]:
+        if isinstance(value, list) and (not value or len(set(value)) != len(value)):
+            raise ValueError(
+                f"expected 'auto', 'none' or a list of distinct GPU indexes; got {value!r}"
+            )
+        return value
+
+
+class SchedulerConfig(Strict):
+    """``[scheduler]``: residency defaults and the bounds on waiting."""
+
+    keep_alive: KeepAlive = 600.0
+    # How long a request may wait for its model: a load, a free slot, busy models to idle.
+    load_timeout_s: Seconds = 600.0
+    busy_wait_s: Seconds = 60.0
+    # After a failed load, requests fail fast for this long instead of retrying the load.
+    failed_cooldown_s: Seconds = 30.0
+    # After an unload, how long to wait for the memory to show up free before the next load.
+    memory_return_s: Seconds = 5.0
+    # How often resident models' memory is re-measured (and the TTL timers checked).
+    sample_interval_s: Seconds = 5.0
+
+
+class ModelConfig(Strict):
+    """``[models."NAME"]``: a name clients ask for, its provider, and its memory needs."""
+
+    provider: str
+    # The provider-native id (Ollama tag, vLLM repo id); defaults to the model's name.
+    id: str | None = None
+    # A file or folder for process-per-model providers (``{model_path}``).
+    path: Path | None = None
+    aliases: list[str] = Field(default_factory=list)
+    pinned: bool = False
+    keep_alive: KeepAlive | None = None
+    max_concurrency: int = Field(default=4, ge=1, le=4096)
+    max_queue: int = Field(default=64, ge=0, le=100_000)
+    ctx: int | None = Field(default=None, ge=16, le=10_000_000)
+    gpu_layers: int = Field(default=-1, ge=-1)
+    vram_mib: int | None = Field(default=None, ge=0)
+    ram_mib: int | None = Field(default=None, ge=0)
+    # Extra arguments appended to a process-per-model provider's command for this model.
+    args: list[str] = Field(default_factory=list)

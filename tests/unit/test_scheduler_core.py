@@ -1,0 +1,307 @@
+"""The residency core, exhaustively: examples for the messages, hypothesis for the rules."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from helixd.scheduler.core import (
+    RAM,
+    DeviceView,
+    Join,
+    Load,
+    LoadRequest,
+    ModelState,
+    ModelView,
+    Ready,
+    Refuse,
+    Snapshot,
+    Wait,
+    free_bytes,
+    plan_load,
+    resident_count,
+)
+
+GiB = 1024**3
+MiB = 1024**2
+
+
+def gpu(index: int = 0, total: int = 24 * GiB, used: int = 0, reserve: int = 0) -> DeviceView:
+    return DeviceView(f"gpu{index}", total, reserve, total - used)
+
+
+def ram(total: int = 64 * GiB, used: int = 0) -> DeviceView:
+    return DeviceView(RAM, total, 0, total - used)
+
+
+def loaded(name: str, vram_gib: float, last_used: float, **kw: object) -> ModelView:
+    fields: dict[str, object] = {
+        "state": ModelState.LOADED,
+        "device": "gpu0",
+        "vram_bytes": int(vram_gib * GiB),
+        "ram_bytes": 0,
+        "last_used": last_used,
+    }
+    fields.update(kw)
+    return ModelView(name=name, **fields)  # type: ignore[arg-type]
+
+
+def snap(*models: ModelView, gpus: tuple[DeviceView, ...] | None = None, **kw: object) -> Snapshot:
+    used_by_models = sum(m.vram_bytes for m in models if m.device == "gpu0")
+    devices = gpus if gpus is not None else (gpu(used=used_by_models),)
+    return Snapshot(devices, ram(), {m.name: m for m in models}, **kw)  # type: ignore[arg-type]
+
+
+def want(name: str, vram_gib: float) -> LoadRequest:
+    return LoadRequest(name, int(vram_gib * GiB), 0, gpu=True)
+
+
+def test_evicts_least_recently_used_idle_models_only_as_many_as_needed() -> None:
+    s = snap(loaded("a", 8, 3.0), loaded("b", 8, 1.0), loaded("c", 6, 2.0))
+    assert plan_load(s, want("x", 6)) == Load("x", "gpu0", ("b",))
+    assert plan_load(s, want("x", 12)) == Load("x", "gpu0", ("b", "c"))
+
+
+def test_pinned_and_busy_models_are_never_victims() -> None:
+    s = snap(
+        loaded("pin", 8, 0.0, pinned=True),
+        loaded("busy", 8, 1.0, in_flight=1),
+        loaded("waiting", 4, 2.0, queued=2),
+        loaded("idle", 4, 9.0),
+    )
+    assert plan_load(s, want("x", 4)) == Load("x", "gpu0", ("idle",))
+    plan = plan_load(s, want("x", 10))
+    assert isinstance(plan, Wait)
+    assert plan.waiting_for == ("busy", "waiting")
+
+
+def test_refusal_names_pins_and_busy_models() -> None:
+    s = snap(
+        loaded("openhermes", 4.1, 0.0, pinned=True),
+        loaded("mathstral", 4.4, 0.0, pinned=True),
+        loaded("codellama-13b", 12.4, 1.0, in_flight=1),
+        gpus=(DeviceView("gpu0", 24 * GiB, 0, int(3.1 * GiB)),),
+    )
+    plan = plan_load(s, want("qwen2.5-coder-32b", 19.4))
+    assert plan == Refuse(
+        "qwen2.5-coder-32b",
+        "qwen2.5-coder-32b needs 19.4 GiB on GPU0; 3.1 GiB free; "
+        "pinned: mathstral (4.4 GiB), openhermes (4.1 GiB); busy: codellama-13b",
+    )
+
+
+def test_a_model_bigger_than_the_device_is_refused_with_the_device_size() -> None:
+    plan = plan_load(snap(gpus=(gpu(total=8 * GiB, reserve=512 * MiB),)), want("big", 9))
+    assert isinstance(plan, Refuse)
+    assert "needs 9.0 GiB on GPU0, which has 7.5 GiB in all after its reserve" in plan.reason
+
+
+def test_loaded_is_ready_loading_is_joined_unloading_waits() -> None:
+    s = snap(
+        loaded("up", 1, 0.0),
+        loaded("coming", 1, 0.0, state=ModelState.LOADING),
+        loaded("going", 1, 0.0, state=ModelState.UNLOADING),
+    )
+    assert plan_load(s, want("up", 1)) == Ready("up")
+    assert plan_load(s, want("coming", 1)) == Join("coming")
+    assert isinstance(plan_load(s, want("going", 1)), Wait)
+
+
+def test_placement_prefers_the_device_with_most_free_memory() -> None:
+    s = snap(gpus=(gpu(0, used=10 * GiB), gpu(1, used=2 * GiB)))
+    assert plan_load(s, want("x", 4)) == Load("x", "gpu1")
+
+
+def test_a_device_with_a_load_under_way_is_skipped_or_waited_for() -> None:
+    s = snap(gpus=(gpu(0), gpu(1, used=20 * GiB)), loading_devices=frozenset({"gpu0"}))
+    assert plan_load(s, want("x", 2)) == Load("x", "gpu1")
+    plan = plan_load(s, want("x", 8))
+    assert isinstance(plan, Wait) and plan.waiting_for == ("gpu0",)
+
+
+def test_reported_free_memory_limits_the_budget_when_others_use_the_gpu() -> None:
+    # NVML says 20 GiB are used by someone else: helixd's own accounting alone would say 24.
+    s = snap(gpus=(gpu(used=20 * GiB, reserve=1 * GiB),))
+    assert free_bytes(s, s.gpus[0]) == 3 * GiB
+    assert isinstance(plan_load(s, want("x", 4)), Refuse)
+
+
+def test_a_loading_model_counts_before_its_memory_shows_up() -> None:
+    # The load has not allocated yet (NVML shows nothing): the account still holds its size.
+    coming = loaded("coming", 16, 0.0, state=ModelState.LOADING)
+    s = snap(coming, gpus=(gpu(used=0),))
+    assert isinstance(plan_load(s, want("x", 10)), Wait)
+
+
+def test_max_loaded_models_evicts_the_least_recently_used() -> None:
+    s = snap(loaded("a", 1, 5.0), loaded("b", 1, 2.0), max_loaded_models=2)
+    assert plan_load(s, want("x", 1)) == Load("x", "gpu0", ("b",))
+    pinned = snap(
+        loaded("a", 1, 5.0, pinned=True), loaded("b", 1, 2.0, pinned=True), max_loaded_models=2
+    )
+    plan = plan_load(pinned, want("x", 1))
+    assert isinstance(plan, Refuse) and "max_loaded_models = 2" in plan.reason
+
+
+def test_ram_only_mode_charges_the_whole_model_to_host_memory() -> None:
+    models = {
+        "old": ModelView("old", ModelState.LOADED, None, 0, 6 * GiB, last_used=1.0),
+    }
+    s = Snapshot((), DeviceView(RAM, 16 * GiB, 2 * GiB, 8 * GiB), models)
+    # 8 GiB reported free - 2 reserve = 6: a 3 + 2 GiB model fits; a 5 + 2 needs "old" gone.
+    assert plan_load(s, LoadRequest("x", 3 * GiB, 2 * GiB, gpu=False)) == Load("x", RAM)
+    assert plan_load(s, LoadRequest("x", 5 * GiB, 2 * GiB, gpu=False)) == Load("x", RAM, ("old",))
+    assert isinstance(plan_load(s, LoadRequest("x", 1, 0, gpu=True)), Refuse)
+
+
+# -- properties --------------------------------------------------------------------------
+
+STATES = [ModelState.LOADED] * 4 + [ModelState.LOADING, ModelState.UNLOADING, ModelState.UNLOADED]
+
+
+@st.composite
+def snapshots(draw: st.DrawFn) -> tuple[Snapshot, LoadRequest]:
+    n_gpus = draw(st.integers(1, 2))
+    totals = [draw(st.integers(4, 48)) * GiB for _ in range(n_gpus)]
+    reserves = [draw(st.sampled_from([0, 512 * MiB, GiB])) for _ in range(n_gpus)]
+    others = [draw(st.integers(0, 2)) * GiB for _ in range(n_gpus)]  # not helixd's
+    n_models = draw(st.integers(0, 8))
+    times = draw(st.lists(st.integers(0, 1000), min_size=n_models, max_size=n_models, unique=True))
+    models: dict[str, ModelView] = {}
+    for i in range(n_models):
+        models[f"m{i}"] = ModelView(
+            name=f"m{i}",
+            state=draw(st.sampled_from(STATES)),
+            device=f"gpu{draw(st.integers(0, n_gpus - 1))}",
+            vram_bytes=draw(st.integers(0, 12)) * GiB,
+            ram_bytes=draw(st.integers(0, 2)) * GiB,
+            pinned=draw(st.booleans()),
+            in_flight=draw(st.sampled_from([0, 0, 0, 1, 3])),
+            queued=draw(st.sampled_from([0, 0, 0, 2])),
+            last_used=float(times[i]),
+        )
+    gpus = []
+    for i in range(n_gpus):
+        held = sum(
+            m.vram_bytes
+            for m in models.values()
+            if m.device == f"gpu{i}" and m.state in (ModelState.LOADED, ModelState.UNLOADING)
+        )
+        gpus.append(DeviceView(f"gpu{i}", totals[i], reserves[i], totals[i] - held - others[i]))
+    ram_total = draw(st.integers(8, 64)) * GiB
+    ram_used = sum(m.ram_bytes for m in models.values() if m.state == ModelState.LOADED)
+    host = DeviceView(RAM, ram_total, GiB, ram_total - ram_used - GiB)
+    max_loaded = draw(st.sampled_from([0, 0, 2, 4]))
+    snapshot = Snapshot(tuple(gpus), host, models, max_loaded)
+    request = LoadRequest(
+        model=draw(st.sampled_from(["new", *models])) if models else "new",
+        vram_bytes=draw(st.integers(0, 30)) * GiB,
+        ram_bytes=draw(st.integers(0, 4)) * GiB,
+        gpu=True,
+    )
+    return snapshot, request
+
+
+def _after_evicting(snapshot: Snapshot, victims: tuple[str, ...]) -> Snapshot:
+    """The world once the victims' memory came back, as NVML would then report it."""
+    models = dict(snapshot.models)
+    gpus = list(snapshot.gpus)
+    host = snapshot.ram
+    for name in victims:
+        m = models[name]
+        models[name] = dataclasses.replace(m, state=ModelState.UNLOADED)
+        gpus = [
+            dataclasses.replace(g, reported_free_bytes=g.reported_free_bytes + m.vram_bytes)
+            if g.id == m.device
+            else g
+            for g in gpus
+        ]
+        host = dataclasses.replace(host, reported_free_bytes=host.reported_free_bytes + m.ram_bytes)
+    return dataclasses.replace(snapshot, gpus=tuple(gpus), ram=host, models=models)
+
+
+def _fits(snapshot: Snapshot, request: LoadRequest, device: str) -> bool:
+    gpu_view = next(g for g in snapshot.gpus if g.id == device)
+    count_ok = (
+        not snapshot.max_loaded_models or resident_count(snapshot) < snapshot.max_loaded_models
+    )
+    return (
+        free_bytes(snapshot, gpu_view) >= request.vram_bytes
+        and free_bytes(snapshot, snapshot.ram) >= request.ram_bytes
+        and count_ok
+    )
+
+
+@settings(max_examples=400, deadline=None)
+@given(snapshots())
+def test_victims_are_idle_unpinned_loaded_models_in_lru_order(
+    case: tuple[Snapshot, LoadRequest],
+) -> None:
+    snapshot, request = case
+    plan = plan_load(snapshot, request)
+    if not isinstance(plan, Load):
+        return
+    victims = [snapshot.models[v] for v in plan.evict]
+    for v in victims:
+        assert not v.pinned, f"evicted pinned {v.name}"
+        assert v.idle, f"evicted busy {v.name}"
+        assert v.state == ModelState.LOADED, f"evicted {v.state} {v.name}"
+    assert [v.last_used for v in victims] == sorted(v.last_used for v in victims)
+
+
+@settings(max_examples=400, deadline=None)
+@given(snapshots())
+def test_plans_never_exceed_a_budget_and_evict_no_more_than_needed(
+    case: tuple[Snapshot, LoadRequest],
+) -> None:
+    snapshot, request = case
+    plan = plan_load(snapshot, request)
+    if not isinstance(plan, Load):
+        return
+    assert _fits(_after_evicting(snapshot, plan.evict), request, plan.device)
+    if plan.evict:
+        assert not _fits(_after_evicting(snapshot, plan.evict[:-1]), request, plan.device)
+
+
+@settings(max_examples=400, deadline=None)
+@given(snapshots())
+def test_refuse_only_when_no_unpinned_model_could_make_room(
+    case: tuple[Snapshot, LoadRequest],
+) -> None:
+    snapshot, request = case
+    plan = plan_load(snapshot, request)
+    unpinned = tuple(
+        m.name
+        for m in snapshot.models.values()
+        if not m.pinned and m.state in (ModelState.LOADED, ModelState.LOADING, ModelState.UNLOADING)
+    )
+    everything_gone = _after_evicting(snapshot, unpinned)
+    could_fit = any(_fits(everything_gone, request, g.id) for g in snapshot.gpus)
+    if isinstance(plan, Refuse):
+        assert not could_fit, plan.reason
+    if isinstance(plan, Load | Wait):
+        assert could_fit or isinstance(plan, Wait)
+
+
+@settings(max_examples=200, deadline=None)
+@given(snapshots())
+def test_a_second_request_for_a_model_being_loaded_joins_that_load(
+    case: tuple[Snapshot, LoadRequest],
+) -> None:
+    snapshot, request = case
+    plan = plan_load(snapshot, request)
+    if not isinstance(plan, Load):
+        return
+    # What the executor records when it starts the load: the model is loading, victims leave.
+    models = dict(snapshot.models)
+    for name in plan.evict:
+        models[name] = dataclasses.replace(models[name], state=ModelState.UNLOADING)
+    models[request.model] = ModelView(
+        request.model, ModelState.LOADING, plan.device, request.vram_bytes, request.ram_bytes
+    )
+    after = dataclasses.replace(
+        snapshot, models=models, loading_devices=snapshot.loading_devices | {plan.device}
+    )
+    assert plan_load(after, request) == Join(request.model)

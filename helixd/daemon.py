@@ -22,9 +22,15 @@ from aiohttp import web
 from helixd import __version__
 from helixd.config import ConfigError, DaemonPaths, LoadedConfig, load_config
 from helixd.control.api import ControlAPI, ReloadRefused
+from helixd.control.models_api import add_model_routes
 from helixd.control.sockets import bind_control_socket
 from helixd.notify import Notifier
-from helixd.state import OperatorStops
+from helixd.providers.base import ModelAdapter
+from helixd.resources.gpu import GpuSelectionError
+from helixd.resources.monitor import ResourceMonitor
+from helixd.scheduler.catalog import build_adapters, build_entries
+from helixd.scheduler.residency import ModelEntry, Residency
+from helixd.state import OperatorStops, ResidencyRecord
 from helixd.supervisor.arbiter import Supervisor
 from helixd.supervisor.process import ManagedProcess, ProcessState
 from helixd.supervisor.registry import ChildRegistry
@@ -54,6 +60,12 @@ class Daemon:
         self._runner: web.AppRunner | None = None
         self._status_dirty = asyncio.Event()
         self.stopping = False
+        resources = loaded.config.resources
+        self.monitor = ResourceMonitor(resources.gpus)
+        self.residency = Residency(resources, loaded.config.scheduler, self.monitor)
+        self.residency.on_change = self._status_dirty.set
+        self.record: ResidencyRecord | None = None  # read once the state dir is ours
+        self._adapters: dict[str, ModelAdapter] = {}
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -66,6 +78,7 @@ class Daemon:
         specs = self._build_specs(self.loaded, previous=None)
         for spec in specs.values():
             self.supervisor.add(spec)
+        await self._start_residency()
         await self._start_control()
         loop = asyncio.get_running_loop()
         for sig, event in (
@@ -88,7 +101,10 @@ class Daemon:
             self.paths.socket,
             len(self.supervisor.processes),
         )
-        tasks = [asyncio.create_task(self._publish_status(), name="status")]
+        tasks = [
+            asyncio.create_task(self._publish_status(), name="status"),
+            asyncio.create_task(self.residency.run(), name="residency"),
+        ]
         if self.notifier.watchdog_interval_s:
             tasks.append(asyncio.create_task(self._watchdog(), name="watchdog"))
         try:
@@ -111,6 +127,8 @@ class Daemon:
             log.info("stopping: %d provider(s)", len(self.supervisor.processes))
             for task in tasks:
                 task.cancel()
+            await self.residency.close()
+            await self.monitor.close()
             async with self.supervisor.lock:
                 await self.supervisor.stop_all()
             await self._stop_control()
@@ -150,6 +168,39 @@ class Daemon:
             os.close(self._lock_fd)
             self._lock_fd = None
 
+    async def _start_residency(self) -> None:
+        """Open NVML (or settle for RAM-only), size the models, track them."""
+        try:
+            await self.monitor.open()
+        except GpuSelectionError as exc:
+            raise StartupError(str(exc)) from None
+        if self.monitor.mode != "nvml":
+            log.info("RAM-only mode: %s", self.monitor.note)
+        self.record = ResidencyRecord(self.paths.state_dir)
+        self.residency.remember = self.record.remember
+        for entry in (await self._model_entries(self.loaded, previous=None)).values():
+            self.residency.add(entry)
+        await self.residency.tick()
+
+    async def _model_entries(
+        self, loaded: LoadedConfig, previous: dict[str, ModelAdapter] | None
+    ) -> dict[str, ModelEntry]:
+        assert self.record is not None
+        adapters = build_adapters(loaded.config, self.paths, self.registry, previous)
+        self._adapters = adapters
+        return await build_entries(
+            loaded.config, adapters, self.record, gpus_present=self.monitor.mode == "nvml"
+        )
+
+    def set_pin(self, name: str, pinned: bool) -> None:
+        """Pin or unpin at run time, persisted so it outlives helixd restarts."""
+        entry = self.residency.set_pin(name, pinned)
+        if self.record is not None:
+            try:
+                self.record.set_pin(entry.name, pinned)
+            except OSError as exc:
+                log.warning("cannot persist the pin of %s: %s", name, exc)
+
     async def _start_control(self) -> None:
         try:
             sock = bind_control_socket(
@@ -158,7 +209,10 @@ class Daemon:
         except (OSError, ValueError) as exc:
             message = exc.args[0] if isinstance(exc, ValueError) else exc.strerror or str(exc)
             raise StartupError(f"control socket {self.paths.socket}: {message}") from None
-        self._runner = web.AppRunner(ControlAPI(self).app(), access_log=None, handle_signals=False)
+        api = ControlAPI(self)
+        app = api.app()
+        add_model_routes(api, app, self)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         await web.SockSite(self._runner, sock, shutdown_timeout=1.0).start()
 
@@ -193,17 +247,24 @@ class Daemon:
                     changes = await self.supervisor.apply(specs, keep_stopped=held)
                     if self.operator_stops is not None:
                         self.operator_stops.keep_only(set(specs))
+                    entries = await self._model_entries(new, previous=self._adapters)
+                    self.residency.replace_config(
+                        new.config.resources, new.config.scheduler, entries
+                    )
             finally:
                 self.notifier.ready(self.summary())
         return {"reloaded": True, "changes": changes.as_json(), "warnings": warnings}
 
     def _restart_only_changes(self, new: LoadedConfig) -> list[str]:
         """Keys that only take effect when helixd restarts (where it listens, keeps state)."""
-        if new.paths(self.paths.mode) == self.paths:
-            return []
-        message = "[daemon] paths changed; they take effect when helixd restarts"
-        log.warning(message)
-        return [message]
+        messages = []
+        if new.paths(self.paths.mode) != self.paths:
+            messages.append("[daemon] paths changed; they take effect when helixd restarts")
+        if new.config.resources.gpus != self.loaded.config.resources.gpus:
+            messages.append("resources.gpus changed; it takes effect when helixd restarts")
+        for message in messages:
+            log.warning(message)
+        return messages
 
     def _build_specs(
         self, loaded: LoadedConfig, previous: dict[str, ManagedProcess] | None
@@ -225,16 +286,21 @@ class Daemon:
     # -- status ------------------------------------------------------------------------
 
     def summary(self) -> str:
-        """The one-line STATUS= text, e.g. ``3 providers: 2 ready, 1 backoff``."""
+        """The one-line STATUS= text, e.g. ``3 providers: 2 ready, 1 backoff; models: 1 loaded``."""
         counts: dict[str, int] = {}
         for process in self.supervisor.processes.values():
             counts[str(process.state)] = counts.get(str(process.state), 0) + 1
         total = len(self.supervisor.processes)
-        if not total:
-            return "no providers configured"
-        order = [str(s) for s in ProcessState]
-        parts = ", ".join(f"{counts[s]} {s}" for s in order if s in counts)
-        return f"{total} provider{'s' if total != 1 else ''}: {parts}"
+        models = self.residency.summary_counts()
+        parts = []
+        if total:
+            order = [str(s) for s in ProcessState]
+            states = ", ".join(f"{counts[s]} {s}" for s in order if s in counts)
+            parts.append(f"{total} provider{'s' if total != 1 else ''}: {states}")
+        if models:
+            states = ", ".join(f"{n} {s}" for s, n in sorted(models.items()))
+            parts.append(f"models: {states}")
+        return "; ".join(parts) or "no providers configured"
 
     def status(self) -> dict[str, Any]:
         """The ``GET /v1/status`` document."""
@@ -250,6 +316,10 @@ class Daemon:
             "log_dir": str(self.paths.log_dir),
             "summary": self.summary(),
             "providers": [p.info() for p in self.supervisor.processes.values()],
+            "models": [
+                self.residency.info(e) for e in self.residency.models.values() if not e.removed
+            ],
+            "devices": self.residency.devices(),
         }
 
     def operator_stopped(self, name: str, stopped: bool) -> None:

@@ -87,6 +87,52 @@ class OperatorStops:
         atomic_write_json(self.path, {"boot_id": self._boot_id, "stopped": sorted(self.stopped)})
 
 
+class ResidencyRecord:
+    """What residency learned and was told at run time, kept across restarts.
+
+    ``pins``: runtime pin/unpin of a model (``helixctl pin``), overriding its config.
+    ``measured``: memory figures measured after a load, keyed by the model and the
+    parameters that shape its size (provider, file, context, layers, arguments).
+    """
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / "residency.json"
+        record = read_json(self.path, {})
+        if not isinstance(record, dict):
+            record = {}
+        pins = record.get("pins", {})
+        measured = record.get("measured", {})
+        self.pins: dict[str, bool] = {
+            k: v for k, v in (pins.items() if isinstance(pins, dict) else ()) if isinstance(v, bool)
+        }
+        self.measured: dict[str, dict[str, int]] = {
+            k: {"vram_bytes": int(v["vram_bytes"]), "ram_bytes": int(v["ram_bytes"])}
+            for k, v in (measured.items() if isinstance(measured, dict) else ())
+            if isinstance(v, dict)
+            and isinstance(v.get("vram_bytes"), int)
+            and isinstance(v.get("ram_bytes"), int)
+        }
+
+    def set_pin(self, model: str, pinned: bool | None) -> None:
+        """Record a runtime pin (``None`` forgets it: the config decides again)."""
+        if pinned is None:
+            self.pins.pop(model, None)
+        else:
+            self.pins[model] = pinned
+        self.save()
+
+    def remember(self, key: str, vram_bytes: int, ram_bytes: int) -> None:
+        """Keep a measured size; written only when it changed."""
+        figure = {"vram_bytes": vram_bytes, "ram_bytes": ram_bytes}
+        if self.measured.get(key) != figure:
+            self.measured[key] = figure
+            self.save()
+
+    def save(self) -> None:
+        """Write the record atomically."""
+        atomic_write_json(self.path, {"pins": self.pins, "measured": self.measured})
+
+
 def read_json(path: Path, default: Any) -> Any:
     """Read a JSON state file; a missing or unreadable one yields ``default``.
 

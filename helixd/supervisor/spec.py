@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,12 +80,26 @@ def build_spec(
     provider: ProviderConfig,
     paths: DaemonPaths,
     port: int | None = None,
+    *,
+    provider_name: str | None = None,
+    model_values: Mapping[str, str] | None = None,
+    extra_args: Sequence[str] = (),
+    extra_env: Mapping[str, str] | None = None,
 ) -> ProcessSpec:
-    """Resolve ``provider`` into a spec. ``port`` keeps an earlier auto port across reloads."""
+    """Resolve ``provider`` into a spec. ``port`` keeps an earlier auto port across reloads.
+
+    For one model of a process-per-model provider, ``name`` is the process's name,
+    ``provider_name`` the provider's, ``model_values`` fills ``{model_path}`` and the other
+    model placeholders, ``extra_args`` are the model's own arguments and ``extra_env``
+    what the placement decided (``CUDA_VISIBLE_DEVICES``).
+    """
+    provider_name = provider_name or name
     defaults = kind_defaults(provider.kind)
     argv_template = provider.command or list(defaults.command or ())
     if not argv_template:
-        raise SpecError(f"providers.{name}.command: kind '{provider.kind}' needs a command")
+        raise SpecError(
+            f"providers.{provider_name}.command: kind '{provider.kind}' needs a command"
+        )
     if isinstance(provider.port, int):
         port = provider.port
     elif port is None:
@@ -96,11 +111,14 @@ def build_spec(
         "state_dir": str(paths.state_dir),
         "log_dir": str(paths.log_dir),
         "python": sys.executable,
+        **(model_values or {}),
     }
-    argv = tuple(_fill(arg, values, f"providers.{name}.command") for arg in argv_template)
+    key = f"providers.{provider_name}.command"
+    argv = tuple(_fill(arg, values, key) for arg in argv_template) + tuple(extra_args)
     env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
-    for key, value in {**defaults.env, **provider.env}.items():
-        env[key] = _substitute(value, values)
+    for env_key, value in {**defaults.env, **provider.env}.items():
+        env[env_key] = _substitute(value, values)
+    env.update(extra_env or {})
     return ProcessSpec(
         name=name,
         kind=provider.kind,

@@ -1,0 +1,104 @@
+"""The adapter interface: how the scheduler loads, unloads and finds a provider's models.
+
+Two shapes (DESIGN.md): a *process-per-model* provider starts one server process per
+model (llama.cpp, vLLM, any OpenAI-compatible command); a *multi-model* provider is one
+long-lived server that loads models through its HTTP API (Ollama, LocalAI, TabbyAPI).
+Adapters do what they are told; they never decide what to evict.
+"""
+
+from __future__ import annotations
+
+import abc
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+# Words providers use when a load fails for lack of memory (CUDA, llama.cpp, vLLM, ROCm,
+# our fake); the scheduler then evicts more and retries once.
+_OUT_OF_MEMORY = re.compile(
+    r"out of memory|CUDA_ERROR_OUT_OF_MEMORY|cudaMalloc failed|failed to allocate"
+    r"|unable to allocate|OutOfMemoryError|No available memory for the cache blocks"
+    r"|insufficient memory|hipErrorOutOfMemory",
+    re.IGNORECASE,
+)
+
+
+def says_out_of_memory(lines: Sequence[str]) -> bool:
+    """True when a provider's last words say it ran out of (GPU) memory."""
+    return any(_OUT_OF_MEMORY.search(line) for line in lines)
+
+
+@dataclass(frozen=True)
+class ModelTarget:
+    """One model, as an adapter needs it to load it where the scheduler placed it."""
+
+    name: str
+    model_id: str
+    path: Path | None
+    ctx: int | None
+    gpu_layers: int
+    args: tuple[str, ...]
+    gpu_index: int | None  # None: keep it off every GPU
+    gpu_memory_utilization: float
+
+
+class LoadError(Exception):
+    """A load that did not succeed; ``out_of_memory`` when the provider said so."""
+
+    def __init__(
+        self, message: str, *, out_of_memory: bool = False, log_tail: Sequence[str] = ()
+    ) -> None:
+        super().__init__(message)
+        self.out_of_memory = out_of_memory
+        self.log_tail = list(log_tail)
+
+
+LostCallback = Callable[[str, str], None]
+
+
+class ModelAdapter(abc.ABC):
+    """Loads and unloads the models of one provider."""
+
+    shape: ClassVar[Literal["process-per-model", "multi-model"]]
+
+    def __init__(self, provider: str) -> None:
+        self.provider = provider
+        self._on_lost: LostCallback | None = None
+
+    def on_lost(self, callback: LostCallback) -> None:
+        """Call ``callback(model, why)`` when a loaded model goes away on its own."""
+        self._on_lost = callback
+
+    def _lost(self, model: str, why: str) -> None:
+        if self._on_lost is not None:
+            self._on_lost(model, why)
+
+    @abc.abstractmethod
+    async def load(self, target: ModelTarget) -> None:
+        """Make ``target`` serve; raise :class:`LoadError` saying why not."""
+
+    @abc.abstractmethod
+    async def unload(self, model: str) -> None:
+        """Release ``model`` and its memory; a model that is not loaded is a no-op."""
+
+    @abc.abstractmethod
+    def upstream(self, model: str) -> str | None:
+        """Base URL (``http://127.0.0.1:PORT``) that serves ``model``; None if not loaded."""
+
+    def memory_pids(self, model: str) -> list[int]:
+        """Processes whose trees hold exactly this model's memory (per-model processes)."""
+        return []
+
+    async def reported_memory(self, model: str) -> tuple[int, int] | None:
+        """``(vram, ram)`` bytes as the provider itself reports them, if it does."""
+        return None
+
+    def process_info(self, model: str) -> dict[str, Any] | None:
+        """The supervised process of ``model``, for status (per-model providers)."""
+        return None
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Unload everything (helixd is stopping, or the provider left the config)."""

@@ -1,0 +1,144 @@
+"""Process-per-model providers: loading a model starts its own server, unloading stops it.
+
+Covers llama.cpp's ``llama-server``, llama-cpp-python's server, vLLM and any
+OpenAI-compatible command. The provider's command is a template; each model's process
+is supervised like any other (own process group, logs, health probe, group stop) but is
+not restarted by the supervisor: when it dies the scheduler hears of it and decides.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+from helixd.config import DaemonPaths, ProviderConfig
+from helixd.providers.base import LoadError, ModelAdapter, ModelTarget, says_out_of_memory
+from helixd.supervisor.process import ManagedProcess, ProcessState
+from helixd.supervisor.registry import ChildRegistry
+from helixd.supervisor.spec import ProcessSpec, build_spec
+
+log = logging.getLogger("helixd.providers")
+
+LOAD_LOG_TAIL = 20
+_SERVING = frozenset({ProcessState.READY, ProcessState.UNHEALTHY})
+
+
+def process_name(provider: str, model: str) -> str:
+    """``llama:qwen2.5-7b``: the model's process, in logs, status and the log file name."""
+    return f"{provider}:{model}"
+
+
+class ProcessPerModelAdapter(ModelAdapter):
+    """One supervised process per loaded model."""
+
+    shape = "process-per-model"
+
+    def __init__(
+        self,
+        provider: str,
+        config: ProviderConfig,
+        paths: DaemonPaths,
+        registry: ChildRegistry,
+    ) -> None:
+        super().__init__(provider)
+        self.config = config
+        self._paths = paths
+        self._registry = registry
+        self._processes: dict[str, ManagedProcess] = {}
+        self._serving: set[str] = set()
+        self._leaving: set[str] = set()
+
+    def spec_for(self, target: ModelTarget) -> ProcessSpec:
+        """The process that serves ``target``: the template filled, placed on its GPU."""
+        values = {
+            "model": target.name,
+            "model_id": target.model_id,
+            "model_path": str(target.path) if target.path is not None else "",
+            "ctx": str(target.ctx) if target.ctx is not None else "",
+            "gpu_layers": str(target.gpu_layers),
+            "gpu_memory_utilization": f"{target.gpu_memory_utilization:.2f}",
+        }
+        # CUDA numbers devices as NVML does only in PCI bus order; helixd's indexes are
+        # NVML's, so pin the order before choosing one.
+        env = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+        env["CUDA_VISIBLE_DEVICES"] = "" if target.gpu_index is None else str(target.gpu_index)
+        spec = build_spec(
+            process_name(self.provider, target.name),
+            self.config,
+            self._paths,
+            provider_name=self.provider,
+            model_values=values,
+            extra_args=target.args,
+            extra_env=env,
+        )
+        # The scheduler, not the supervisor, brings a dead model back (it must re-check
+        # memory first); one failed start is a failed load.
+        return dataclasses.replace(spec, restart="never", start_retries=0, autostart=False)
+
+    async def load(self, target: ModelTarget) -> None:
+        """Start the model's process and wait until its health probe passes."""
+        await self.unload(target.name)  # a leftover of an earlier attempt
+        spec = self.spec_for(target)
+        process = ManagedProcess(spec, self._registry, on_change=self._changed)
+        self._processes[target.name] = process
+        await process.start()
+        state = await process.wait_settled(spec.start_seconds + spec.stop_timeout_s + 5)
+        if state == ProcessState.READY:
+            self._serving.add(target.name)
+            return
+        tail = [line.text for line in process.sink.tail(LOAD_LOG_TAIL)]
+        why = process.message or f"ended {state}"
+        await self.unload(target.name)
+        raise LoadError(
+            f"{spec.name} did not become ready: {why}",
+            out_of_memory=says_out_of_memory(tail),
+            log_tail=tail,
+        )
+
+    async def unload(self, model: str) -> None:
+        """Stop the model's process group and wait until it is gone."""
+        process = self._processes.get(model)
+        if process is None:
+            return
+        self._leaving.add(model)
+        self._serving.discard(model)
+        try:
+            await process.stop()
+        finally:
+            process.close()
+            self._leaving.discard(model)
+            if self._processes.get(model) is process:
+                del self._processes[model]
+
+    def upstream(self, model: str) -> str | None:
+        """``http://127.0.0.1:PORT`` of the model's own server."""
+        process = self._processes.get(model)
+        if process is None or model not in self._serving:
+            return None
+        return f"http://{process.spec.host}:{process.spec.port}"
+
+    def memory_pids(self, model: str) -> list[int]:
+        """The model's server process (its tree holds the model's memory)."""
+        process = self._processes.get(model)
+        return [process.pid] if process is not None and process.pid is not None else []
+
+    def process_info(self, model: str) -> dict[str, Any] | None:
+        """The supervisor's view of the model's process."""
+        process = self._processes.get(model)
+        return process.info() if process is not None else None
+
+    async def close(self) -> None:
+        """Stop every model process of this provider."""
+        for model in list(self._processes):
+            await self.unload(model)
+
+    def _changed(self, process: ManagedProcess) -> None:
+        model = next((m for m, p in self._processes.items() if p is process), None)
+        if model is None or model in self._leaving or model not in self._serving:
+            return
+        if process.state not in _SERVING:
+            self._serving.discard(model)
+            why = process.message or f"its process is {process.state}"
+            log.warning("%s: model %s lost: %s", self.provider, model, why)
+            self._lost(model, why)

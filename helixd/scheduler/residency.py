@@ -1,0 +1,726 @@
+"""The executor: carries the core's plans out through the adapters and keeps the books.
+
+It owns each model's state, in-flight and queued counts, last use, pins and TTL timers.
+Decisions come from :func:`helixd.scheduler.core.plan_load`; this module only gathers
+the snapshot, acts (unload victims, wait for their memory, load), and feeds results back.
+Time comes from an injected clock, so the unit tests drive TTLs without sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from helixd.config import ModelConfig, ResourcesConfig, SchedulerConfig
+from helixd.providers.base import LoadError, ModelAdapter, ModelTarget
+from helixd.resources.monitor import ResourceSample
+from helixd.scheduler.core import (
+    RAM,
+    DeviceView,
+    Join,
+    Load,
+    LoadRequest,
+    ModelState,
+    ModelView,
+    Ready,
+    Refuse,
+    Snapshot,
+    Wait,
+    format_bytes,
+    free_bytes,
+    plan_load,
+)
+from helixd.scheduler.sizing import MemoryFigure
+
+log = logging.getLogger("helixd.scheduler")
+
+MiB = 1024**2
+# After an out-of-memory load, retry once asking for this much more room.
+OOM_RETRY_FACTOR = 1.5
+OOM_RETRY_MIN_EXTRA = 1024 * MiB
+# An unload counts as done once this share of the model's memory shows up free again.
+MEMORY_BACK_SHARE = 0.8
+MEMORY_POLL_S = 0.1
+
+
+class ResourceSource(Protocol):
+    """What the executor reads: figures now, and what one process tree holds."""
+
+    async def sample(self) -> ResourceSample: ...
+
+    async def tree_usage(self, pid: int) -> tuple[int, dict[int, int]]: ...
+
+
+class ResidencyError(Exception):
+    """A request for a model that cannot be served; ``code`` and ``status`` for the API."""
+
+    def __init__(self, message: str, code: str, status: int) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+
+
+@dataclass
+class ModelEntry:
+    """One configured model and everything residency knows about it."""
+
+    name: str
+    config: ModelConfig
+    adapter: ModelAdapter
+    figure: MemoryFigure
+    size_key: str
+    pinned_by_config: bool
+    runtime_pin: bool | None = None
+    state: ModelState = ModelState.UNLOADED
+    device: str | None = None
+    accounted_vram: int = 0
+    accounted_ram: int = 0
+    in_flight: int = 0
+    queued: int = 0
+    last_used: float = 0.0
+    last_used_wall: float | None = None
+    message: str = ""
+    failed_until: float = 0.0
+    stale: bool = False
+    removed: bool = False
+    next_adapter: ModelAdapter | None = field(default=None, repr=False)
+    load_task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    @property
+    def pinned(self) -> bool:
+        """A runtime pin or unpin overrides the config."""
+        return self.pinned_by_config if self.runtime_pin is None else self.runtime_pin
+
+    @property
+    def idle(self) -> bool:
+        """Nothing in flight and nothing waiting."""
+        return self.in_flight == 0 and self.queued == 0
+
+
+class Residency:
+    """Keeps the right models in memory; the proxy and the control API go through it."""
+
+    def __init__(
+        self,
+        resources: ResourcesConfig,
+        scheduler: SchedulerConfig,
+        monitor: ResourceSource,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        remember: Callable[[str, int, int], None] | None = None,
+    ) -> None:
+        self.resources = resources
+        self.scheduler = scheduler
+        self.monitor = monitor
+        self.models: dict[str, ModelEntry] = {}
+        self.last_sample: ResourceSample | None = None
+        self._clock = clock
+        self._wall = wall_clock
+        self.remember = remember
+        self._plan_lock = asyncio.Lock()
+        self._loading_devices: set[str] = set()
+        self._changed = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+        # Told of every change (the daemon refreshes systemd's STATUS= line from it).
+        self.on_change: Callable[[], None] | None = None
+
+    # -- books -------------------------------------------------------------------------
+
+    def add(self, entry: ModelEntry) -> None:
+        """Track a configured model."""
+        self.models[entry.name] = entry
+        entry.adapter.on_lost(self._lost)
+
+    def _notify(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+        if self.on_change is not None:
+            self.on_change()
+
+    async def wait_changed(self, timeout: float | None) -> None:
+        """Wait until any model's state changes (or ``timeout`` passes)."""
+        changed = self._changed
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await changed.wait()
+
+    def _set(self, entry: ModelEntry, state: ModelState, message: str = "") -> None:
+        if state != entry.state:
+            log.info(
+                "model %s: %s → %s%s",
+                entry.name,
+                entry.state,
+                state,
+                f" ({message})" if message else "",
+            )
+        entry.state = state
+        entry.message = message
+        if state in (ModelState.UNLOADED, ModelState.FAILED):
+            entry.device = None
+            entry.accounted_vram = entry.accounted_ram = 0
+        self._notify()
+
+    def replace_config(
+        self, resources: ResourcesConfig, scheduler: SchedulerConfig, new: Mapping[str, ModelEntry]
+    ) -> None:
+        """Adopt a reloaded config. Resident models whose config changed (or that left the
+        config) are unloaded once idle; pinned ones then load again with the new config."""
+        self.resources, self.scheduler = resources, scheduler
+        for name, entry in self.models.items():
+            if name not in new:
+                entry.removed = True
+                entry.stale = entry.state != ModelState.UNLOADED
+        for name, fresh in new.items():
+            current = self.models.get(name)
+            if current is None or (current.removed and not current.stale):
+                self.add(fresh)
+                continue
+            changed = current.config != fresh.config or current.adapter is not fresh.adapter
+            current.removed = False
+            current.config = fresh.config
+            current.figure = fresh.figure
+            current.size_key = fresh.size_key
+            current.pinned_by_config = fresh.pinned_by_config
+            if current.adapter is not fresh.adapter:
+                fresh.adapter.on_lost(self._lost)
+                if current.state == ModelState.UNLOADED:
+                    current.adapter = fresh.adapter
+                else:
+                    current.next_adapter = fresh.adapter
+            if changed and current.state != ModelState.UNLOADED:
+                current.stale = True
+        for name in [n for n, e in self.models.items() if e.removed and not e.stale]:
+            del self.models[name]
+        self._notify()
+
+    def entry(self, name: str) -> ModelEntry:
+        """The entry for ``name``; unknown names get a 404 naming the known ones."""
+        found = self.models.get(name)
+        if found is None or found.removed:
+            known = ", ".join(sorted(n for n, e in self.models.items() if not e.removed))
+            known = known or "none configured"
+            raise ResidencyError(f"no model named {name!r}; models: {known}", "unknown_model", 404)
+        return found
+
+    # -- using a model -----------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def use(self, name: str, timeout: float | None = None) -> AsyncIterator[ModelEntry]:
+        """Hold one slot of ``name``, loading it first if needed; release on exit."""
+        entry = self.entry(name)
+        if entry.queued >= entry.config.max_queue and (
+            entry.state != ModelState.LOADED or entry.in_flight >= entry.config.max_concurrency
+        ):
+            raise ResidencyError(
+                f"{name}: queue full ({entry.queued} waiting, max_queue = "
+                f"{entry.config.max_queue}); try again later",
+                "queue_full",
+                503,
+            )
+        deadline = self._clock() + (
+            timeout if timeout is not None else self.scheduler.load_timeout_s
+        )
+        entry.queued += 1
+        self._notify()
+        try:
+            while True:
+                await self._ensure_loaded(entry, deadline)
+                if entry.state == ModelState.LOADED and (
+                    entry.in_flight < entry.config.max_concurrency
+                ):
+                    break
+                await self._wait_until(deadline, f"{name}: no free slot")
+        finally:
+            entry.queued -= 1
+        entry.in_flight += 1
+        self._notify()
+        try:
+            yield entry
+        finally:
+            entry.in_flight -= 1
+            entry.last_used = self._clock()
+            entry.last_used_wall = self._wall()
+            self._notify()
+
+    async def load(self, name: str, timeout: float | None = None) -> ModelEntry:
+        """Make ``name`` resident (the control API's explicit load); a failed one retries."""
+        entry = self.entry(name)
+        if entry.state == ModelState.FAILED:
+            entry.failed_until = 0.0  # an explicit load is the operator's retry
+        deadline = self._clock() + (
+            timeout if timeout is not None else self.scheduler.load_timeout_s
+        )
+        entry.queued += 1  # not evictable while we wait for it
+        try:
+            await self._ensure_loaded(entry, deadline)
+        finally:
+            entry.queued -= 1
+        entry.last_used = self._clock()
+        entry.last_used_wall = self._wall()
+        self._notify()
+        return entry
+
+    async def _wait_until(self, deadline: float, what: str) -> None:
+        remaining = deadline - self._clock()
+        if remaining <= 0:
+            raise ResidencyError(f"{what}; gave up waiting", "timeout", 504)
+        await self.wait_changed(remaining)
+
+    async def _ensure_loaded(self, entry: ModelEntry, deadline: float) -> None:
+        busy_deadline: float | None = None
+        while True:
+            if entry.state == ModelState.LOADED:
+                return
+            if entry.state == ModelState.FAILED and self._clock() < entry.failed_until:
+                left = entry.failed_until - self._clock()
+                raise ResidencyError(
+                    f"{entry.name} failed to load: {entry.message}; next try in {left:.0f} s "
+                    f"(or now: helixctl load {entry.name})",
+                    "model_failed",
+                    503,
+                )
+            if entry.state == ModelState.LOADING and entry.load_task is not None:
+                await self._join(entry, deadline)
+                continue
+            plan = await self._plan(entry)
+            if isinstance(plan, Ready):
+                return
+            if isinstance(plan, Load | Join):
+                await self._join(entry, deadline)
+                continue
+            if isinstance(plan, Refuse):
+                raise ResidencyError(plan.reason, "does_not_fit", 507)
+            assert isinstance(plan, Wait)
+            if busy_deadline is None:
+                busy_deadline = min(deadline, self._clock() + self.scheduler.busy_wait_s)
+            await self._wait_until(busy_deadline, f"{entry.name}: waited for room: {plan.reason}")
+
+    async def _join(self, entry: ModelEntry, deadline: float) -> None:
+        """Wait for the model's load under way (shared by every request for it)."""
+        task = entry.load_task
+        if task is None:
+            return
+        remaining = deadline - self._clock()
+        if remaining <= 0:
+            raise ResidencyError(f"{entry.name}: still loading; gave up waiting", "timeout", 504)
+        # shield: a caller that gives up must not cancel the load others wait for.
+        await asyncio.wait({asyncio.shield(task)}, timeout=remaining)
+        if not task.done():
+            raise ResidencyError(f"{entry.name}: still loading; gave up waiting", "timeout", 504)
+
+    async def _plan(self, entry: ModelEntry) -> Ready | Join | Load | Wait | Refuse:
+        async with self._plan_lock:
+            if entry.state == ModelState.LOADING:
+                return Join(entry.name)
+            sample = await self._sample()
+            request = self._request(entry, sample)
+            plan = plan_load(self.snapshot(sample), request)
+            if isinstance(plan, Load):
+                self._begin(entry, plan, request)
+            return plan
+
+    def _request(self, entry: ModelEntry, sample: ResourceSample) -> LoadRequest:
+        on_gpu = bool(sample.gpus) and entry.config.gpu_layers != 0
+        return LoadRequest(entry.name, entry.figure.vram_bytes, entry.figure.ram_bytes, on_gpu)
+
+    def _begin(self, entry: ModelEntry, plan: Load, request: LoadRequest) -> None:
+        """Book the plan at once, so the next plan sees it, then act in a task."""
+        for victim in plan.evict:
+            self._set(self.models[victim], ModelState.UNLOADING, f"evicted for {entry.name}")
+        entry.device = plan.device
+        if plan.device == RAM:
+            entry.accounted_vram, entry.accounted_ram = 0, request.vram_bytes + request.ram_bytes
+        else:
+            entry.accounted_vram, entry.accounted_ram = request.vram_bytes, request.ram_bytes
+        self._loading_devices.add(plan.device)
+        where = "host RAM" if plan.device == RAM else plan.device.upper()
+        self._set(entry, ModelState.LOADING, f"on {where}")
+        entry.load_task = self._spawn(self._carry_out(entry, plan, request), f"load:{entry.name}")
+
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- acting ------------------------------------------------------------------------
+
+    async def _carry_out(self, entry: ModelEntry, plan: Load, request: LoadRequest) -> None:
+        device = plan.device
+        try:
+            await self._evict(plan.evict, device)
+            try:
+                await entry.adapter.load(self._target(entry, device, request))
+            except LoadError as exc:
+                if not exc.out_of_memory:
+                    raise
+                log.warning("model %s: out of memory on %s; evicting more", entry.name, device)
+                await self._evict(await self._oom_victims(entry, request), device)
+                await entry.adapter.load(self._target(entry, device, request))
+            await self._measure(entry)
+            entry.last_used = self._clock()
+            entry.last_used_wall = self._wall()
+            self._set(entry, ModelState.LOADED, entry.message)
+        except LoadError as exc:
+            self._fail(entry, str(exc))
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await entry.adapter.unload(entry.name)
+            self._set(entry, ModelState.UNLOADED, "load cancelled")
+            raise
+        except Exception as exc:
+            log.exception("model %s: load failed", entry.name)
+            with contextlib.suppress(Exception):
+                await entry.adapter.unload(entry.name)
+            self._fail(entry, f"internal error in helixd: {exc!r}")
+        finally:
+            self._loading_devices.discard(device)
+            self._notify()
+
+    def _fail(self, entry: ModelEntry, why: str) -> None:
+        entry.failed_until = self._clock() + self.scheduler.failed_cooldown_s
+        self._set(entry, ModelState.FAILED, why)
+
+    async def _oom_victims(self, entry: ModelEntry, request: LoadRequest) -> tuple[str, ...]:
+        """Plan again on the same device as if the model needed more than looked free.
+
+        The provider knows better than our figures: ask for more than the whole budget
+        that seemed free, so the core names at least one more victim, in LRU order.
+        """
+        async with self._plan_lock:
+            sample = await self._sample()
+            snapshot = self.snapshot(sample, leave_out=entry.name)
+            device = entry.device or RAM
+            if device == RAM:
+                budget = free_bytes(snapshot, snapshot.ram)
+                need = request.ram_bytes + request.vram_bytes
+                bigger = dataclasses.replace(
+                    request, vram_bytes=0, ram_bytes=self._more_than(need, budget)
+                )
+            else:
+                snapshot = dataclasses.replace(
+                    snapshot, gpus=tuple(g for g in snapshot.gpus if g.id == device)
+                )
+                budget = free_bytes(snapshot, snapshot.gpus[0])
+                bigger = dataclasses.replace(
+                    request, vram_bytes=self._more_than(request.vram_bytes, budget)
+                )
+            plan = plan_load(snapshot, bigger)
+            if not isinstance(plan, Load) or not plan.evict:
+                reason = plan.reason if isinstance(plan, Refuse | Wait) else "nothing to evict"
+                raise LoadError(f"out of memory on {device}, and no more room: {reason}")
+            for victim in plan.evict:
+                self._set(self.models[victim], ModelState.UNLOADING, f"evicted for {entry.name}")
+            return plan.evict
+
+    @staticmethod
+    def _more_than(need: int, budget: int) -> int:
+        return int(max(need * OOM_RETRY_FACTOR, need + OOM_RETRY_MIN_EXTRA, budget + 1))
+
+    async def _evict(self, victims: tuple[str, ...], device: str) -> None:
+        if not victims:
+            return
+        sample = await self._sample()
+        before = self._device_free(sample, device)
+        expected = 0
+        for name in victims:
+            victim = self.models[name]
+            expected += victim.accounted_vram if device != RAM else victim.accounted_ram
+            await self._unload(victim, f"evicted for a load on {device}")
+        await self._memory_back(device, before, expected)
+
+    async def _memory_back(self, device: str, before: int, expected: int) -> None:
+        """Poll until most of what was unloaded shows up free (drivers free lazily)."""
+        deadline = self._clock() + self.scheduler.memory_return_s
+        while self._clock() < deadline:
+            sample = await self._sample()
+            if self._device_free(sample, device) - before >= expected * MEMORY_BACK_SHARE:
+                return
+            await asyncio.sleep(MEMORY_POLL_S)
+        log.warning(
+            "memory of evicted models on %s not back after %g s; loading anyway",
+            device,
+            self.scheduler.memory_return_s,
+        )
+
+    def _device_free(self, sample: ResourceSample, device: str) -> int:
+        if device == RAM:
+            return sample.ram.available_bytes
+        for gpu in sample.gpus:
+            if f"gpu{gpu.index}" == device:
+                return gpu.free_bytes
+        return 0
+
+    async def _unload(self, entry: ModelEntry, why: str) -> None:
+        self._set(entry, ModelState.UNLOADING, why)
+        try:
+            await entry.adapter.unload(entry.name)
+        finally:
+            if entry.next_adapter is not None:
+                entry.adapter, entry.next_adapter = entry.next_adapter, None
+            self._set(entry, ModelState.UNLOADED, why)
+            if entry.removed and self.models.get(entry.name) is entry:
+                del self.models[entry.name]
+
+    def _target(self, entry: ModelEntry, device: str, request: LoadRequest) -> ModelTarget:
+        gpu_index = None if device == RAM else int(device.removeprefix("gpu"))
+        utilization = 0.9
+        if gpu_index is not None and self.last_sample is not None:
+            total = next((g.total_bytes for g in self.last_sample.gpus if g.index == gpu_index), 0)
+            if total and request.vram_bytes:
+                utilization = min(0.95, max(0.05, request.vram_bytes / total))
+        c = entry.config
+        return ModelTarget(
+            name=entry.name,
+            model_id=c.id or entry.name,
+            path=c.path,
+            ctx=c.ctx,
+            gpu_layers=c.gpu_layers if gpu_index is not None else 0,
+            args=tuple(c.args),
+            gpu_index=gpu_index,
+            gpu_memory_utilization=utilization,
+        )
+
+    async def _measure(self, entry: ModelEntry) -> None:
+        """Measure the model's processes; remember the figure for its next load."""
+        pids = entry.adapter.memory_pids(entry.name)
+        reported = await entry.adapter.reported_memory(entry.name)
+        if reported is not None:
+            vram, ram = reported
+        elif pids:
+            vram = ram = 0
+            for pid in pids:
+                rss, per_gpu = await self.monitor.tree_usage(pid)
+                ram += rss
+                vram += sum(per_gpu.values())
+        else:
+            return
+        if entry.device == RAM:
+            vram = 0
+        entry.accounted_vram, entry.accounted_ram = vram, ram
+        if entry.figure.source != "declared":
+            entry.figure = MemoryFigure(vram, ram, "measured", "measured while loaded")
+        if self.remember is not None:
+            try:
+                self.remember(entry.size_key, vram, ram)
+            except OSError as exc:
+                log.warning("cannot remember the size of %s: %s", entry.name, exc)
+
+    def _lost(self, name: str, why: str) -> None:
+        entry = self.models.get(name)
+        if entry is None or entry.state != ModelState.LOADED:
+            return
+        self._spawn(self._unload(entry, f"lost: {why}"), f"lost:{name}")
+
+    # -- operator actions --------------------------------------------------------------
+
+    async def unload(self, name: str) -> ModelEntry:
+        """Unload on request: never a pinned or busy model."""
+        entry = self.entry(name)
+        if entry.pinned:
+            raise ResidencyError(
+                f"{name} is pinned; unpin it first (helixctl unpin {name})", "pinned", 409
+            )
+        if not entry.idle:
+            raise ResidencyError(
+                f"{name} is busy ({entry.in_flight} in flight, {entry.queued} queued); "
+                "try again when it is idle",
+                "busy",
+                409,
+            )
+        if entry.state == ModelState.LOADING and entry.load_task is not None:
+            entry.load_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await entry.load_task
+        if entry.state in (ModelState.LOADED, ModelState.FAILED):
+            await self._unload(entry, "unloaded on request")
+        return entry
+
+    def set_pin(self, name: str, pinned: bool) -> ModelEntry:
+        """Pin or unpin at run time; a pinned model is loaded by the next maintenance pass."""
+        entry = self.entry(name)
+        entry.runtime_pin = pinned
+        if pinned and entry.state == ModelState.FAILED:
+            entry.failed_until = 0.0
+        self._notify()
+        return entry
+
+    # -- maintenance -------------------------------------------------------------------
+
+    async def tick(self) -> float:
+        """One pass: unload expired idle models, load missing pins, re-measure.
+
+        Returns how long until the next pass is due.
+        """
+        now = self._clock()
+        due = self.scheduler.sample_interval_s
+        for entry in list(self.models.values()):
+            if entry.stale and entry.state == ModelState.FAILED:
+                # Nothing resident: the new config simply deserves a fresh try.
+                entry.stale, entry.failed_until = False, 0.0
+                await self._unload(entry, entry.message)
+            if entry.stale and entry.state == ModelState.LOADED and entry.idle and entry.pinned:
+                entry.stale = False
+                await self._unload(entry, "config changed; loading it again")
+            if entry.state == ModelState.LOADED and entry.idle and not entry.pinned:
+                keep = entry.config.keep_alive or self.scheduler.keep_alive
+                if entry.stale:
+                    entry.stale = False
+                    why = "removed from the config" if entry.removed else "config changed"
+                    await self._unload(entry, why)
+                elif not math.isinf(keep):
+                    left = entry.last_used + keep - now
+                    if left <= 0:
+                        await self._unload(entry, f"idle for {keep:g} s (keep_alive)")
+                    else:
+                        due = min(due, left)
+            if entry.removed:
+                continue
+            if entry.pinned and entry.state in (ModelState.UNLOADED, ModelState.FAILED):
+                left = entry.failed_until - now
+                if left > 0:
+                    due = min(due, left)
+                elif entry.load_task is None or entry.load_task.done():
+                    self._spawn(self._keep_pinned(entry), f"pin:{entry.name}")
+        self.last_sample = await self._sample()
+        return max(due, 0.05)
+
+    async def _keep_pinned(self, entry: ModelEntry) -> None:
+        try:
+            await self.load(entry.name)
+        except ResidencyError as exc:
+            log.warning("pinned model %s not loaded: %s", entry.name, exc)
+            if entry.state != ModelState.FAILED:
+                self._fail(entry, str(exc))
+
+    async def run(self) -> None:
+        """Maintenance loop: a pass when something changes or a timer is due."""
+        while not self._closed:
+            try:
+                due = await self.tick()
+            except Exception:
+                log.exception("residency maintenance failed; retrying")
+                due = self.scheduler.sample_interval_s
+            await self.wait_changed(due)
+
+    async def close(self) -> None:
+        """Stop maintenance and loads, then unload everything (helixd is stopping)."""
+        self._closed = True
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        adapters = {id(e.adapter): e.adapter for e in self.models.values()}
+        await asyncio.gather(*(a.close() for a in adapters.values()), return_exceptions=True)
+
+    # -- snapshots ---------------------------------------------------------------------
+
+    async def _sample(self) -> ResourceSample:
+        sample = await self.monitor.sample()
+        self.last_sample = sample
+        return sample
+
+    def snapshot(self, sample: ResourceSample, leave_out: str | None = None) -> Snapshot:
+        """The core's view of the world now."""
+        reserve = self.resources.vram_reserve_mib * MiB
+        gpus = tuple(
+            DeviceView(f"gpu{g.index}", g.total_bytes, reserve, g.free_bytes) for g in sample.gpus
+        )
+        ram = DeviceView(
+            RAM,
+            sample.ram.total_bytes,
+            self.resources.ram_reserve_mib * MiB,
+            sample.ram.available_bytes,
+        )
+        models = {
+            e.name: ModelView(
+                name=e.name,
+                state=ModelState.UNLOADED if e.name == leave_out else e.state,
+                device=e.device if e.device != RAM else None,
+                vram_bytes=e.accounted_vram,
+                ram_bytes=e.accounted_ram,
+                pinned=e.pinned,
+                in_flight=e.in_flight,
+                queued=e.queued,
+                last_used=e.last_used,
+            )
+            for e in self.models.values()
+        }
+        loading = frozenset(self._loading_devices)
+        if leave_out is not None and self.models[leave_out].device is not None:
+            loading = loading - {self.models[leave_out].device or ""}
+        return Snapshot(gpus, ram, models, self.resources.max_loaded_models, loading)
+
+    def devices(self) -> dict[str, Any]:
+        """Devices for ``status``: figures, helixd's budget and what it accounts."""
+        sample = self.last_sample
+        if sample is None:
+            return {"mode": "unknown", "gpus": [], "ram": None}
+        snapshot = self.snapshot(sample)
+        gpus = []
+        for g, view in zip(sample.gpus, snapshot.gpus, strict=True):
+            gpus.append(
+                {
+                    "id": view.id,
+                    "index": g.index,
+                    "name": g.name,
+                    "uuid": g.uuid,
+                    "total_bytes": g.total_bytes,
+                    "used_bytes": g.used_bytes,
+                    "free_bytes": g.free_bytes,
+                    "reserve_bytes": view.reserve_bytes,
+                    "budget_bytes": max(0, free_bytes(snapshot, view)),
+                }
+            )
+        return {
+            "mode": sample.gpu_mode,
+            "note": sample.gpu_note,
+            "gpus": gpus,
+            "ram": {
+                "total_bytes": sample.ram.total_bytes,
+                "available_bytes": sample.ram.available_bytes,
+                "reserve_bytes": snapshot.ram.reserve_bytes,
+                "budget_bytes": max(0, free_bytes(snapshot, snapshot.ram)),
+            },
+        }
+
+    def info(self, entry: ModelEntry) -> dict[str, Any]:
+        """The control API's view of one model."""
+        keep = entry.config.keep_alive or self.scheduler.keep_alive
+        return {
+            "name": entry.name,
+            "provider": entry.adapter.provider,
+            "state": str(entry.state),
+            "device": entry.device,
+            "vram_bytes": entry.accounted_vram or entry.figure.vram_bytes,
+            "ram_bytes": entry.accounted_ram or entry.figure.ram_bytes,
+            "memory_source": entry.figure.source,
+            "memory_detail": entry.figure.detail,
+            "pinned": entry.pinned,
+            "pin_source": "runtime" if entry.runtime_pin is not None else "config",
+            "keep_alive_s": None if math.isinf(keep) else keep,
+            "last_used": entry.last_used_wall,
+            "in_flight": entry.in_flight,
+            "queued": entry.queued,
+            "max_concurrency": entry.config.max_concurrency,
+            "max_queue": entry.config.max_queue,
+            "aliases": list(entry.config.aliases),
+            "message": entry.message,
+            "upstream": entry.adapter.upstream(entry.name),
+            "process": entry.adapter.process_info(entry.name),
+            "size_text": format_bytes(entry.figure.vram_bytes or entry.figure.ram_bytes),
+        }
+
+    def summary_counts(self) -> Mapping[str, int]:
+        """How many models are in each state."""
+        counts: dict[str, int] = {}
+        for e in self.models.values():
+            counts[str(e.state)] = counts.get(str(e.state), 0) + 1
+        return counts

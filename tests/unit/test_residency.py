@@ -1,0 +1,301 @@
+"""The residency executor with a fake adapter, a fake monitor and an injected clock.
+
+The fakes keep the books a GPU would: a loaded model takes its size on its device until
+it is unloaded. No sleeps: tests advance the clock and call ``tick()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from helixd.config import ModelConfig, ResourcesConfig, SchedulerConfig
+from helixd.providers.base import LoadError, ModelAdapter, ModelTarget
+from helixd.resources.gpu import GpuDevice
+from helixd.resources.monitor import ResourceSample
+from helixd.resources.ram import HostMemory
+from helixd.scheduler.core import ModelState
+from helixd.scheduler.residency import ModelEntry, Residency, ResidencyError
+from helixd.scheduler.sizing import MemoryFigure
+
+GiB = 1024**3
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeAdapter(ModelAdapter):
+    """Loads 'succeed' once released by the test (or at once); sizes land on the device."""
+
+    shape = "process-per-model"
+
+    def __init__(self, gpu: FakeGpu) -> None:
+        super().__init__("fake")
+        self.gpu = gpu
+        self.loads: list[tuple[str, int | None]] = []
+        self.unloads: list[str] = []
+        self.gate: asyncio.Event | None = None
+        self.fail_next: list[LoadError] = []
+        self.active_loads: dict[int | None, int] = {}
+        self.max_parallel: dict[int | None, int] = {}
+
+    async def load(self, target: ModelTarget) -> None:
+        self.loads.append((target.name, target.gpu_index))
+        dev = target.gpu_index
+        self.active_loads[dev] = self.active_loads.get(dev, 0) + 1
+        self.max_parallel[dev] = max(self.max_parallel.get(dev, 0), self.active_loads[dev])
+        try:
+            if self.gate is not None:
+                await self.gate.wait()
+            if self.fail_next:
+                raise self.fail_next.pop(0)
+            self.gpu.held[target.name] = (dev or 0, self.gpu.sizes[target.name])
+        finally:
+            self.active_loads[dev] -= 1
+
+    async def unload(self, model: str) -> None:
+        self.unloads.append(model)
+        self.gpu.held.pop(model, None)
+
+    def upstream(self, model: str) -> str | None:
+        return "http://127.0.0.1:1" if model in self.gpu.held else None
+
+    async def reported_memory(self, model: str) -> tuple[int, int] | None:
+        held = self.gpu.held.get(model)
+        return (held[1], 0) if held else None
+
+    async def close(self) -> None:
+        self.gpu.held.clear()
+
+
+class FakeGpu:
+    """A monitor over N fake GPUs of ``total`` bytes; 'held' is what loaded models take."""
+
+    def __init__(self, n: int = 1, total: int = 24 * GiB) -> None:
+        self.n = n
+        self.total = total
+        self.held: dict[str, tuple[int, int]] = {}
+        self.sizes: dict[str, int] = {}
+
+    async def sample(self) -> ResourceSample:
+        gpus = []
+        for i in range(self.n):
+            used = sum(size for dev, size in self.held.values() if dev == i)
+            gpus.append(GpuDevice(i, "fake", f"GPU-{i}", self.total, used, self.total - used))
+        return ResourceSample(
+            tuple(gpus), HostMemory(64 * GiB, 60 * GiB), "nvml", "", {}, time.monotonic()
+        )
+
+    async def tree_usage(self, pid: int) -> tuple[int, dict[int, int]]:
+        return 0, {}
+
+
+def make(
+    sizes: dict[str, float],
+    pinned: set[str] = frozenset(),  # type: ignore[assignment]
+    n_gpus: int = 1,
+    **scheduler: Any,
+) -> tuple[Residency, FakeAdapter, FakeGpu, FakeClock]:
+    gpu = FakeGpu(n_gpus)
+    adapter = FakeAdapter(gpu)
+    clock = FakeClock()
+    sched = SchedulerConfig.model_validate(
+        {"keep_alive": "10m", "memory_return_s": 1, "failed_cooldown_s": 30, **scheduler}
+    )
+    residency = Residency(
+        ResourcesConfig(vram_reserve_mib=0, ram_reserve_mib=0), sched, gpu, clock=clock
+    )
+    for name, gib in sizes.items():
+        gpu.sizes[name] = int(gib * GiB)
+        residency.add(
+            ModelEntry(
+                name=name,
+                config=ModelConfig(provider="fake", vram_mib=int(gib * 1024)),
+                adapter=adapter,
+                figure=MemoryFigure(int(gib * GiB), 0, "declared"),
+                size_key=name,
+                pinned_by_config=name in pinned,
+            )
+        )
+    return residency, adapter, gpu, clock
+
+
+async def use_once(residency: Residency, name: str, clock: FakeClock) -> None:
+    clock.now += 1
+    async with residency.use(name):
+        pass
+
+
+async def test_concurrent_requests_for_an_unloaded_model_share_one_load() -> None:
+    residency, adapter, _, clock = make({"a": 4})
+    adapter.gate = asyncio.Event()
+    users = [asyncio.create_task(use_once(residency, "a", clock)) for _ in range(5)]
+    while residency.models["a"].state != ModelState.LOADING:
+        await residency.wait_changed(1)
+    assert residency.models["a"].queued == 5
+    adapter.gate.set()
+    await asyncio.gather(*users)
+    assert adapter.loads == [("a", 0)]
+    assert residency.models["a"].state == ModelState.LOADED
+
+
+async def test_least_recently_used_idle_model_is_evicted() -> None:
+    residency, adapter, _, clock = make({"a": 10, "b": 10, "c": 10})
+    await use_once(residency, "a", clock)
+    await use_once(residency, "b", clock)
+    await use_once(residency, "a", clock)  # now b is the least recently used
+    await use_once(residency, "c", clock)
+    assert adapter.unloads == ["b"]
+    states = {n: e.state for n, e in residency.models.items()}
+    assert states == {"a": "loaded", "b": "unloaded", "c": "loaded"}
+    assert residency.models["b"].message == "evicted for a load on gpu0"
+
+
+async def test_pinned_model_survives_and_impossible_request_is_refused_with_reasons() -> None:
+    residency, adapter, _, clock = make({"router": 8, "big": 20, "small": 10}, pinned={"router"})
+    await residency.tick()
+    while residency.models["router"].state != ModelState.LOADED:
+        await residency.wait_changed(1)
+    await use_once(residency, "small", clock)
+    with pytest.raises(ResidencyError) as refused:
+        await use_once(residency, "big", clock)
+    assert refused.value.status == 507
+    assert str(refused.value) == (
+        "big needs 20.0 GiB on GPU0; 6.0 GiB free; pinned: router (8.0 GiB)"
+    )
+    assert "router" not in adapter.unloads
+    assert residency.models["small"].state == ModelState.LOADED  # nothing evicted in vain
+
+
+async def test_a_busy_model_is_waited_for_not_evicted() -> None:
+    residency, adapter, _, clock = make({"a": 16, "b": 16}, busy_wait_s=60)
+    release = asyncio.Event()
+
+    async def long_request() -> None:
+        async with residency.use("a"):
+            await release.wait()
+
+    holder = asyncio.create_task(long_request())
+    while residency.models["a"].in_flight == 0:
+        await residency.wait_changed(1)
+    waiter = asyncio.create_task(use_once(residency, "b", clock))
+    while residency.models["b"].queued == 0:
+        await residency.wait_changed(1)
+    assert adapter.unloads == [] and not waiter.done()
+    release.set()
+    await holder
+    await waiter
+    assert adapter.unloads == ["a"]
+
+
+async def test_idle_model_unloads_after_keep_alive_but_not_while_busy_or_pinned() -> None:
+    residency, _, _, clock = make({"a": 2, "p": 2}, pinned={"p"}, keep_alive="60s")
+    await use_once(residency, "a", clock)
+    await residency.load("p")
+    clock.now += 59
+    await residency.tick()
+    assert residency.models["a"].state == ModelState.LOADED
+    clock.now += 2
+    await residency.tick()
+    assert residency.models["a"].state == ModelState.UNLOADED
+    assert residency.models["a"].message == "idle for 60 s (keep_alive)"
+    assert residency.models["p"].state == ModelState.LOADED
+    # The timer runs only while idle: a long request keeps the model, its end restarts it.
+    release = asyncio.Event()
+
+    async def long_request() -> None:
+        async with residency.use("a"):
+            await release.wait()
+
+    task = asyncio.create_task(long_request())
+    while residency.models["a"].in_flight == 0:
+        await residency.wait_changed(1)
+    clock.now += 3600
+    await residency.tick()
+    assert residency.models["a"].state == ModelState.LOADED
+    release.set()
+    await task
+    clock.now += 30
+    await residency.tick()
+    assert residency.models["a"].state == ModelState.LOADED
+
+
+async def test_out_of_memory_load_evicts_more_and_retries_once_then_fails_with_cooldown() -> None:
+    residency, adapter, _, clock = make({"a": 4, "b": 4, "x": 4})
+    await use_once(residency, "a", clock)
+    await use_once(residency, "b", clock)
+    adapter.fail_next = [LoadError("CUDA out of memory", out_of_memory=True)]
+    await use_once(residency, "x", clock)
+    assert adapter.unloads == ["a"]  # the least recently used went on the retry
+    assert [name for name, _ in adapter.loads] == ["a", "b", "x", "x"]
+    # Two OOMs in a row: failed, with a cooldown during which requests fail fast.
+    await residency.unload("x")
+    adapter.fail_next = [LoadError("CUDA out of memory", out_of_memory=True)] * 2
+    with pytest.raises(ResidencyError):
+        await use_once(residency, "x", clock)
+    assert residency.models["x"].state == ModelState.FAILED
+    loads_before = len(adapter.loads)
+    with pytest.raises(ResidencyError) as fast:
+        await use_once(residency, "x", clock)
+    assert fast.value.code == "model_failed" and len(adapter.loads) == loads_before
+    clock.now += 31
+    await use_once(residency, "x", clock)
+    assert residency.models["x"].state == ModelState.LOADED
+
+
+async def test_loads_are_serialised_per_device_and_parallel_across_devices() -> None:
+    residency, adapter, _, clock = make({"a": 4, "b": 4, "c": 4, "d": 4}, n_gpus=2)
+    adapter.gate = asyncio.Event()
+    users = [asyncio.create_task(use_once(residency, n, clock)) for n in "abcd"]
+    while sum(e.state == ModelState.LOADING for e in residency.models.values()) < 2:
+        await residency.wait_changed(1)
+    adapter.gate.set()
+    await asyncio.gather(*users)
+    assert adapter.max_parallel == {0: 1, 1: 1}
+    assert {gpu for _, gpu in adapter.loads} == {0, 1}
+
+
+async def test_a_lost_pinned_model_is_loaded_again() -> None:
+    residency, adapter, gpu, _ = make({"p": 4}, pinned={"p"})
+    await residency.load("p")
+    gpu.held.clear()
+    adapter._lost("p", "exited with code 1")
+    while residency.models["p"].state != ModelState.UNLOADED:
+        await residency.wait_changed(1)
+    assert residency.models["p"].message == "lost: exited with code 1"
+    await residency.tick()
+    while residency.models["p"].state != ModelState.LOADED:
+        await residency.wait_changed(1)
+    assert [name for name, _ in adapter.loads] == ["p", "p"]
+
+
+async def test_explicit_unload_refuses_pinned_and_busy_models() -> None:
+    residency, _, _, _ = make({"p": 1, "a": 1}, pinned={"p"})
+    await residency.load("p")
+    with pytest.raises(ResidencyError, match="unpin it first"):
+        await residency.unload("p")
+    release = asyncio.Event()
+
+    async def hold() -> None:
+        async with residency.use("a"):
+            await release.wait()
+
+    task = asyncio.create_task(hold())
+    while residency.models["a"].in_flight == 0:
+        await residency.wait_changed(1)
+    with pytest.raises(ResidencyError, match="busy"):
+        await residency.unload("a")
+    release.set()
+    await task
+    await residency.unload("a")
+    assert residency.models["a"].state == ModelState.UNLOADED
+    with pytest.raises(ResidencyError, match="no model named 'nope'; models: a, p"):
+        await residency.unload("nope")

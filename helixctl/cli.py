@@ -86,6 +86,57 @@ _provider_command("restart", "Restart PROVIDER.")
 
 
 @cli.command()
+@pass_ctx
+def models(ctx: Context) -> None:
+    """Show every model: state, device, memory (and where the figure came from), use."""
+    from helixctl.render import MODEL_HEADERS, device_lines, model_rows, table
+
+    doc = ctx.call("GET", "/v1/models")
+    lines = device_lines(doc.get("devices") or {})
+    if doc["models"]:
+        lines += ["", table(MODEL_HEADERS, model_rows(doc["models"]))]
+    else:
+        lines += ["", "no models configured; add [models.NAME] tables to the config"]
+    ctx.emit(doc, "\n".join(lines))
+
+
+def _model_action(ctx: Context, action: str, name: str, timeout: float) -> None:
+    doc = ctx.call(
+        "POST",
+        f"/v1/models/{quote(name, safe='')}/{action}?timeout={timeout:g}",
+        timeout=timeout + 30,
+    )
+    m = doc["model"]
+    where = f" on {m['device']}" if m.get("device") and m["state"] == "loaded" else ""
+    pinned = ", pinned" if m.get("pinned") else ""
+    ctx.emit(doc, f"{m['name']}: {m['state']}{where}{pinned}")
+
+
+def _model_command(action: str, help_text: str) -> None:
+    """Register ``helixctl ACTION MODEL [--timeout S]``."""
+
+    @cli.command(name=action, help=help_text)
+    @click.argument("model")
+    @click.option(
+        "--timeout",
+        type=click.FloatRange(min=0, max=86400, min_open=True),
+        callback=_seconds,
+        default=600.0,
+        show_default=True,
+        help="seconds to wait for the load (or for room to be made)",
+    )
+    @pass_ctx
+    def command(ctx: Context, model: str, timeout: float) -> None:
+        _model_action(ctx, action, model, timeout)
+
+
+_model_command("load", "Load MODEL now, evicting idle unpinned models if it needs the room.")
+_model_command("unload", "Unload MODEL (refused while it is pinned or busy).")
+_model_command("pin", "Pin MODEL: load it and never evict it (kept across restarts).")
+_model_command("unpin", "Unpin MODEL: it may be evicted and unloaded when idle again.")
+
+
+@cli.command()
 @click.argument("provider")
 @click.option("-f", "--follow", is_flag=True, help="keep printing new lines")
 @click.option(
@@ -144,7 +195,11 @@ def reload(ctx: Context) -> None:
     """Re-read the config and apply it; a broken config is refused (exit 1)."""
     doc = ctx.call("POST", "/v1/reload", timeout=300)
     changes = doc["changes"]
-    parts = [f"{k} {', '.join(v)}" for k, v in changes.items() if v and k != "unchanged"]
+    parts = [
+        f"{k.replace('_', ' ')} {', '.join(v)}"
+        for k, v in changes.items()
+        if v and k != "unchanged"
+    ]
     human = "reloaded: " + ("; ".join(parts) if parts else "nothing changed")
     for warning in doc.get("warnings", []):
         human += f"\nwarning: {warning}"

@@ -68,7 +68,8 @@ class Context:
             sys.exit(EXIT_FAILED)
         err = (document or {}).get("error", {}) if isinstance(document, dict) else {}
         message = err.get("message", "helixd answered with an error")
-        tail = (err.get("details") or {}).get("provider", {}).get("log_tail")
+        details = err.get("details") or {}
+        tail = (details.get("provider") or details.get("model") or {}).get("log_tail")
         if tail:
             message += "\nlast log lines:\n  " + "\n  ".join(tail)
         fail(message, EXIT_FAILED)
@@ -85,8 +86,16 @@ def fail(message: str, code: int) -> NoReturn:
 
 
 def show_status(ctx: Context) -> None:
-    """``helixctl status``: the daemon's one-line summary and a table of providers."""
-    from helixctl.render import PROVIDER_HEADERS, duration, provider_rows, table
+    """``helixctl status``: the daemon's one-line summary, providers, devices and models."""
+    from helixctl.render import (
+        MODEL_HEADERS,
+        PROVIDER_HEADERS,
+        device_lines,
+        duration,
+        model_rows,
+        provider_rows,
+        table,
+    )
 
     doc = ctx.call("GET", "/v1/status")
     if ctx.as_json:
@@ -100,6 +109,13 @@ def show_status(ctx: Context) -> None:
     if doc["providers"]:
         echo("")
         echo(table(PROVIDER_HEADERS, provider_rows(doc["providers"])))
+    devices = doc.get("devices")
+    if devices:
+        echo("")
+        echo("\n".join(device_lines(devices)))
+    if doc.get("models"):
+        echo("")
+        echo(table(MODEL_HEADERS, model_rows(doc["models"])))
 
 
 def _fast_status_args(argv: list[str]) -> tuple[str | None, bool] | None:

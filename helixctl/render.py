@@ -54,3 +54,77 @@ def provider_rows(providers: list[dict[str, Any]]) -> list[list[Any]]:
 
 
 PROVIDER_HEADERS = ("PROVIDER", "KIND", "STATE", "PID", "PORT", "RESTARTS", "UPTIME", "NOTE")
+
+
+def size(n: int | None) -> str:
+    """``19.4G`` / ``512M``: memory as people read it from nvidia-smi."""
+    if n is None:
+        return "-"
+    if n >= 1024**3:
+        return f"{n / 1024**3:.1f}G"
+    return f"{n / 1024**2:.0f}M"
+
+
+def device_lines(devices: dict[str, Any]) -> list[str]:
+    """Per GPU: used, free and helixd's budget; host RAM; or why there is no GPU."""
+    lines = []
+    if devices.get("mode") == "ram-only":
+        lines.append(f"GPUs: none in use ({devices.get('note') or 'RAM-only mode'})")
+    elif devices.get("note"):
+        lines.append(f"GPUs: {devices['note']}")
+    for g in devices.get("gpus", []):
+        lines.append(
+            f"{g['id'].upper()} {g['name']}: {size(g['used_bytes'])} used, "
+            f"{size(g['free_bytes'])} free of {size(g['total_bytes'])}; "
+            f"budget {size(g['budget_bytes'])} (reserve {size(g['reserve_bytes'])})"
+        )
+    ram = devices.get("ram")
+    if ram:
+        lines.append(
+            f"RAM: {size(ram['available_bytes'])} available of {size(ram['total_bytes'])}; "
+            f"budget {size(ram['budget_bytes'])} (reserve {size(ram['reserve_bytes'])})"
+        )
+    return lines
+
+
+MODEL_HEADERS = (
+    "MODEL",
+    "PROVIDER",
+    "STATE",
+    "DEVICE",
+    "VRAM",
+    "RAM",
+    "SIZE FROM",
+    "PINNED",
+    "LAST USED",
+    "IN FLIGHT",
+    "QUEUED",
+    "NOTE",
+)
+
+
+def model_rows(models: list[dict[str, Any]]) -> list[list[Any]]:
+    """One row per model for ``helixctl models`` and ``status``."""
+    now = time.time()
+    rows = []
+    for m in models:
+        last = m.get("last_used")
+        rows.append(
+            [
+                m["name"],
+                m["provider"],
+                m["state"],
+                m.get("device"),
+                size(m.get("vram_bytes")) if m.get("vram_bytes") else "-",
+                size(m.get("ram_bytes")) if m.get("ram_bytes") else "-",
+                m.get("memory_source"),
+                ("yes" if m.get("pin_source") != "runtime" else "yes (runtime)")
+                if m.get("pinned")
+                else "no",
+                f"{duration(now - last)} ago" if last is not None else "never",
+                m.get("in_flight", 0),
+                m.get("queued", 0),
+                m.get("message") or "",
+            ]
+        )
+    return rows

@@ -31,7 +31,7 @@ from helixd.resources.monitor import ResourceMonitor
 from helixd.scheduler.catalog import build_adapters, build_entries
 from helixd.scheduler.residency import ModelEntry, Residency
 from helixd.state import OperatorStops, ResidencyRecord
-from helixd.supervisor.arbiter import Supervisor
+from helixd.supervisor.arbiter import Supervisor, UnknownProcess
 from helixd.supervisor.process import ManagedProcess, ProcessState
 from helixd.supervisor.registry import ChildRegistry
 from helixd.supervisor.spec import ProcessSpec, SpecError, build_spec
@@ -197,7 +197,9 @@ class Daemon:
         entry = self.residency.set_pin(name, pinned)
         if self.record is not None:
             try:
-                self.record.set_pin(entry.name, pinned)
+                # A runtime pin equal to the config's is no override: the config decides again.
+                override = None if pinned == entry.pinned_by_config else pinned
+                self.record.set_pin(entry.name, override)
             except OSError as exc:
                 log.warning("cannot persist the pin of %s: %s", name, exc)
 
@@ -248,12 +250,16 @@ class Daemon:
                     if self.operator_stops is not None:
                         self.operator_stops.keep_only(set(specs))
                     entries = await self._model_entries(new, previous=self._adapters)
-                    self.residency.replace_config(
+                    model_changes = self.residency.replace_config(
                         new.config.resources, new.config.scheduler, entries
                     )
             finally:
                 self.notifier.ready(self.summary())
-        return {"reloaded": True, "changes": changes.as_json(), "warnings": warnings}
+        return {
+            "reloaded": True,
+            "changes": changes.as_json() | model_changes,
+            "warnings": warnings,
+        }
 
     def _restart_only_changes(self, new: LoadedConfig) -> list[str]:
         """Keys that only take effect when helixd restarts (where it listens, keeps state)."""
@@ -332,6 +338,19 @@ class Daemon:
             log.warning(
                 "cannot record that %s was %s: %s", name, "stopped" if stopped else "started", exc
             )
+
+    def log_source(self, name: str) -> ManagedProcess:
+        """A provider's process, else a model's (by model name or ``provider:model``)."""
+        if name in self.supervisor.processes:
+            return self.supervisor.processes[name]
+        for entry in self.residency.models.values():
+            process = entry.adapter.log_process(entry.name)
+            if process is not None and name in (entry.name, process.spec.name):
+                return process
+        known = sorted(self.supervisor.processes) + sorted(self.residency.models)
+        raise UnknownProcess(
+            f"no provider or model process named {name!r}; known: {', '.join(known) or 'none'}"
+        )
 
     def _process_changed(self, process: ManagedProcess) -> None:
         self._status_dirty.set()

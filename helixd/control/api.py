@@ -17,7 +17,7 @@ from aiohttp import web
 
 from helixd.control.sockets import peer_uid
 from helixd.supervisor.arbiter import Supervisor, UnknownProcess
-from helixd.supervisor.process import ProcessClosed, ProcessState
+from helixd.supervisor.process import ManagedProcess, ProcessClosed, ProcessState
 
 log = logging.getLogger("helixd.control")
 
@@ -48,6 +48,10 @@ class ControlBackend(Protocol):
 
     def operator_stopped(self, name: str, stopped: bool) -> None:
         """Remember that an operator stopped (True) or started (False) ``name``."""
+        ...
+
+    def log_source(self, name: str) -> ManagedProcess:
+        """The process whose log ``name`` means: a provider, or a model's own process."""
         ...
 
 
@@ -163,7 +167,7 @@ class ControlAPI:
 
     async def provider_logs(self, request: web.Request) -> web.StreamResponse:
         """``GET /v1/providers/{name}/logs?lines=N&follow=1``: JSON, or NDJSON when following."""
-        process = self.backend.supervisor.get(request.match_info["name"])
+        process = self.backend.log_source(request.match_info["name"])
         try:
             lines = min(int(request.query.get("lines", "100")), MAX_LOG_LINES)
         except ValueError:

@@ -71,6 +71,9 @@ class _ModelRoutes:
                 entry = await residency.unload(name)
             else:
                 self.backend.set_pin(name, action == "pin")
+                if action == "pin":
+                    # A pin means "resident": say so only once it is (or why it is not).
+                    entry = await residency.load(name, timeout)
         except ResidencyError as exc:
             details: dict[str, Any] = {}
             if exc.code not in ("unknown_model",):

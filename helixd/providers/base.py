@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from helixd.supervisor.process import ManagedProcess
+
 # Words providers use when a load fails for lack of memory (CUDA, llama.cpp, vLLM, ROCm,
 # our fake); the scheduler then evicts more and retries once.
 _OUT_OF_MEMORY = re.compile(
@@ -93,6 +95,10 @@ class ModelAdapter(abc.ABC):
 
     async def reported_memory(self, model: str) -> tuple[int, int] | None:
         """``(vram, ram)`` bytes as the provider itself reports them, if it does."""
+        return None
+
+    def log_process(self, model: str) -> ManagedProcess | None:
+        """The model's latest own process (kept after it ended: its log explains why)."""
         return None
 
     def process_info(self, model: str) -> dict[str, Any] | None:

@@ -14,6 +14,7 @@ from typing import Any
 
 from helixd.config import DaemonPaths, ProviderConfig
 from helixd.providers.base import LoadError, ModelAdapter, ModelTarget, says_out_of_memory
+from helixd.supervisor.policy import describe_exit
 from helixd.supervisor.process import ManagedProcess, ProcessState
 from helixd.supervisor.registry import ChildRegistry
 from helixd.supervisor.spec import ProcessSpec, build_spec
@@ -48,6 +49,8 @@ class ProcessPerModelAdapter(ModelAdapter):
         self._processes: dict[str, ManagedProcess] = {}
         self._serving: set[str] = set()
         self._leaving: set[str] = set()
+        # The latest process of each model, kept after it ends: its log explains a failure.
+        self.last_process: dict[str, ManagedProcess] = {}
 
     def spec_for(self, target: ModelTarget) -> ProcessSpec:
         """The process that serves ``target``: the template filled, placed on its GPU."""
@@ -82,16 +85,20 @@ class ProcessPerModelAdapter(ModelAdapter):
         spec = self.spec_for(target)
         process = ManagedProcess(spec, self._registry, on_change=self._changed)
         self._processes[target.name] = process
+        self.last_process[target.name] = process
         await process.start()
         state = await process.wait_settled(spec.start_seconds + spec.stop_timeout_s + 5)
         if state == ProcessState.READY:
             self._serving.add(target.name)
             return
         tail = [line.text for line in process.sink.tail(LOAD_LOG_TAIL)]
-        why = process.message or f"ended {state}"
+        if process.last_exit is not None:
+            why = describe_exit(process.last_exit)
+        else:
+            why = process.message or f"ended {state}"
         await self.unload(target.name)
         raise LoadError(
-            f"{spec.name} did not become ready: {why}",
+            f"{spec.name} {why} while loading; see helixctl logs {spec.name}",
             out_of_memory=says_out_of_memory(tail),
             log_tail=tail,
         )
@@ -122,6 +129,10 @@ class ProcessPerModelAdapter(ModelAdapter):
         """The model's server process (its tree holds the model's memory)."""
         process = self._processes.get(model)
         return [process.pid] if process is not None and process.pid is not None else []
+
+    def log_process(self, model: str) -> ManagedProcess | None:
+        """The model's latest process, running or not."""
+        return self.last_process.get(model)
 
     def process_info(self, model: str) -> dict[str, Any] | None:
         """The supervisor's view of the model's process."""

@@ -90,6 +90,7 @@ class ModelEntry:
     failed_until: float = 0.0
     stale: bool = False
     removed: bool = False
+    log_tail: list[str] = field(default_factory=list)
     next_adapter: ModelAdapter | None = field(default=None, repr=False)
     load_task: asyncio.Task[None] | None = field(default=None, repr=False)
 
@@ -170,20 +171,32 @@ class Residency:
 
     def replace_config(
         self, resources: ResourcesConfig, scheduler: SchedulerConfig, new: Mapping[str, ModelEntry]
-    ) -> None:
+    ) -> dict[str, list[str]]:
         """Adopt a reloaded config. Resident models whose config changed (or that left the
-        config) are unloaded once idle; pinned ones then load again with the new config."""
+        config) are unloaded once idle; pinned ones then load again with the new config.
+
+        Returns the model names added, removed and changed, for the reload's answer.
+        """
         self.resources, self.scheduler = resources, scheduler
+        added: list[str] = []
+        removed: list[str] = []
+        changed_names: list[str] = []
         for name, entry in self.models.items():
-            if name not in new:
+            if name not in new and not entry.removed:
+                removed.append(name)
                 entry.removed = True
                 entry.stale = entry.state != ModelState.UNLOADED
         for name, fresh in new.items():
             current = self.models.get(name)
             if current is None or (current.removed and not current.stale):
+                added.append(name)
                 self.add(fresh)
                 continue
             changed = current.config != fresh.config or current.adapter is not fresh.adapter
+            if current.removed:
+                added.append(name)
+            elif changed:
+                changed_names.append(name)
             current.removed = False
             current.config = fresh.config
             current.figure = fresh.figure
@@ -200,6 +213,7 @@ class Residency:
         for name in [n for n, e in self.models.items() if e.removed and not e.stale]:
             del self.models[name]
         self._notify()
+        return {"models_added": added, "models_removed": removed, "models_changed": changed_names}
 
     def entry(self, name: str) -> ModelEntry:
         """The entry for ``name``; unknown names get a 404 naming the known ones."""
@@ -370,6 +384,7 @@ class Residency:
             entry.last_used_wall = self._wall()
             self._set(entry, ModelState.LOADED, entry.message)
         except LoadError as exc:
+            entry.log_tail = exc.log_tail
             self._fail(entry, str(exc))
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
@@ -547,7 +562,7 @@ class Residency:
     def set_pin(self, name: str, pinned: bool) -> ModelEntry:
         """Pin or unpin at run time; a pinned model is loaded by the next maintenance pass."""
         entry = self.entry(name)
-        entry.runtime_pin = pinned
+        entry.runtime_pin = None if pinned == entry.pinned_by_config else pinned
         if pinned and entry.state == ModelState.FAILED:
             entry.failed_until = 0.0
         self._notify()
@@ -716,6 +731,7 @@ class Residency:
             "upstream": entry.adapter.upstream(entry.name),
             "process": entry.adapter.process_info(entry.name),
             "size_text": format_bytes(entry.figure.vram_bytes or entry.figure.ram_bytes),
+            **({"log_tail": entry.log_tail} if entry.state == ModelState.FAILED else {}),
         }
 
     def summary_counts(self) -> Mapping[str, int]:

@@ -1,6 +1,11 @@
 """A fake GPU model server: "allocates" GPU memory on the fake NVML, then serves echo.
 
     python tests/fakes/gpu_holder.py --mib N [--load-seconds S] -- [echo provider flags]
+    python tests/fakes/gpu_holder.py --model-file M.json -- [echo provider flags]
+
+A "model file" is JSON ``{"mib": N, "load_seconds": S}``: like a real server, the holder
+learns from its model file how much memory the model takes, so a process-per-model
+provider template (``--model-file {model_path}``) serves models of different sizes.
 
 It plays a model server such as llama.cpp or vLLM against the fake ``pynvml`` in
 ``tests/fakes/nvml``: it picks its device the way CUDA does (the first entry of
@@ -45,9 +50,17 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     """The holder's own flags, and the echo provider's (everything after ``--``)."""
     split = argv.index("--") if "--" in argv else len(argv)
     parser = argparse.ArgumentParser(prog="gpu_holder.py")
-    parser.add_argument("--mib", type=float, required=True, help="MiB to hold once loaded")
+    parser.add_argument("--mib", type=float, help="MiB to hold once loaded")
     parser.add_argument("--load-seconds", type=float, default=0.0, help="grow over this long")
-    return parser.parse_args(argv[:split]), argv[split + 1 :]
+    parser.add_argument("--model-file", type=Path, help='JSON {"mib": N, "load_seconds": S}')
+    args = parser.parse_args(argv[:split])
+    if args.model_file is not None:
+        model = json.loads(args.model_file.read_text())
+        args.mib = float(model["mib"])
+        args.load_seconds = float(model.get("load_seconds", args.load_seconds))
+    if args.mib is None:
+        parser.error("one of --mib or --model-file is required")
+    return args, argv[split + 1 :]
 
 
 def visible_device(devices: list[dict[str, Any]]) -> int:

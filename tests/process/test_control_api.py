@@ -12,6 +12,7 @@ from aiohttp import web
 from helixd.control import api
 from helixd.control.sockets import bind_control_socket
 from helixd.supervisor.arbiter import Supervisor
+from helixd.supervisor.process import ManagedProcess
 from helixd.supervisor.registry import ChildRegistry
 from tests.conftest import child_argv, make_spec, wait_for
 
@@ -26,6 +27,12 @@ class Backend:
 
     async def reload(self) -> dict[str, Any]:
         return {}
+
+    def operator_stopped(self, name: str, stopped: bool) -> None:
+        pass
+
+    def log_source(self, name: str) -> ManagedProcess:
+        return self.supervisor.get(name)
 
 
 async def test_an_abandoned_log_follower_is_dropped_without_new_output(

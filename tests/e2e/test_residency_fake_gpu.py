@@ -1,0 +1,203 @@
+"""Residency end to end on a fake 24 GiB GPU: the real daemon, real model processes.
+
+Each model is a real process (``tests/fakes/gpu_holder.py``) that "allocates" the GPU
+memory its model file declares through the fake NVML, then serves the echo API. helixd
+runs with the fake ``pynvml`` first on its PYTHONPATH, so its real NVML code reads the
+figures: free memory, and the per-process memory it attributes to each model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from tests.conftest import wait_for_sync
+
+REPO = Path(__file__).resolve().parents[2]
+FAKES = REPO / "tests" / "fakes"
+MiB = 1024**2
+
+
+class FakeGpuHost:
+    """A fake NVML state dir with one 24 GiB GPU, and model files of given sizes."""
+
+    def __init__(self, root: Path) -> None:
+        self.dir = root / "nvml"
+        (self.dir / "procs").mkdir(parents=True)
+        self.models = root / "models"
+        self.models.mkdir()
+        device = {"name": "NVIDIA GeForce RTX 4090 (fake)", "uuid": "GPU-fake-0"}
+        (self.dir / "devices.json").write_text(
+            json.dumps([{**device, "total_mib": 24576, "baseline_used_mib": 0}])
+        )
+
+    def env(self) -> dict[str, str]:
+        return {"PYTHONPATH": f"{FAKES / 'nvml'}:{REPO}", "HELIXD_FAKE_NVML_DIR": str(self.dir)}
+
+    def model_file(self, name: str, mib: int) -> Path:
+        path = self.models / f"{name}.json"
+        path.write_text(json.dumps({"mib": mib}))
+        return path
+
+    def used_mib(self) -> int:
+        total = 0
+        for entry in (self.dir / "procs").glob("*.json"):
+            pid = int(entry.stem)
+            if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie":
+                total += json.loads(entry.read_text())["bytes"]
+        return total // MiB
+
+    def provider(self) -> str:
+        return f"""
+[resources]
+vram_reserve_mib = 512
+ram_reserve_mib = 0
+
+[providers.gpu]
+kind = "openai"
+command = ["{{python}}", "{FAKES / "gpu_holder.py"}", "--model-file", "{{model_path}}",
+           "--", "--host", "{{host}}", "--port", "{{port}}", "--model", "{{model}}"]
+env = {{ HELIXD_FAKE_NVML_DIR = "{self.dir}", PYTHONPATH = "{REPO}" }}
+health = {{ path = "/health", interval_s = 1 }}
+start_seconds = 30
+stop_timeout_s = 5
+"""
+
+    def model(self, name: str, mib: int, declared: bool = True, **keys: Any) -> str:
+        lines = [f"[models.{name}]", 'provider = "gpu"', f'path = "{self.model_file(name, mib)}"']
+        if declared:
+            lines.append(f"vram_mib = {mib}")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in keys.items()]
+        return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+def gpu_host(tmp_path: Path) -> FakeGpuHost:
+    return FakeGpuHost(tmp_path)
+
+
+def models(helix: Any) -> dict[str, dict[str, Any]]:
+    result = helix.ctl("--json", "models")
+    assert result.returncode == 0, result.stderr
+    return {m["name"]: m for m in json.loads(result.stdout)["models"]}
+
+
+def wait_model(helix: Any, name: str, state: str, timeout: float = 30) -> dict[str, Any]:
+    wait_for_sync(
+        lambda: models(helix)[name]["state"] == state, timeout, what=f"model {name} to be {state}"
+    )
+    return models(helix)[name]
+
+
+def load(helix: Any, name: str) -> None:
+    result = helix.ctl("load", name, timeout=90)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"{name}: loaded on gpu0"
+
+
+def test_models_beyond_the_gpu_evict_the_least_recently_used(
+    helix: Any, gpu_host: FakeGpuHost
+) -> None:
+    config = gpu_host.provider() + "".join(
+        [
+            gpu_host.model("a", 8192),
+            gpu_host.model("b", 8192),
+            gpu_host.model("c", 8192),
+            gpu_host.model("measured", 6144, declared=False),
+        ]
+    )
+    h = helix(config, extra_env=gpu_host.env())
+    devices = json.loads(h.ctl("--json", "models").stdout)["devices"]
+    assert devices["mode"] == "nvml"
+    assert devices["gpus"][0]["total_bytes"] == 24576 * MiB
+    load(h, "a")
+    load(h, "b")
+    load(h, "measured")  # no size known: loads into the 7.5 GiB left, then is measured
+    m = models(h)["measured"]
+    assert m["memory_source"] == "measured"
+    assert m["vram_bytes"] == 6144 * MiB  # the fake NVML's per-process figure, exactly
+    assert gpu_host.used_mib() == 8192 * 2 + 6144
+    a_pid = models(h)["a"]["process"]["pid"]
+    load(h, "b")  # b is used again: a is now the least recently used
+    load(h, "c")  # 8 GiB more: only evicting a makes room
+    after = models(h)
+    assert after["a"]["state"] == "unloaded"
+    assert after["a"]["message"] == "evicted for a load on gpu0"
+    assert {n: after[n]["state"] for n in ("b", "c", "measured")} == dict.fromkeys(
+        ("b", "c", "measured"), "loaded"
+    )
+    assert not psutil.pid_exists(a_pid) or psutil.Process(a_pid).status() == "zombie"
+    assert gpu_host.used_mib() == 8192 * 2 + 6144
+    human = h.ctl("models").stdout
+    assert "measured   " in human and "declared" in human
+    status = h.ctl("status").stdout
+    assert "GPU0 NVIDIA GeForce RTX 4090 (fake): 22.0G used, 2.0G free of 24.0G" in status
+
+
+def test_pinned_model_survives_and_impossible_loads_are_refused_with_reasons(
+    helix: Any, gpu_host: FakeGpuHost
+) -> None:
+    config = gpu_host.provider() + "".join(
+        [
+            gpu_host.model("router", 8192, pinned=True),
+            gpu_host.model("x", 8192),
+            gpu_host.model("big", 20480),
+        ]
+    )
+    h = helix(config, extra_env=gpu_host.env())
+    router = wait_model(h, "router", "loaded")  # pins load at start, unasked
+    load(h, "x")
+    refused = h.ctl("load", "big")
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == (
+        "helixctl: big needs 20.0 GiB on GPU0; 7.5 GiB free; pinned: router (8.0 GiB)"
+    )
+    assert models(h)["x"]["state"] == "loaded"  # nothing evicted for a load that cannot be
+    unload = h.ctl("unload", "router")
+    assert unload.returncode == 1 and "unpin it first" in unload.stderr
+    # The pinned model's process dies: residency notices and loads it again.
+    os.kill(router["process"]["pid"], signal.SIGKILL)
+    wait_for_sync(
+        lambda: (
+            (m := models(h)["router"])["state"] == "loaded"
+            and m["process"]["pid"] != router["process"]["pid"]
+        ),
+        30,
+        what="router to come back",
+    )
+    # Unpinned, it is just another model: big now fits once router and x are evicted.
+    assert h.ctl("unpin", "router").returncode == 0
+    load(h, "big")
+    after = models(h)
+    assert after["router"]["state"] == "unloaded" and after["x"]["state"] == "unloaded"
+
+
+def test_idle_model_leaves_after_its_keep_alive(helix: Any, gpu_host: FakeGpuHost) -> None:
+    config = gpu_host.provider() + gpu_host.model("brief", 4096, keep_alive="1s")
+    config += gpu_host.model("stays", 4096)
+    h = helix(config, extra_env=gpu_host.env())
+    load(h, "stays")
+    load(h, "brief")
+    gone = wait_model(h, "brief", "unloaded", timeout=15)
+    assert gone["message"] == "idle for 1 s (keep_alive)"
+    assert models(h)["stays"]["state"] == "loaded"  # default keep_alive is 10 minutes
+    wait_for_sync(lambda: gpu_host.used_mib() == 4096, what="brief's memory to be freed")
+
+
+def test_a_runtime_pin_outlives_a_helixd_restart(helix: Any, gpu_host: FakeGpuHost) -> None:
+    config = gpu_host.provider() + gpu_host.model("x", 4096)
+    h = helix(config, extra_env=gpu_host.env())
+    pinned = h.ctl("pin", "x", timeout=90)
+    assert pinned.returncode == 0, pinned.stderr
+    assert pinned.stdout.strip() == "x: loaded on gpu0, pinned"
+    assert h.stop() == 0
+    assert gpu_host.used_mib() == 0  # stopping helixd unloads everything
+    h.start(extra_env=gpu_host.env())
+    x = wait_model(h, "x", "loaded")
+    assert x["pinned"] and x["pin_source"] == "runtime"

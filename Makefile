@@ -28,7 +28,7 @@ run: $(STAMP)
 
 ## The whole test suite: unit, process, e2e and system (boots a Debian root when root).
 test: $(STAMP) system-deps
-	$(BIN)/pytest
+	HELIXD_TEST_REAL_PROVIDERS=1 $(BIN)/pytest
 
 ## Everything but the system tests.
 test-fast: $(STAMP)

@@ -71,3 +71,17 @@ def wait_for_sync(predicate: Callable[[], bool], timeout: float = 15.0, what: st
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout} s waiting for {what or predicate}")
         time.sleep(0.02)
+
+
+def import_real_provider(module: str) -> Any:
+    """Import a real provider's package, or skip — unless the run demands real providers.
+
+    ``make test`` (and so CI) sets ``HELIXD_TEST_REAL_PROVIDERS=1``: there a missing
+    llama-cpp-python is a failure, never a quiet skip.
+    """
+    import importlib
+    import os
+
+    if os.environ.get("HELIXD_TEST_REAL_PROVIDERS") == "1":
+        return importlib.import_module(module)
+    return pytest.importorskip(module, reason=f"{module} is not installed")

@@ -24,9 +24,10 @@ import psutil
 import pytest
 
 from helixd.providers.estimate import MIB, estimate_gguf, format_bytes
+from tests.conftest import import_real_provider
 
-pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
-pytest.importorskip("gguf", reason="gguf (gguf-py) is not installed")
+import_real_provider("llama_cpp")
+import_real_provider("gguf")
 
 from tests.fakes import tiny_gguf  # after the skips: it imports gguf
 
@@ -112,7 +113,7 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 @pytest.fixture
 def server(model: Path, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]]:
-    pytest.importorskip("llama_cpp.server.app", reason="llama-cpp-python[server] not installed")
+    import_real_provider("llama_cpp.server.app")
     port = free_port()
     log = tmp_path / "llama-server.log"
     argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(model)]

@@ -29,7 +29,7 @@ from tests.conftest import import_real_provider
 import_real_provider("llama_cpp")
 import_real_provider("gguf")
 
-from tests.fakes import tiny_gguf  # after the skips: it imports gguf
+from tests.fakes import tiny_gguf  # noqa: E402 (after the skips: it imports gguf)
 
 TINY_GGUF = Path(tiny_gguf.__file__)
 N_CTX = 256

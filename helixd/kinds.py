@@ -47,12 +47,19 @@ _KINDS: dict[str, KindDefaults] = {
     "llamacpp": KindDefaults(
         command=None,
         health_path="/health",
-        example="['llama-server', '-m', '{model_path}', '--host', '{host}', '--port', '{port}']",
+        example=(
+            "['llama-server', '-m', '{model_path}', '--host', '{host}', '--port', '{port}', "
+            "'-c', '{ctx}', '-ngl', '{gpu_layers}']"
+        ),
     ),
     "vllm": KindDefaults(
         command=None,
         health_path="/health",
-        example="['vllm', 'serve', '{model}', '--host', '{host}', '--port', '{port}']",
+        example=(
+            "['vllm', 'serve', '{model_id}', '--served-model-name', '{model}', '--host', "
+            "'{host}', '--port', '{port}', '--gpu-memory-utilization', "
+            "'{gpu_memory_utilization}']"
+        ),
     ),
     "localai": KindDefaults(
         command=None,

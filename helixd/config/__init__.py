@@ -241,6 +241,11 @@ def _check_models(config: HelixConfig) -> list[str]:
                 f"{key}.path: required, because providers.{model.provider}.command uses "
                 "{model_path}; e.g. path = '/models/qwen2.5-7b-instruct-q4_k_m.gguf'"
             )
+        if provider is not None and "ctx" in provider.placeholders and model.ctx is None:
+            problems.append(
+                f"{key}.ctx: required, because providers.{model.provider}.command uses "
+                "{ctx}; e.g. ctx = 8192"
+            )
         for alias in model.aliases:
             other = taken.get(alias)
             if other is not None and other != f"{key}.aliases":

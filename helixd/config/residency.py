@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, field_validator
+from pydantic import BeforeValidator, Field
 
 from helixd.config.types import Seconds, Strict, parse_duration_s
 
@@ -27,22 +27,26 @@ def _parse_keep_alive(value: Any) -> Any:
 KeepAlive = Annotated[float, BeforeValidator(_parse_keep_alive), Field(gt=0)]
 
 
+def _check_gpus(value: Any) -> Any:
+    """One clear message instead of one per member of the union."""
+    if value in ("auto", "none"):
+        return value
+    if isinstance(value, list) and all(type(v) is int and 0 <= v <= 63 for v in value):
+        if value and len(set(value)) == len(value):
+            return value
+    raise ValueError(f"expected 'auto', 'none' or a list of distinct GPU indexes; got {value!r}")
+
+
+GpuSelection = Annotated[Literal["auto", "none"] | list[int], BeforeValidator(_check_gpus)]
+
+
 class ResourcesConfig(Strict):
     """``[resources]``: which GPUs helixd may use and what it keeps free for others."""
 
-    gpus: Literal["auto", "none"] | list[Annotated[int, Field(ge=0, le=63)]] = "auto"
+    gpus: GpuSelection = "auto"
     vram_reserve_mib: int = Field(default=512, ge=0)
     ram_reserve_mib: int = Field(default=2048, ge=0)
     max_loaded_models: int = Field(default=0, ge=0)
-
-    @field_validator("gpus")
-    @classmethod
-    def _distinct(cls, value: str | list[int]) -> str | list[int]:
-        if isinstance(value, list) and (not value or len(set(value)) != len(value)):
-            raise ValueError(
-                f"expected 'auto', 'none' or a list of distinct GPU indexes; got {value!r}"
-            )
-        return value
 
 
 class SchedulerConfig(Strict):
@@ -74,7 +78,9 @@ class ModelConfig(Strict):
     max_concurrency: int = Field(default=4, ge=1, le=4096)
     max_queue: int = Field(default=64, ge=0, le=100_000)
     ctx: int | None = Field(default=None, ge=16, le=10_000_000)
-    gpu_layers: int = Field(default=-1, ge=-1)
+    # Layers offloaded to the GPU ({gpu_layers}); 999 = all, as llama.cpp users write it.
+    # A model placed in host RAM gets 0.
+    gpu_layers: int = Field(default=999, ge=0)
     vram_mib: int | None = Field(default=None, ge=0)
     ram_mib: int | None = Field(default=None, ge=0)
     # Extra arguments appended to a process-per-model provider's command for this model.

@@ -136,3 +136,82 @@ def test_example_config_in_etc_is_valid() -> None:
     example = Path(__file__).parents[2] / "etc" / "helixd.toml"
     loaded = load_config(example)
     assert "demo" in loaded.config.providers
+
+
+LLAMA = """
+[providers.llama]
+kind = "llamacpp"
+command = ["llama-server", "-m", "{model_path}", "--port", "{port}", "-c", "{ctx}"]
+[providers.ollama]
+kind = "ollama"
+"""
+
+
+def test_residency_sections_parse_with_defaults(tmp_path: Path) -> None:
+    loaded = _load(
+        tmp_path,
+        LLAMA
+        + '[resources]\ngpus = [0, 1]\n[scheduler]\nkeep_alive = "forever"\n'
+        + '[models.coder]\nprovider = "llama"\npath = "/m/c.gguf"\nctx = 8192\n'
+        + 'keep_alive = "30m"\naliases = ["code"]\n',
+    )
+    config = loaded.config
+    assert config.resources.gpus == [0, 1] and config.resources.vram_reserve_mib == 512
+    assert config.scheduler.keep_alive == float("inf")
+    coder = config.models["coder"]
+    assert coder.keep_alive == 1800 and coder.gpu_layers == 999 and coder.max_concurrency == 4
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            '[models.x]\nprovider = "nope"\n',
+            "helixd.toml: models.x.provider: no provider named 'nope'; providers: llama, ollama",
+        ),
+        (
+            '[models.x]\nprovider = "ollama"\n',
+            "helixd.toml: models.x.provider: 'ollama' (kind ollama) runs one server for all "
+            "its models, which this version cannot load or unload; use a provider whose "
+            "command is a per-model template (with {model_path} or {model})",
+        ),
+        (
+            '[models.x]\nprovider = "llama"\nctx = 4096\n',
+            "helixd.toml: models.x.path: required, because providers.llama.command uses "
+            "{model_path}; e.g. path = '/models/qwen2.5-7b-instruct-q4_k_m.gguf'",
+        ),
+        (
+            '[models.x]\nprovider = "llama"\npath = "/m.gguf"\n',
+            "helixd.toml: models.x.ctx: required, because providers.llama.command uses {ctx}; "
+            "e.g. ctx = 8192",
+        ),
+        (
+            '[models.x]\nprovider = "llama"\npath = "/a"\nctx = 512\naliases = ["y"]\n'
+            '[models.y]\nprovider = "llama"\npath = "/b"\nctx = 512\n',
+            "helixd.toml: models.x.aliases: 'y' is already taken by models.y",
+        ),
+        (
+            '[models.x]\nprovider = "llama"\npath = "/a"\nctx = 512\nkeep_alive = "soon"\n',
+            "helixd.toml: models.x.keep_alive: expected a duration such as 30, '30s', '10m' "
+            "or '1h'; got 'soon'",
+        ),
+        (
+            '[resources]\ngpus = "all"\n',
+            "helixd.toml: resources.gpus: expected 'auto', 'none' or a list of distinct GPU "
+            "indexes; got 'all'",
+        ),
+        (
+            '[models.x]\nprovider = "llama"\npath = "/a"\nctx = 512\nvram = 4096\n',
+            "helixd.toml: models.x.vram: unknown key; allowed keys here: aliases, args, ctx, "
+            "gpu_layers, id, keep_alive, max_concurrency, max_queue, path, pinned, provider, "
+            "ram_mib, vram_mib",
+        ),
+        (
+            "[resources]\ngpus = [0, 0]\n",
+            "helixd.toml: resources.gpus: expected 'auto', 'none' or a list of distinct GPU "
+            "indexes; got [0, 0]",
+        ),
+    ],
+)
+def test_model_mistakes_name_the_key_and_the_fix(tmp_path: Path, text: str, expected: str) -> None:
+    assert _error(tmp_path, LLAMA + text) == expected

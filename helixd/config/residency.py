@@ -31,9 +31,9 @@ def _check_gpus(value: Any) -> Any:
     """One clear message instead of one per member of the union."""
     if value in ("auto", "none"):
         return value
-    if isinstance(value, list) and all(type(v) is int and 0 <= v <= 63 for v in value):
-        if value and len(set(value)) == len(value):
-            return value
+    indexes = isinstance(value, list) and all(type(v) is int and 0 <= v <= 63 for v in value)
+    if indexes and value and len(set(value)) == len(value):
+        return value
     raise ValueError(f"expected 'auto', 'none' or a list of distinct GPU indexes; got {value!r}")
 
 

@@ -224,7 +224,7 @@ def config_check(ctx: Context, file: str | None, mode: str | None) -> None:
     """
     from pathlib import Path
 
-    from helixd.config import ConfigError, default_config_path, load_config
+    from helixd.config import ConfigError, default_config_path, describe, load_config
     from helixd.paths import parse_mode
 
     if file:
@@ -243,11 +243,14 @@ def config_check(ctx: Context, file: str | None, mode: str | None) -> None:
             )
             sys.exit(EXIT_FAILED)
         fail(str(exc), EXIT_FAILED)
-    names = list(loaded.config.providers)
     ctx.emit(
-        {"ok": True, "file": str(path), "providers": names},
-        f"{path}: OK ({len(names)} provider{'s' if len(names) != 1 else ''}: "
-        f"{', '.join(names) or 'none'})",
+        {
+            "ok": True,
+            "file": str(path),
+            "providers": list(loaded.config.providers),
+            "models": list(loaded.config.models),
+        },
+        f"{path}: OK ({describe(loaded.config)})",
     )
 
 

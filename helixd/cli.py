@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from helixd import __version__
-from helixd.config import ConfigError, default_config_path, load_config
+from helixd.config import ConfigError, default_config_path, describe, load_config
 from helixd.paths import Mode, default_mode
 
 
@@ -67,11 +67,7 @@ def check_config(path: Path) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
-    providers = loaded.config.providers
-    print(
-        f"{path}: OK ({len(providers)} provider{'s' if len(providers) != 1 else ''}: "
-        f"{', '.join(providers) or 'none'})"
-    )
+    print(f"{path}: OK ({describe(loaded.config)})")
     return 0
 
 

@@ -50,6 +50,7 @@ __all__ = [
     "ResourcesConfig",
     "SchedulerConfig",
     "default_config_path",
+    "describe",
     "load_config",
     "validate_config",
 ]
@@ -311,6 +312,18 @@ def _model_of(annotation: Any) -> type[BaseModel] | None:
         if found is not None:
             return found
     return None
+
+
+def describe(config: HelixConfig) -> str:
+    """``1 provider: llama; 2 models: coder, router``: what a valid config defines."""
+
+    def count(names: list[str], word: str) -> str:
+        return f"{len(names)} {word}{'s' if len(names) != 1 else ''}: {', '.join(names) or 'none'}"
+
+    text = count(list(config.providers), "provider")
+    if config.models:
+        text += "; " + count(list(config.models), "model")
+    return text
 
 
 def default_config_path(mode: Mode) -> Path:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import psutil
 import pytest
 
 from tests.conftest import wait_for_sync
+from tests.e2e.conftest import BIN
 
 REPO = Path(__file__).resolve().parents[2]
 FAKES = REPO / "tests" / "fakes"
@@ -82,6 +84,10 @@ def gpu_host(tmp_path: Path) -> FakeGpuHost:
     return FakeGpuHost(tmp_path)
 
 
+def gone(pid: int) -> bool:
+    return not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+
+
 def models(helix: Any) -> dict[str, dict[str, Any]]:
     result = helix.ctl("--json", "models")
     assert result.returncode == 0, result.stderr
@@ -132,7 +138,7 @@ def test_models_beyond_the_gpu_evict_the_least_recently_used(
     assert {n: after[n]["state"] for n in ("b", "c", "measured")} == dict.fromkeys(
         ("b", "c", "measured"), "loaded"
     )
-    assert not psutil.pid_exists(a_pid) or psutil.Process(a_pid).status() == "zombie"
+    assert gone(a_pid)
     assert gpu_host.used_mib() == 8192 * 2 + 6144
     human = h.ctl("models").stdout
     assert "measured   " in human and "declared" in human
@@ -201,3 +207,25 @@ def test_a_runtime_pin_outlives_a_helixd_restart(helix: Any, gpu_host: FakeGpuHo
     h.start(extra_env=gpu_host.env())
     x = wait_model(h, "x", "loaded")
     assert x["pinned"] and x["pin_source"] == "runtime"
+
+
+def test_a_killed_helixd_leaves_no_model_process_holding_the_gpu(
+    helix: Any, gpu_host: FakeGpuHost
+) -> None:
+    config = gpu_host.provider() + gpu_host.model("x", 4096)
+    config += gpu_host.model("slow", 4096, declared=True)
+    (gpu_host.models / "slow.json").write_text(json.dumps({"mib": 4096, "load_seconds": 30}))
+    h = helix(config, extra_env=gpu_host.env())
+    load(h, "x")
+    x_pid = models(h)["x"]["process"]["pid"]
+    slow = subprocess.Popen([str(BIN / "helixctl"), "load", "slow"], env=h.env)
+    wait_for_sync(lambda: models(h)["slow"]["state"] == "loading", what="slow to be loading")
+    wait_for_sync(lambda: gpu_host.used_mib() > 4096, what="slow to start allocating")
+    h.stop(signal.SIGKILL)
+    slow.wait(30)
+    # The model processes die with helixd (PR_SET_PDEATHSIG) and free the GPU.
+    wait_for_sync(lambda: gpu_host.used_mib() == 0, what="the GPU to be free")
+    assert gone(x_pid)
+    h.start(extra_env=gpu_host.env())
+    assert {m["state"] for m in models(h).values()} == {"unloaded"}
+    load(h, "x")  # and the next helixd starts from a clean slate

@@ -4,6 +4,9 @@ It owns each model's state, in-flight and queued counts, last use, pins and TTL 
 Decisions come from :func:`helixd.scheduler.core.plan_load`; this module only gathers
 the snapshot, acts (unload victims, wait for their memory, load), and feeds results back.
 Time comes from an injected clock, so the unit tests drive TTLs without sleeping.
+The record of one model (:class:`ModelEntry`) lives in :mod:`helixd.scheduler.entry`
+and the read-only views of the books in :mod:`helixd.scheduler.views`; the names other
+modules import from here are re-exported, and the view methods delegate there.
 """
 
 from __future__ import annotations
@@ -15,94 +18,39 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-from helixd.config import ModelConfig, ResourcesConfig, SchedulerConfig
-from helixd.providers.base import LoadError, ModelAdapter, ModelTarget
+from helixd.config import ResourcesConfig, SchedulerConfig
+from helixd.providers.base import LoadError, ModelTarget
 from helixd.resources.monitor import ResourceSample
+from helixd.scheduler import views
 from helixd.scheduler.core import (
     RAM,
-    DeviceView,
     Join,
     Load,
     LoadRequest,
     ModelState,
-    ModelView,
     Ready,
     Refuse,
     Snapshot,
     Wait,
-    format_bytes,
     free_bytes,
     plan_load,
 )
+from helixd.scheduler.entry import ModelEntry, ResidencyError, ResourceSource
 from helixd.scheduler.sizing import MemoryFigure
+from helixd.scheduler.views import MiB
+
+__all__ = ["ModelEntry", "Residency", "ResidencyError", "ResourceSource"]
 
 log = logging.getLogger("helixd.scheduler")
 
-MiB = 1024**2
 # After an out-of-memory load, retry once asking for this much more room.
 OOM_RETRY_FACTOR = 1.5
 OOM_RETRY_MIN_EXTRA = 1024 * MiB
 # An unload counts as done once this share of the model's memory shows up free again.
 MEMORY_BACK_SHARE = 0.8
 MEMORY_POLL_S = 0.1
-
-
-class ResourceSource(Protocol):
-    """What the executor reads: figures now, and what one process tree holds."""
-
-    async def sample(self) -> ResourceSample: ...
-
-    async def tree_usage(self, pid: int) -> tuple[int, dict[int, int]]: ...
-
-
-class ResidencyError(Exception):
-    """A request for a model that cannot be served; ``code`` and ``status`` for the API."""
-
-    def __init__(self, message: str, code: str, status: int) -> None:
-        super().__init__(message)
-        self.code = code
-        self.status = status
-
-
-@dataclass
-class ModelEntry:
-    """One configured model and everything residency knows about it."""
-
-    name: str
-    config: ModelConfig
-    adapter: ModelAdapter
-    figure: MemoryFigure
-    size_key: str
-    pinned_by_config: bool
-    runtime_pin: bool | None = None
-    state: ModelState = ModelState.UNLOADED
-    device: str | None = None
-    accounted_vram: int = 0
-    accounted_ram: int = 0
-    in_flight: int = 0
-    queued: int = 0
-    last_used: float = 0.0
-    last_used_wall: float | None = None
-    message: str = ""
-    failed_until: float = 0.0
-    stale: bool = False
-    removed: bool = False
-    log_tail: list[str] = field(default_factory=list)
-    next_adapter: ModelAdapter | None = field(default=None, repr=False)
-    load_task: asyncio.Task[None] | None = field(default=None, repr=False)
-
-    @property
-    def pinned(self) -> bool:
-        """A runtime pin or unpin overrides the config."""
-        return self.pinned_by_config if self.runtime_pin is None else self.runtime_pin
-
-    @property
-    def idle(self) -> bool:
-        """Nothing in flight and nothing waiting."""
-        return self.in_flight == 0 and self.queued == 0
 
 
 class Residency:
@@ -193,6 +141,9 @@ class Residency:
                 self.add(fresh)
                 continue
             changed = current.config != fresh.config or current.adapter is not fresh.adapter
+            # Only what shapes the process (file, context, arguments, provider command)
+            # needs a reload of the model; keep_alive, pins or limits apply as they are.
+            reshaped = current.size_key != fresh.size_key or current.adapter is not fresh.adapter
             if current.removed:
                 added.append(name)
             elif changed:
@@ -208,8 +159,8 @@ class Residency:
                     current.adapter = fresh.adapter
                 else:
                     current.next_adapter = fresh.adapter
-            if changed and current.state != ModelState.UNLOADED:
-                current.stale = True
+            if current.state != ModelState.UNLOADED:
+                current.stale = reshaped
         for name in [n for n, e in self.models.items() if e.removed and not e.stale]:
             del self.models[name]
         self._notify()
@@ -486,23 +437,7 @@ class Residency:
                 del self.models[entry.name]
 
     def _target(self, entry: ModelEntry, device: str, request: LoadRequest) -> ModelTarget:
-        gpu_index = None if device == RAM else int(device.removeprefix("gpu"))
-        utilization = 0.9
-        if gpu_index is not None and self.last_sample is not None:
-            total = next((g.total_bytes for g in self.last_sample.gpus if g.index == gpu_index), 0)
-            if total and request.vram_bytes:
-                utilization = min(0.95, max(0.05, request.vram_bytes / total))
-        c = entry.config
-        return ModelTarget(
-            name=entry.name,
-            model_id=c.id or entry.name,
-            path=c.path,
-            ctx=c.ctx,
-            gpu_layers=c.gpu_layers if gpu_index is not None else 0,
-            args=tuple(c.args),
-            gpu_index=gpu_index,
-            gpu_memory_utilization=utilization,
-        )
+        return views.model_target(entry, device, request, self.last_sample)
 
     async def _measure(self, entry: ModelEntry) -> None:
         """Measure the model's processes; remember the figure for its next load."""
@@ -644,99 +579,16 @@ class Residency:
 
     def snapshot(self, sample: ResourceSample, leave_out: str | None = None) -> Snapshot:
         """The core's view of the world now."""
-        reserve = self.resources.vram_reserve_mib * MiB
-        gpus = tuple(
-            DeviceView(f"gpu{g.index}", g.total_bytes, reserve, g.free_bytes) for g in sample.gpus
-        )
-        ram = DeviceView(
-            RAM,
-            sample.ram.total_bytes,
-            self.resources.ram_reserve_mib * MiB,
-            sample.ram.available_bytes,
-        )
-        models = {
-            e.name: ModelView(
-                name=e.name,
-                state=ModelState.UNLOADED if e.name == leave_out else e.state,
-                device=e.device if e.device != RAM else None,
-                vram_bytes=e.accounted_vram,
-                ram_bytes=e.accounted_ram,
-                pinned=e.pinned,
-                in_flight=e.in_flight,
-                queued=e.queued,
-                last_used=e.last_used,
-            )
-            for e in self.models.values()
-        }
-        loading = frozenset(self._loading_devices)
-        if leave_out is not None and self.models[leave_out].device is not None:
-            loading = loading - {self.models[leave_out].device or ""}
-        return Snapshot(gpus, ram, models, self.resources.max_loaded_models, loading)
+        return views.snapshot(self.models, sample, self.resources, self._loading_devices, leave_out)
 
     def devices(self) -> dict[str, Any]:
         """Devices for ``status``: figures, helixd's budget and what it accounts."""
-        sample = self.last_sample
-        if sample is None:
-            return {"mode": "unknown", "gpus": [], "ram": None}
-        snapshot = self.snapshot(sample)
-        gpus = []
-        for g, view in zip(sample.gpus, snapshot.gpus, strict=True):
-            gpus.append(
-                {
-                    "id": view.id,
-                    "index": g.index,
-                    "name": g.name,
-                    "uuid": g.uuid,
-                    "total_bytes": g.total_bytes,
-                    "used_bytes": g.used_bytes,
-                    "free_bytes": g.free_bytes,
-                    "reserve_bytes": view.reserve_bytes,
-                    "budget_bytes": max(0, free_bytes(snapshot, view)),
-                }
-            )
-        return {
-            "mode": sample.gpu_mode,
-            "note": sample.gpu_note,
-            "gpus": gpus,
-            "ram": {
-                "total_bytes": sample.ram.total_bytes,
-                "available_bytes": sample.ram.available_bytes,
-                "reserve_bytes": snapshot.ram.reserve_bytes,
-                "budget_bytes": max(0, free_bytes(snapshot, snapshot.ram)),
-            },
-        }
+        return views.devices(self.models, self.last_sample, self.resources, self._loading_devices)
 
     def info(self, entry: ModelEntry) -> dict[str, Any]:
         """The control API's view of one model."""
-        keep = entry.config.keep_alive or self.scheduler.keep_alive
-        return {
-            "name": entry.name,
-            "provider": entry.adapter.provider,
-            "state": str(entry.state),
-            "device": entry.device,
-            "vram_bytes": entry.accounted_vram or entry.figure.vram_bytes,
-            "ram_bytes": entry.accounted_ram or entry.figure.ram_bytes,
-            "memory_source": entry.figure.source,
-            "memory_detail": entry.figure.detail,
-            "pinned": entry.pinned,
-            "pin_source": "runtime" if entry.runtime_pin is not None else "config",
-            "keep_alive_s": None if math.isinf(keep) else keep,
-            "last_used": entry.last_used_wall,
-            "in_flight": entry.in_flight,
-            "queued": entry.queued,
-            "max_concurrency": entry.config.max_concurrency,
-            "max_queue": entry.config.max_queue,
-            "aliases": list(entry.config.aliases),
-            "message": entry.message,
-            "upstream": entry.adapter.upstream(entry.name),
-            "process": entry.adapter.process_info(entry.name),
-            "size_text": format_bytes(entry.figure.vram_bytes or entry.figure.ram_bytes),
-            **({"log_tail": entry.log_tail} if entry.state == ModelState.FAILED else {}),
-        }
+        return views.model_info(entry, self.scheduler)
 
     def summary_counts(self) -> Mapping[str, int]:
         """How many models are in each state."""
-        counts: dict[str, int] = {}
-        for e in self.models.values():
-            counts[str(e.state)] = counts.get(str(e.state), 0) + 1
-        return counts
+        return views.summary_counts(self.models.values())

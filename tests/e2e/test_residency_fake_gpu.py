@@ -229,3 +229,36 @@ def test_a_killed_helixd_leaves_no_model_process_holding_the_gpu(
     h.start(extra_env=gpu_host.env())
     assert {m["state"] for m in models(h).values()} == {"unloaded"}
     load(h, "x")  # and the next helixd starts from a clean slate
+
+
+def test_reload_applies_model_changes_and_restarts_only_reshaped_models(
+    helix: Any, gpu_host: FakeGpuHost
+) -> None:
+    keep = gpu_host.model("keep", 2048)
+    base = gpu_host.provider() + gpu_host.model("limits", 2048) + gpu_host.model("resized", 2048)
+    h = helix(base + keep + gpu_host.model("dropped", 2048), extra_env=gpu_host.env())
+    for name in ("limits", "resized", "dropped", "keep"):
+        load(h, name)
+    limits_pid = models(h)["limits"]["process"]["pid"]
+    h.write_config(
+        gpu_host.provider()
+        + gpu_host.model("limits", 2048, keep_alive="1h", max_concurrency=8)
+        + gpu_host.model("resized", 2048, ctx=1024)  # the context shapes the process
+        + keep
+        + gpu_host.model("new", 1024)
+    )
+    result = h.ctl("reload")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == (
+        "reloaded: models added new; models removed dropped; models changed limits, resized"
+    )
+    wait_for_sync(
+        lambda: models(h)["resized"]["state"] == "unloaded" and "dropped" not in models(h),
+        what="the resized model unloaded and the dropped one gone",
+    )
+    after = models(h)
+    assert after["resized"]["message"] == "config changed"
+    assert after["limits"]["state"] == "loaded" and after["limits"]["process"]["pid"] == limits_pid
+    assert after["limits"]["max_concurrency"] == 8 and after["limits"]["keep_alive_s"] == 3600
+    assert after["new"]["state"] == "unloaded"
+    wait_for_sync(lambda: gpu_host.used_mib() == 2048 * 2, what="dropped and resized to free")

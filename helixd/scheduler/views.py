@@ -1,0 +1,172 @@
+"""Read-only views of residency's books: the data the core, the adapters and the API see.
+
+These functions turn model entries and the last resource sample into a core
+:class:`~helixd.scheduler.core.Snapshot`, the ``status`` figures for devices and models,
+and the :class:`~helixd.providers.base.ModelTarget` a load asks an adapter for. They
+read and never act, so they change when what is shown changes, not when how models are
+loaded and unloaded does; the executor (:class:`helixd.scheduler.residency.Residency`)
+keeps thin methods that call them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
+from typing import Any
+
+from helixd.config import ResourcesConfig, SchedulerConfig
+from helixd.providers.base import ModelTarget
+from helixd.resources.monitor import ResourceSample
+from helixd.scheduler.core import (
+    RAM,
+    DeviceView,
+    LoadRequest,
+    ModelState,
+    ModelView,
+    Snapshot,
+    format_bytes,
+    free_bytes,
+)
+from helixd.scheduler.entry import ModelEntry
+
+MiB = 1024**2
+
+
+def snapshot(
+    models: Mapping[str, ModelEntry],
+    sample: ResourceSample,
+    resources: ResourcesConfig,
+    loading_devices: AbstractSet[str],
+    leave_out: str | None = None,
+) -> Snapshot:
+    """The core's view of the world now."""
+    reserve = resources.vram_reserve_mib * MiB
+    gpus = tuple(
+        DeviceView(f"gpu{g.index}", g.total_bytes, reserve, g.free_bytes) for g in sample.gpus
+    )
+    ram = DeviceView(
+        RAM,
+        sample.ram.total_bytes,
+        resources.ram_reserve_mib * MiB,
+        sample.ram.available_bytes,
+    )
+    views = {
+        e.name: ModelView(
+            name=e.name,
+            state=ModelState.UNLOADED if e.name == leave_out else e.state,
+            device=e.device if e.device != RAM else None,
+            vram_bytes=e.accounted_vram,
+            ram_bytes=e.accounted_ram,
+            pinned=e.pinned,
+            in_flight=e.in_flight,
+            queued=e.queued,
+            last_used=e.last_used,
+        )
+        for e in models.values()
+    }
+    loading = frozenset(loading_devices)
+    if leave_out is not None and models[leave_out].device is not None:
+        loading = loading - {models[leave_out].device or ""}
+    return Snapshot(gpus, ram, views, resources.max_loaded_models, loading)
+
+
+def devices(
+    models: Mapping[str, ModelEntry],
+    sample: ResourceSample | None,
+    resources: ResourcesConfig,
+    loading_devices: AbstractSet[str],
+) -> dict[str, Any]:
+    """Devices for ``status``: figures, helixd's budget and what it accounts."""
+    if sample is None:
+        return {"mode": "unknown", "gpus": [], "ram": None}
+    now = snapshot(models, sample, resources, loading_devices)
+    gpus = []
+    for g, view in zip(sample.gpus, now.gpus, strict=True):
+        gpus.append(
+            {
+                "id": view.id,
+                "index": g.index,
+                "name": g.name,
+                "uuid": g.uuid,
+                "total_bytes": g.total_bytes,
+                "used_bytes": g.used_bytes,
+                "free_bytes": g.free_bytes,
+                "reserve_bytes": view.reserve_bytes,
+                "budget_bytes": max(0, free_bytes(now, view)),
+            }
+        )
+    return {
+        "mode": sample.gpu_mode,
+        "note": sample.gpu_note,
+        "gpus": gpus,
+        "ram": {
+            "total_bytes": sample.ram.total_bytes,
+            "available_bytes": sample.ram.available_bytes,
+            "reserve_bytes": now.ram.reserve_bytes,
+            "budget_bytes": max(0, free_bytes(now, now.ram)),
+        },
+    }
+
+
+def model_info(entry: ModelEntry, scheduler: SchedulerConfig) -> dict[str, Any]:
+    """The control API's view of one model."""
+    keep = entry.config.keep_alive or scheduler.keep_alive
+    return {
+        "name": entry.name,
+        "provider": entry.adapter.provider,
+        "state": str(entry.state),
+        "device": entry.device,
+        "vram_bytes": entry.accounted_vram or entry.figure.vram_bytes,
+        "ram_bytes": entry.accounted_ram or entry.figure.ram_bytes,
+        "memory_source": entry.figure.source,
+        "memory_detail": entry.figure.detail,
+        "pinned": entry.pinned,
+        "pin_source": "runtime" if entry.runtime_pin is not None else "config",
+        "keep_alive_s": None if math.isinf(keep) else keep,
+        "last_used": entry.last_used_wall,
+        "in_flight": entry.in_flight,
+        "queued": entry.queued,
+        "max_concurrency": entry.config.max_concurrency,
+        "max_queue": entry.config.max_queue,
+        "aliases": list(entry.config.aliases),
+        "message": entry.message,
+        "upstream": entry.adapter.upstream(entry.name),
+        "process": entry.adapter.process_info(entry.name),
+        "size_text": format_bytes(entry.figure.vram_bytes or entry.figure.ram_bytes),
+        **({"log_tail": entry.log_tail} if entry.state == ModelState.FAILED else {}),
+    }
+
+
+def summary_counts(entries: Iterable[ModelEntry]) -> Mapping[str, int]:
+    """How many models are in each state."""
+    counts: dict[str, int] = {}
+    for e in entries:
+        counts[str(e.state)] = counts.get(str(e.state), 0) + 1
+    return counts
+
+
+def model_target(
+    entry: ModelEntry, device: str, request: LoadRequest, sample: ResourceSample | None
+) -> ModelTarget:
+    """What to ask the adapter to load: ``entry`` placed on ``device`` for ``request``.
+
+    ``sample`` is the last one taken; it gives the GPU's size for the memory share.
+    """
+    gpu_index = None if device == RAM else int(device.removeprefix("gpu"))
+    utilization = 0.9
+    if gpu_index is not None and sample is not None:
+        total = next((g.total_bytes for g in sample.gpus if g.index == gpu_index), 0)
+        if total and request.vram_bytes:
+            utilization = min(0.95, max(0.05, request.vram_bytes / total))
+    c = entry.config
+    return ModelTarget(
+        name=entry.name,
+        model_id=c.id or entry.name,
+        path=c.path,
+        ctx=c.ctx,
+        gpu_layers=c.gpu_layers if gpu_index is not None else 0,
+        args=tuple(c.args),
+        gpu_index=gpu_index,
+        gpu_memory_utilization=utilization,
+    )

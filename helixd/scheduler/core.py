@@ -107,11 +107,16 @@ class Load:
 
 @dataclass(frozen=True)
 class Wait:
-    """Room can be made only once something in progress ends; try again when it does."""
+    """Room can be made only once something in progress ends; try again when it does.
+
+    ``busy``: it waits for requests to finish (bounded by ``busy_wait_s``); otherwise for
+    a load or unload under way, which takes as long as it takes (``load_timeout_s``).
+    """
 
     model: str
     reason: str
     waiting_for: tuple[str, ...] = ()
+    busy: bool = False
 
 
 @dataclass(frozen=True)
@@ -182,6 +187,7 @@ def plan_load(snapshot: Snapshot, request: LoadRequest) -> Plan:
             request.model,
             f"{request.model} fits once these are idle or gone: {', '.join(blocking)}",
             tuple(blocking),
+            busy=True,
         )
     return Refuse(request.model, _refusal(snapshot, request, devices))
 

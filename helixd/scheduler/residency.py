@@ -78,6 +78,7 @@ class Residency:
         self._changed = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._sampled_at = 0.0
         # Told of every change (the daemon refreshes systemd's STATUS= line from it).
         self.on_change: Callable[[], None] | None = None
 
@@ -264,6 +265,9 @@ class Residency:
             if isinstance(plan, Refuse):
                 raise ResidencyError(plan.reason, "does_not_fit", 507)
             assert isinstance(plan, Wait)
+            if not plan.busy:
+                await self._wait_until(deadline, f"{entry.name}: {plan.reason}")
+                continue
             if busy_deadline is None:
                 busy_deadline = min(deadline, self._clock() + self.scheduler.busy_wait_s)
             await self._wait_until(busy_deadline, f"{entry.name}: waited for room: {plan.reason}")
@@ -465,6 +469,8 @@ class Residency:
                 log.warning("cannot remember the size of %s: %s", entry.name, exc)
 
     def _lost(self, name: str, why: str) -> None:
+        if self._closed:
+            return  # helixd is stopping: the adapters are stopping every model anyway
         entry = self.models.get(name)
         if entry is None or entry.state != ModelState.LOADED:
             return
@@ -540,7 +546,10 @@ class Residency:
                     due = min(due, left)
                 elif entry.load_task is None or entry.load_task.done():
                     self._spawn(self._keep_pinned(entry), f"pin:{entry.name}")
-        self.last_sample = await self._sample()
+        # Figures for status, at the sampling pace: a tick also runs on every change (each
+        # request start and end), which must not cost an NVML read each.
+        if self.last_sample is None or now - self._sampled_at >= self.scheduler.sample_interval_s:
+            await self._sample()
         return max(due, 0.05)
 
     async def _keep_pinned(self, entry: ModelEntry) -> None:
@@ -575,6 +584,7 @@ class Residency:
     async def _sample(self) -> ResourceSample:
         sample = await self.monitor.sample()
         self.last_sample = sample
+        self._sampled_at = self._clock()
         return sample
 
     def snapshot(self, sample: ResourceSample, leave_out: str | None = None) -> Snapshot:

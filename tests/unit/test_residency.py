@@ -299,3 +299,23 @@ async def test_explicit_unload_refuses_pinned_and_busy_models() -> None:
     assert residency.models["a"].state == ModelState.UNLOADED
     with pytest.raises(ResidencyError, match="no model named 'nope'; models: a, p"):
         await residency.unload("nope")
+
+
+async def test_waiting_for_a_load_on_the_device_is_bounded_by_the_load_timeout_only() -> None:
+    # A vLLM load takes minutes: a second model queued behind it on the same GPU must not
+    # give up after busy_wait_s, which bounds waiting for *requests* to finish.
+    residency, adapter, _, clock = make({"a": 4, "b": 4}, busy_wait_s=1, load_timeout_s=600)
+    adapter.gate = asyncio.Event()
+    first = asyncio.create_task(use_once(residency, "a", clock))
+    while residency.models["a"].state != ModelState.LOADING:
+        await residency.wait_changed(1)
+    second = asyncio.create_task(use_once(residency, "b", clock))
+    while residency.models["b"].queued == 0:
+        await residency.wait_changed(1)
+    clock.now += 120  # far past busy_wait_s
+    residency.set_pin("a", False)  # any change wakes the waiters to plan again
+    await asyncio.sleep(0)
+    assert not second.done()
+    adapter.gate.set()
+    await asyncio.gather(first, second)
+    assert [name for name, _ in adapter.loads] == ["a", "b"]

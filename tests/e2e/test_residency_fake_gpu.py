@@ -262,3 +262,22 @@ def test_reload_applies_model_changes_and_restarts_only_reshaped_models(
     assert after["limits"]["max_concurrency"] == 8 and after["limits"]["keep_alive_s"] == 3600
     assert after["new"]["state"] == "unloaded"
     wait_for_sync(lambda: gpu_host.used_mib() == 2048 * 2, what="dropped and resized to free")
+
+
+def test_a_model_goes_to_the_gpu_with_most_free_memory_and_only_sees_that_one(
+    helix: Any, gpu_host: FakeGpuHost
+) -> None:
+    devices = [
+        {"name": "GPU A (fake)", "uuid": "GPU-fake-0", "total_mib": 24576, "baseline_used_mib": 0},
+        {"name": "GPU B (fake)", "uuid": "GPU-fake-1", "total_mib": 24576, "baseline_used_mib": 0},
+    ]
+    # Someone else's 10 GiB on GPU 0 (NVML sees it; helixd does not account it).
+    devices[0]["baseline_used_mib"] = 10240
+    (gpu_host.dir / "devices.json").write_text(json.dumps(devices))
+    h = helix(gpu_host.provider() + gpu_host.model("m", 4096), extra_env=gpu_host.env())
+    result = h.ctl("load", "m", timeout=90)
+    assert result.stdout.strip() == "m: loaded on gpu1", result.stderr
+    pid = models(h)["m"]["process"]["pid"]
+    held = json.loads((gpu_host.dir / "procs" / f"{pid}.json").read_text())
+    assert held["device"] == 1  # CUDA_VISIBLE_DEVICES=1 made the process allocate there
+    assert psutil.Process(pid).environ()["CUDA_VISIBLE_DEVICES"] == "1"

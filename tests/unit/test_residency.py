@@ -319,3 +319,24 @@ async def test_waiting_for_a_load_on_the_device_is_bounded_by_the_load_timeout_o
     adapter.gate.set()
     await asyncio.gather(first, second)
     assert [name for name, _ in adapter.loads] == ["a", "b"]
+
+
+async def test_a_load_after_eviction_waits_for_the_memory_but_not_for_ever(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A driver that never gives the memory back (a zombie context): the next load goes
+    # ahead after memory_return_s instead of hanging, and says so in the log.
+    residency, adapter, gpu, clock = make({"a": 16, "b": 16}, memory_return_s="300ms")
+    await use_once(residency, "a", clock)
+    stuck = dict(gpu.held)
+
+    async def unload_that_frees_nothing(model: str) -> None:
+        adapter.unloads.append(model)
+
+    adapter.unload = unload_that_frees_nothing  # type: ignore[method-assign]
+    gpu.held = stuck
+    adapter.fail_next = [LoadError("CUDA out of memory", out_of_memory=False)]
+    with pytest.raises(ResidencyError, match="CUDA out of memory"):
+        await use_once(residency, "b", clock)
+    assert adapter.unloads == ["a"]
+    assert "memory of evicted models on gpu0 not back after 0.3 s; loading anyway" in caplog.text

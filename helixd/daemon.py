@@ -328,6 +328,13 @@ class Daemon:
             "devices": self.residency.devices(),
         }
 
+    async def refresh(self) -> None:
+        """Fresh GPU/RAM figures for a status read (at most one NVML read a second)."""
+        try:
+            await self.residency.refresh()
+        except Exception:
+            log.exception("reading GPU/RAM figures failed; status shows the last ones")
+
     def operator_stopped(self, name: str, stopped: bool) -> None:
         """Keep an operator's stop across helixd restarts (see :class:`OperatorStops`)."""
         if self.operator_stops is None:

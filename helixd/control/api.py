@@ -42,6 +42,10 @@ class ControlBackend(Protocol):
         """The ``GET /v1/status`` document."""
         ...
 
+    async def refresh(self) -> None:
+        """Bring live figures (GPU and RAM) up to date before a status is read."""
+        ...
+
     async def reload(self) -> dict[str, Any]:
         """Re-read the config; raise :class:`ReloadRefused` when it is invalid."""
         ...
@@ -113,6 +117,7 @@ class ControlAPI:
 
     async def get_status(self, request: web.Request) -> web.Response:
         """``GET /v1/status``."""
+        await self.backend.refresh()
         return web.json_response(self.backend.status(), dumps=_dumps)
 
     async def list_providers(self, request: web.Request) -> web.Response:

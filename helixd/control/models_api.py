@@ -40,6 +40,7 @@ class _ModelRoutes:
     async def list_models(self, request: web.Request) -> web.Response:
         """``GET /v1/models``: every model, and the devices they live on."""
         residency = self.backend.residency
+        await residency.refresh()
         models = [residency.info(e) for e in residency.models.values() if not e.removed]
         return web.json_response({"models": models, "devices": residency.devices()})
 
@@ -73,11 +74,18 @@ class _ModelRoutes:
                 self.backend.set_pin(name, action == "pin")
                 if action == "pin":
                     # A pin means "resident": say so only once it is (or why it is not).
-                    entry = await residency.load(name, timeout)
+                    try:
+                        entry = await residency.load(name, timeout)
+                    except ResidencyError as exc:
+                        exc.args = (
+                            f"{name} is pinned (and will be retried), but not loaded: {exc}",
+                        )
+                        raise
         except ResidencyError as exc:
             details: dict[str, Any] = {}
-            if exc.code not in ("unknown_model",):
-                details["model"] = residency.info(residency.models[name])
+            current = residency.models.get(name)
+            if current is not None and exc.code != "unknown_model":
+                details["model"] = residency.info(current)
             return error(exc.status, exc.code, str(exc), **details)
         return web.json_response({"model": residency.info(entry)})
 

@@ -63,6 +63,8 @@ class ModelEntry:
     log_tail: list[str] = field(default_factory=list)
     next_adapter: ModelAdapter | None = field(default=None, repr=False)
     load_task: asyncio.Task[None] | None = field(default=None, repr=False)
+    # The maintenance pass's own attempt to load a pinned model (one at a time).
+    pin_task: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @property
     def pinned(self) -> bool:

@@ -17,7 +17,7 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
 
 from helixd.config import ResourcesConfig, SchedulerConfig
@@ -79,6 +79,8 @@ class Residency:
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
         self._sampled_at = 0.0
+        self._figures_moved = False  # a load or unload ended since the last sample
+        self._unloading: set[str] = set()  # unloads under way (their process is stopping)
         # Told of every change (the daemon refreshes systemd's STATUS= line from it).
         self.on_change: Callable[[], None] | None = None
 
@@ -113,6 +115,8 @@ class Residency:
             )
         entry.state = state
         entry.message = message
+        if state in (ModelState.LOADED, ModelState.UNLOADED, ModelState.FAILED):
+            self._figures_moved = True
         if state in (ModelState.UNLOADED, ModelState.FAILED):
             entry.device = None
             entry.accounted_vram = entry.accounted_ram = 0
@@ -240,9 +244,21 @@ class Residency:
             raise ResidencyError(f"{what}; gave up waiting", "timeout", 504)
         await self.wait_changed(remaining)
 
+    def _check_current(self, entry: ModelEntry) -> None:
+        """A request that waited across a reload or a shutdown must not load a stale entry."""
+        if self._closed:
+            raise ResidencyError("helixd is shutting down", "stopping", 503)
+        if entry.removed or self.models.get(entry.name) is not entry:
+            raise ResidencyError(
+                f"{entry.name} was removed from the config while the request waited",
+                "unknown_model",
+                404,
+            )
+
     async def _ensure_loaded(self, entry: ModelEntry, deadline: float) -> None:
         busy_deadline: float | None = None
         while True:
+            self._check_current(entry)
             if entry.state == ModelState.LOADED:
                 return
             if entry.state == ModelState.FAILED and self._clock() < entry.failed_until:
@@ -290,6 +306,7 @@ class Residency:
             if entry.state == ModelState.LOADING:
                 return Join(entry.name)
             sample = await self._sample()
+            self._check_current(entry)  # the sample was an await: look again
             request = self._request(entry, sample)
             plan = plan_load(self.snapshot(sample), request)
             if isinstance(plan, Load):
@@ -312,7 +329,27 @@ class Residency:
         self._loading_devices.add(plan.device)
         where = "host RAM" if plan.device == RAM else plan.device.upper()
         self._set(entry, ModelState.LOADING, f"on {where}")
-        entry.load_task = self._spawn(self._carry_out(entry, plan, request), f"load:{entry.name}")
+        task = self._spawn(self._carry_out(entry, plan, request), f"load:{entry.name}")
+        task.add_done_callback(lambda t: self._load_task_ended(entry, plan, t))
+        entry.load_task = task
+
+    def _load_task_ended(self, entry: ModelEntry, plan: Load, task: asyncio.Task[None]) -> None:
+        """Repair the books of a load task cancelled before it ran (its finally never did)."""
+        if entry.load_task is task and entry.state == ModelState.LOADING:
+            self._loading_devices.discard(plan.device)
+            self._restore_victims(plan.evict)
+            self._set(entry, ModelState.UNLOADED, "load cancelled")
+
+    def _restore_victims(self, names: Iterable[str]) -> None:
+        """Victims a load marked for eviction but never reached are resident still."""
+        for name in names:
+            victim = self.models.get(name)
+            if (
+                victim is not None
+                and victim.state == ModelState.UNLOADING
+                and name not in self._unloading
+            ):
+                self._set(victim, ModelState.LOADED, "")
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.create_task(coro, name=name)
@@ -324,6 +361,7 @@ class Residency:
 
     async def _carry_out(self, entry: ModelEntry, plan: Load, request: LoadRequest) -> None:
         device = plan.device
+        victims = list(plan.evict)
         try:
             await self._evict(plan.evict, device)
             try:
@@ -332,28 +370,50 @@ class Residency:
                 if not exc.out_of_memory:
                     raise
                 log.warning("model %s: out of memory on %s; evicting more", entry.name, device)
-                await self._evict(await self._oom_victims(entry, request), device)
+                try:
+                    more = await self._oom_victims(entry, request)
+                except LoadError as no_room:
+                    no_room.log_tail = no_room.log_tail or exc.log_tail
+                    raise
+                victims += more
+                await self._evict(more, device)
                 await entry.adapter.load(self._target(entry, device, request))
             await self._measure(entry)
+            if entry.adapter.upstream(entry.name) is None:
+                # It died between passing its probe and now (the adapter told _lost,
+                # which ignores models that are still loading).
+                raise LoadError(
+                    f"{entry.name} stopped right after it became ready; "
+                    f"see helixctl logs {entry.name}"
+                )
             entry.last_used = self._clock()
             entry.last_used_wall = self._wall()
             self._set(entry, ModelState.LOADED, entry.message)
         except LoadError as exc:
             entry.log_tail = exc.log_tail
+            await self._discard_load(entry)
             self._fail(entry, str(exc))
         except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                await entry.adapter.unload(entry.name)
+            await self._discard_load(entry)
             self._set(entry, ModelState.UNLOADED, "load cancelled")
             raise
         except Exception as exc:
             log.exception("model %s: load failed", entry.name)
-            with contextlib.suppress(Exception):
-                await entry.adapter.unload(entry.name)
+            await self._discard_load(entry)
             self._fail(entry, f"internal error in helixd: {exc!r}")
         finally:
+            self._restore_victims(victims)
             self._loading_devices.discard(device)
             self._notify()
+
+    async def _discard_load(self, entry: ModelEntry) -> None:
+        """Whatever a failed or cancelled load started must stop (even when cancelled)."""
+        try:
+            await _uncancellable(entry.adapter.unload(entry.name))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("model %s: stopping a failed load failed", entry.name)
 
     def _fail(self, entry: ModelEntry, why: str) -> None:
         entry.failed_until = self._clock() + self.scheduler.failed_cooldown_s
@@ -395,17 +455,11 @@ class Residency:
     def _more_than(need: int, budget: int) -> int:
         return int(max(need * OOM_RETRY_FACTOR, need + OOM_RETRY_MIN_EXTRA, budget + 1))
 
-    async def _evict(self, victims: tuple[str, ...], device: str) -> None:
-        if not victims:
-            return
-        sample = await self._sample()
-        before = self._device_free(sample, device)
-        expected = 0
+    async def _evict(self, victims: Iterable[str], device: str) -> None:
         for name in victims:
-            victim = self.models[name]
-            expected += victim.accounted_vram if device != RAM else victim.accounted_ram
-            await self._unload(victim, f"evicted for a load on {device}")
-        await self._memory_back(device, before, expected)
+            victim = self.models.get(name)
+            if victim is not None and victim.state == ModelState.UNLOADING:
+                await self._unload(victim, f"evicted for a load on {device}")
 
     async def _memory_back(self, device: str, before: int, expected: int) -> None:
         """Poll until most of what was unloaded shows up free (drivers free lazily).
@@ -420,7 +474,7 @@ class Residency:
             if attempt + 1 < polls:
                 await asyncio.sleep(MEMORY_POLL_S)
         log.warning(
-            "memory of evicted models on %s not back after %g s; loading anyway",
+            "memory of unloaded models on %s not back after %g s; going on",
             device,
             self.scheduler.memory_return_s,
         )
@@ -434,15 +488,44 @@ class Residency:
         return 0
 
     async def _unload(self, entry: ModelEntry, why: str) -> None:
+        """Stop the model, wait for its memory to show up free, then book it unloaded.
+
+        It stays ``unloading`` until then, so a plan that needs the room waits for it
+        rather than refusing on a stale NVML figure. The process is stopped even if the
+        caller is cancelled meanwhile: the books never say unloaded while it runs.
+        """
+        device = entry.device or RAM
+        expected = entry.accounted_vram if device != RAM else entry.accounted_ram
         self._set(entry, ModelState.UNLOADING, why)
+        self._unloading.add(entry.name)
+        stopped = False
         try:
-            await entry.adapter.unload(entry.name)
-        finally:
-            if entry.next_adapter is not None:
-                entry.adapter, entry.next_adapter = entry.next_adapter, None
-            self._set(entry, ModelState.UNLOADED, why)
-            if entry.removed and self.models.get(entry.name) is entry:
-                del self.models[entry.name]
+            before = self._device_free(await self._sample(), device) if expected else 0
+            stopped = True  # from here on the stop runs to its end, cancelled or not
+            await _uncancellable(entry.adapter.unload(entry.name))
+            if expected:
+                await self._memory_back(device, before, expected)
+        except asyncio.CancelledError:
+            if stopped:
+                self._unloaded(entry, why)
+            else:  # cancelled before anything was stopped: it is still resident
+                self._unloading.discard(entry.name)
+                self._set(entry, ModelState.LOADED, "")
+            raise
+        except Exception as exc:
+            log.exception("model %s: unload failed", entry.name)
+            self._unloading.discard(entry.name)
+            self._fail(entry, f"unload failed: {exc!r}; see helixd's log")
+            return
+        self._unloaded(entry, why)
+
+    def _unloaded(self, entry: ModelEntry, why: str) -> None:
+        self._unloading.discard(entry.name)
+        if entry.next_adapter is not None:
+            entry.adapter, entry.next_adapter = entry.next_adapter, None
+        self._set(entry, ModelState.UNLOADED, why)
+        if entry.removed and self.models.get(entry.name) is entry:
+            del self.models[entry.name]
 
     def _target(self, entry: ModelEntry, device: str, request: LoadRequest) -> ModelTarget:
         return views.model_target(entry, device, request, self.last_sample)
@@ -478,7 +561,7 @@ class Residency:
         entry = self.models.get(name)
         if entry is None or entry.state != ModelState.LOADED:
             return
-        self._spawn(self._unload(entry, f"lost: {why}"), f"lost:{name}")
+        self._start_unload(entry, f"lost: {why}")
 
     # -- operator actions --------------------------------------------------------------
 
@@ -526,20 +609,20 @@ class Residency:
             if entry.stale and entry.state == ModelState.FAILED:
                 # Nothing resident: the new config simply deserves a fresh try.
                 entry.stale, entry.failed_until = False, 0.0
-                await self._unload(entry, entry.message)
+                self._unloaded(entry, entry.message)
             if entry.stale and entry.state == ModelState.LOADED and entry.idle and entry.pinned:
                 entry.stale = False
-                await self._unload(entry, "config changed; loading it again")
+                self._start_unload(entry, "config changed; loading it again")
             if entry.state == ModelState.LOADED and entry.idle and not entry.pinned:
                 keep = entry.config.keep_alive or self.scheduler.keep_alive
                 if entry.stale:
                     entry.stale = False
                     why = "removed from the config" if entry.removed else "config changed"
-                    await self._unload(entry, why)
+                    self._start_unload(entry, why)
                 elif not math.isinf(keep):
                     left = entry.last_used + keep - now
                     if left <= 0:
-                        await self._unload(entry, f"idle for {keep:g} s (keep_alive)")
+                        self._start_unload(entry, f"idle for {keep:g} s (keep_alive)")
                     else:
                         due = min(due, left)
             if entry.removed:
@@ -548,13 +631,18 @@ class Residency:
                 left = entry.failed_until - now
                 if left > 0:
                     due = min(due, left)
-                elif entry.load_task is None or entry.load_task.done():
-                    self._spawn(self._keep_pinned(entry), f"pin:{entry.name}")
+                elif entry.pin_task is None or entry.pin_task.done():
+                    entry.pin_task = self._spawn(self._keep_pinned(entry), f"pin:{entry.name}")
         # Figures for status, at the sampling pace: a tick also runs on every change (each
         # request start and end), which must not cost an NVML read each.
         if self.last_sample is None or now - self._sampled_at >= self.scheduler.sample_interval_s:
             await self._sample()
         return max(due, 0.05)
+
+    def _start_unload(self, entry: ModelEntry, why: str) -> None:
+        """Unload in a task (a pass must not wait for a process to stop); booked at once."""
+        self._set(entry, ModelState.UNLOADING, why)
+        self._spawn(self._unload(entry, why), f"unload:{entry.name}")
 
     async def _keep_pinned(self, entry: ModelEntry) -> None:
         try:
@@ -585,10 +673,17 @@ class Residency:
 
     # -- snapshots ---------------------------------------------------------------------
 
+    async def refresh(self, max_age_s: float = 1.0) -> None:
+        """Read fresh figures for a reader (status, models) unless they are recent."""
+        old = self._clock() - self._sampled_at > max_age_s
+        if self.last_sample is None or old or self._figures_moved:
+            await self._sample()
+
     async def _sample(self) -> ResourceSample:
         sample = await self.monitor.sample()
         self.last_sample = sample
         self._sampled_at = self._clock()
+        self._figures_moved = False
         return sample
 
     def snapshot(self, sample: ResourceSample, leave_out: str | None = None) -> Snapshot:
@@ -606,3 +701,17 @@ class Residency:
     def summary_counts(self) -> Mapping[str, int]:
         """How many models are in each state."""
         return views.summary_counts(self.models.values())
+
+
+async def _uncancellable(coro: Any) -> None:
+    """Run ``coro`` to its end even if the caller is cancelled; then re-raise the cancel.
+
+    Stopping a model's process must finish: half-stopped, the books would lie.
+    """
+    task = asyncio.ensure_future(coro)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await task
+        raise

@@ -25,6 +25,9 @@ class Backend:
     def status(self) -> dict[str, Any]:
         return {}
 
+    async def refresh(self) -> None:
+        pass
+
     async def reload(self) -> dict[str, Any]:
         return {}
 

@@ -63,7 +63,9 @@ class FakeAdapter(ModelAdapter):
 
     async def unload(self, model: str) -> None:
         self.unloads.append(model)
-        self.gpu.held.pop(model, None)
+        held = self.gpu.held.pop(model, None)
+        if held is not None and self.gpu.lazy_reads:
+            self.gpu.freeing.append([held[0], held[1], self.gpu.lazy_reads])
 
     def upstream(self, model: str) -> str | None:
         return "http://127.0.0.1:1" if model in self.gpu.held else None
@@ -84,11 +86,18 @@ class FakeGpu:
         self.total = total
         self.held: dict[str, tuple[int, int]] = {}
         self.sizes: dict[str, int] = {}
+        # Memory of unloaded models that the "driver" frees only after this many reads.
+        self.lazy_reads = 0
+        self.freeing: list[list[Any]] = []
 
     async def sample(self) -> ResourceSample:
+        for item in self.freeing:
+            item[2] -= 1
+        self.freeing = [item for item in self.freeing if item[2] > 0]
         gpus = []
         for i in range(self.n):
             used = sum(size for dev, size in self.held.values() if dev == i)
+            used += sum(size for dev, size, _ in self.freeing if dev == i)
             gpus.append(GpuDevice(i, "fake", f"GPU-{i}", self.total, used, self.total - used))
         return ResourceSample(
             tuple(gpus), HostMemory(64 * GiB, 60 * GiB), "nvml", "", {}, time.monotonic()
@@ -126,6 +135,13 @@ def make(
             )
         )
     return residency, adapter, gpu, clock
+
+
+async def settled(residency: Residency, name: str, state: ModelState) -> None:
+    """Wait (on change events, bounded) until ``name`` is in ``state``."""
+    async with asyncio.timeout(10):
+        while residency.models[name].state != state:
+            await residency.wait_changed(1)
 
 
 async def use_once(residency: Residency, name: str, clock: FakeClock) -> None:
@@ -205,7 +221,8 @@ async def test_idle_model_unloads_after_keep_alive_but_not_while_busy_or_pinned(
     assert residency.models["a"].state == ModelState.LOADED
     clock.now += 2
     await residency.tick()
-    assert residency.models["a"].state == ModelState.UNLOADED
+    assert residency.models["a"].state == ModelState.UNLOADING  # booked at once, in a task
+    await settled(residency, "a", ModelState.UNLOADED)
     assert residency.models["a"].message == "idle for 60 s (keep_alive)"
     assert residency.models["p"].state == ModelState.LOADED
     # The timer runs only while idle: a long request keeps the model, its end restarts it.
@@ -338,5 +355,140 @@ async def test_a_load_after_eviction_waits_for_the_memory_but_not_for_ever(
     adapter.fail_next = [LoadError("CUDA out of memory", out_of_memory=False)]
     with pytest.raises(ResidencyError, match="CUDA out of memory"):
         await use_once(residency, "b", clock)
-    assert adapter.unloads == ["a"]
-    assert "memory of evicted models on gpu0 not back after 0.3 s; loading anyway" in caplog.text
+    assert adapter.unloads == ["a", "b"]  # a evicted; what b's failed load started, stopped
+    assert "memory of unloaded models on gpu0 not back after 0.3 s; going on" in caplog.text
+
+
+async def test_a_request_that_waited_across_a_reload_removing_its_model_gets_404() -> None:
+    residency, adapter, _, clock = make({"a": 16, "b": 16}, busy_wait_s=60)
+    release = asyncio.Event()
+
+    async def hold_a() -> None:
+        async with residency.use("a"):
+            await release.wait()
+
+    holder = asyncio.create_task(hold_a())
+    await settled(residency, "a", ModelState.LOADED)
+    waiter = asyncio.create_task(use_once(residency, "b", clock))
+    while residency.models["b"].queued == 0:
+        await residency.wait_changed(1)
+    keep = {"a": residency.models["a"]}
+    residency.replace_config(residency.resources, residency.scheduler, keep)
+    with pytest.raises(ResidencyError) as gone:
+        await waiter
+    assert gone.value.status == 404 and "removed from the config" in str(gone.value)
+    release.set()
+    await holder
+    assert "b" not in residency.models and [n for n, _ in adapter.loads] == ["a"]
+
+
+async def test_a_load_cancelled_mid_eviction_leaves_no_model_stuck() -> None:
+    residency, adapter, gpu, clock = make({"a": 8, "b": 8, "big": 20})
+    await use_once(residency, "a", clock)
+    await use_once(residency, "b", clock)
+    gate, stopping = asyncio.Event(), asyncio.Event()
+    real_unload = adapter.unload
+
+    async def slow_unload(model: str) -> None:
+        stopping.set()
+        await gate.wait()
+        await real_unload(model)
+
+    adapter.unload = slow_unload  # type: ignore[method-assign]
+    loader = asyncio.create_task(residency.load("big"))
+    async with asyncio.timeout(10):
+        await stopping.wait()  # a's process is being stopped
+    assert residency.models["b"].state == ModelState.UNLOADING  # both booked as victims
+    task = residency.models["big"].load_task
+    assert task is not None
+    task.cancel()  # helixd stopping, say: the unload under way still completes
+    loader.cancel()
+    gate.set()
+    with pytest.raises(asyncio.CancelledError):
+        await loader
+    await settled(residency, "big", ModelState.UNLOADED)
+    states = {n: e.state for n, e in residency.models.items()}
+    # a was being stopped: it is gone; b was never reached: it is resident still.
+    assert states == {"a": "unloaded", "b": "loaded", "big": "unloaded"}
+    assert "a" not in gpu.held and "b" in gpu.held
+
+
+async def test_no_load_starts_once_residency_is_closed() -> None:
+    residency, adapter, _, clock = make({"a": 4})
+    await residency.close()
+    with pytest.raises(ResidencyError) as stopping:
+        await use_once(residency, "a", clock)
+    assert stopping.value.code == "stopping" and adapter.loads == []
+
+
+async def test_a_pinned_model_gets_one_pending_load_however_many_passes_run() -> None:
+    residency, _, _, _ = make({"hog": 20, "p": 8}, pinned={"p"}, busy_wait_s=600)
+    release = asyncio.Event()
+
+    async def hold() -> None:
+        async with residency.use("hog"):
+            await release.wait()
+
+    holder = asyncio.create_task(hold())
+    await settled(residency, "hog", ModelState.LOADED)
+    for _ in range(20):
+        await residency.tick()
+        await asyncio.sleep(0)
+    assert residency.models["p"].queued == 1  # one waiting load, not twenty
+    release.set()
+    await holder
+    await settled(residency, "p", ModelState.LOADED)
+
+
+async def test_a_model_that_dies_while_being_measured_is_failed_not_loaded() -> None:
+    residency, _, gpu, clock = make({"a": 4})
+    real_measure = residency._measure
+
+    async def die_while_measuring(entry: ModelEntry) -> None:
+        gpu.held.pop("a")  # the process exits; the adapter no longer serves it
+        await real_measure(entry)
+
+    residency._measure = die_while_measuring  # type: ignore[method-assign]
+    with pytest.raises(ResidencyError, match="stopped right after it became ready"):
+        await use_once(residency, "a", clock)
+    assert residency.models["a"].state == ModelState.FAILED
+
+
+async def test_an_unload_holds_the_room_until_the_driver_frees_it() -> None:
+    # NVML shows an unloaded model's memory for a few reads more: the next load must not
+    # be refused on that stale figure.
+    residency, _, gpu, clock = make({"a": 16, "b": 16}, memory_return_s=5)
+    gpu.lazy_reads = 3
+    await use_once(residency, "a", clock)
+    await residency.unload("a")
+    await use_once(residency, "b", clock)
+    assert residency.models["b"].state == ModelState.LOADED
+
+
+async def test_bounded_waits_answer_504_and_a_full_queue_503() -> None:
+    residency, _, _, clock = make({"a": 16, "b": 16}, busy_wait_s=1)
+    release = asyncio.Event()
+
+    async def hold() -> None:
+        async with residency.use("a"):
+            await release.wait()
+
+    holder = asyncio.create_task(hold())
+    while residency.models["a"].in_flight == 0:
+        await residency.wait_changed(1)
+    residency.models["a"].config = ModelConfig(
+        provider="fake", vram_mib=16384, max_queue=0, max_concurrency=1
+    )
+    with pytest.raises(ResidencyError) as full:
+        await use_once(residency, "a", clock)
+    assert full.value.status == 503 and full.value.code == "queue_full"
+    waiter = asyncio.create_task(use_once(residency, "b", clock))
+    while residency.models["b"].queued == 0:
+        await residency.wait_changed(1)
+    clock.now += 5  # past busy_wait_s
+    residency.set_pin("b", False)  # a change: the waiter plans again, and gives up
+    with pytest.raises(ResidencyError) as waited:
+        await waiter
+    assert waited.value.status == 504 and "waited for room" in str(waited.value)
+    release.set()
+    await holder

@@ -194,12 +194,14 @@ def snapshots(draw: st.DrawFn) -> tuple[Snapshot, LoadRequest]:
     ram_used = sum(m.ram_bytes for m in models.values() if m.state == ModelState.LOADED)
     host = DeviceView(RAM, ram_total, GiB, ram_total - ram_used - GiB)
     max_loaded = draw(st.sampled_from([0, 0, 2, 4]))
-    snapshot = Snapshot(tuple(gpus), host, models, max_loaded)
+    device_ids = [g.id for g in gpus] + [RAM]
+    loading = frozenset(draw(st.lists(st.sampled_from(device_ids), max_size=2)))
+    snapshot = Snapshot(tuple(gpus), host, models, max_loaded, loading)
     request = LoadRequest(
         model=draw(st.sampled_from(["new", *models])) if models else "new",
         vram_bytes=draw(st.integers(0, 30)) * GiB,
         ram_bytes=draw(st.integers(0, 4)) * GiB,
-        gpu=True,
+        gpu=draw(st.sampled_from([True, True, True, False])),
     )
     return snapshot, request
 
@@ -223,15 +225,22 @@ def _after_evicting(snapshot: Snapshot, victims: tuple[str, ...]) -> Snapshot:
 
 
 def _fits(snapshot: Snapshot, request: LoadRequest, device: str) -> bool:
-    gpu_view = next(g for g in snapshot.gpus if g.id == device)
     count_ok = (
         not snapshot.max_loaded_models or resident_count(snapshot) < snapshot.max_loaded_models
     )
+    if device == RAM:  # no GPU: the whole model lives in host memory
+        need = request.vram_bytes + request.ram_bytes
+        return free_bytes(snapshot, snapshot.ram) >= need and count_ok
+    gpu_view = next(g for g in snapshot.gpus if g.id == device)
     return (
         free_bytes(snapshot, gpu_view) >= request.vram_bytes
         and free_bytes(snapshot, snapshot.ram) >= request.ram_bytes
         and count_ok
     )
+
+
+def _devices_for(snapshot: Snapshot, request: LoadRequest) -> list[str]:
+    return [g.id for g in snapshot.gpus] if request.gpu else [RAM]
 
 
 @settings(max_examples=400, deadline=None)
@@ -278,11 +287,25 @@ def test_refuse_only_when_no_unpinned_model_could_make_room(
         if not m.pinned and m.state in (ModelState.LOADED, ModelState.LOADING, ModelState.UNLOADING)
     )
     everything_gone = _after_evicting(snapshot, unpinned)
-    could_fit = any(_fits(everything_gone, request, g.id) for g in snapshot.gpus)
+    could_fit = any(_fits(everything_gone, request, d) for d in _devices_for(snapshot, request))
     if isinstance(plan, Refuse):
         assert not could_fit, plan.reason
-    if isinstance(plan, Load | Wait):
-        assert could_fit or isinstance(plan, Wait)
+    own = snapshot.models.get(request.model)
+    waits_for_itself = own is not None and own.state == ModelState.UNLOADING
+    if isinstance(plan, Load | Wait) and not waits_for_itself:
+        assert could_fit, plan
+
+
+@settings(max_examples=300, deadline=None)
+@given(snapshots())
+def test_a_load_never_goes_to_a_device_with_a_load_under_way(
+    case: tuple[Snapshot, LoadRequest],
+) -> None:
+    snapshot, request = case
+    plan = plan_load(snapshot, request)
+    if isinstance(plan, Load):
+        assert plan.device not in snapshot.loading_devices
+        assert plan.device in _devices_for(snapshot, request)
 
 
 @settings(max_examples=200, deadline=None)

@@ -29,6 +29,7 @@ from helixd.providers.base import ModelAdapter
 from helixd.resources.gpu import GpuSelectionError
 from helixd.resources.monitor import ResourceMonitor
 from helixd.scheduler.catalog import build_adapters, build_entries
+from helixd.scheduler.core import HOLDING
 from helixd.scheduler.residency import ModelEntry, Residency
 from helixd.state import OperatorStops, ResidencyRecord
 from helixd.supervisor.arbiter import Supervisor, UnknownProcess
@@ -123,8 +124,10 @@ class Daemon:
         finally:
             self.stopping = True
             self.notifier.stopping()
-            self.notifier.status(f"stopping {len(self.supervisor.processes)} provider(s)")
-            log.info("stopping: %d provider(s)", len(self.supervisor.processes))
+            resident = sum(e.state in HOLDING for e in self.residency.models.values())
+            what = f"{len(self.supervisor.processes)} provider(s), {resident} model(s)"
+            self.notifier.status(f"stopping {what}")
+            log.info("stopping: %s", what)
             for task in tasks:
                 task.cancel()
             await self.residency.close()

@@ -487,7 +487,7 @@ class Residency:
                 return gpu.free_bytes
         return 0
 
-    async def _unload(self, entry: ModelEntry, why: str) -> None:
+    async def _unload(self, entry: ModelEntry, why: str, process_gone: bool = False) -> None:
         """Stop the model, wait for its memory to show up free, then book it unloaded.
 
         It stays ``unloading`` until then, so a plan that needs the room waits for it
@@ -495,7 +495,10 @@ class Residency:
         caller is cancelled meanwhile: the books never say unloaded while it runs.
         """
         device = entry.device or RAM
-        expected = entry.accounted_vram if device != RAM else entry.accounted_ram
+        # Only GPU drivers free lazily; host RAM is back when the process is gone. A lost
+        # model's process is gone already: its memory was freed before we could look.
+        lazy = device != RAM and not process_gone
+        expected = entry.accounted_vram if lazy else 0
         self._set(entry, ModelState.UNLOADING, why)
         self._unloading.add(entry.name)
         stopped = False
@@ -561,7 +564,7 @@ class Residency:
         entry = self.models.get(name)
         if entry is None or entry.state != ModelState.LOADED:
             return
-        self._start_unload(entry, f"lost: {why}")
+        self._start_unload(entry, f"lost: {why}", process_gone=True)
 
     # -- operator actions --------------------------------------------------------------
 
@@ -639,10 +642,10 @@ class Residency:
             await self._sample()
         return max(due, 0.05)
 
-    def _start_unload(self, entry: ModelEntry, why: str) -> None:
+    def _start_unload(self, entry: ModelEntry, why: str, process_gone: bool = False) -> None:
         """Unload in a task (a pass must not wait for a process to stop); booked at once."""
         self._set(entry, ModelState.UNLOADING, why)
-        self._spawn(self._unload(entry, why), f"unload:{entry.name}")
+        self._spawn(self._unload(entry, why, process_gone), f"unload:{entry.name}")
 
     async def _keep_pinned(self, entry: ModelEntry) -> None:
         try:

@@ -7,6 +7,10 @@ Time comes from an injected clock, so the unit tests drive TTLs without sleeping
 The record of one model (:class:`ModelEntry`) lives in :mod:`helixd.scheduler.entry`
 and the read-only views of the books in :mod:`helixd.scheduler.views`; the names other
 modules import from here are re-exported, and the view methods delegate there.
+The books themselves (state, change notices, config reloads, samples and views) live in
+:class:`helixd.scheduler.books.ResidencyBooks` and the maintenance pass (TTLs, pins) in
+:class:`helixd.scheduler.maintenance.ResidencyMaintenance`; :class:`Residency` extends
+them with everything that acts on a provider.
 """
 
 from __future__ import annotations
@@ -15,12 +19,9 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import math
-import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
-from helixd.config import ResourcesConfig, SchedulerConfig
 from helixd.providers.base import LoadError, ModelTarget
 from helixd.resources.monitor import ResourceSample
 from helixd.scheduler import views
@@ -32,12 +33,12 @@ from helixd.scheduler.core import (
     ModelState,
     Ready,
     Refuse,
-    Snapshot,
     Wait,
     free_bytes,
     plan_load,
 )
 from helixd.scheduler.entry import ModelEntry, ResidencyError, ResourceSource
+from helixd.scheduler.maintenance import ResidencyMaintenance
 from helixd.scheduler.sizing import MemoryFigure
 from helixd.scheduler.views import MiB
 
@@ -53,132 +54,8 @@ MEMORY_BACK_SHARE = 0.8
 MEMORY_POLL_S = 0.1
 
 
-class Residency:
+class Residency(ResidencyMaintenance):
     """Keeps the right models in memory; the proxy and the control API go through it."""
-
-    def __init__(
-        self,
-        resources: ResourcesConfig,
-        scheduler: SchedulerConfig,
-        monitor: ResourceSource,
-        clock: Callable[[], float] = time.monotonic,
-        wall_clock: Callable[[], float] = time.time,
-        remember: Callable[[str, int, int], None] | None = None,
-    ) -> None:
-        self.resources = resources
-        self.scheduler = scheduler
-        self.monitor = monitor
-        self.models: dict[str, ModelEntry] = {}
-        self.last_sample: ResourceSample | None = None
-        self._clock = clock
-        self._wall = wall_clock
-        self.remember = remember
-        self._plan_lock = asyncio.Lock()
-        self._loading_devices: set[str] = set()
-        self._changed = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._closed = False
-        self._sampled_at = 0.0
-        self._figures_moved = False  # a load or unload ended since the last sample
-        self._unloading: set[str] = set()  # unloads under way (their process is stopping)
-        # Told of every change (the daemon refreshes systemd's STATUS= line from it).
-        self.on_change: Callable[[], None] | None = None
-
-    # -- books -------------------------------------------------------------------------
-
-    def add(self, entry: ModelEntry) -> None:
-        """Track a configured model."""
-        self.models[entry.name] = entry
-        entry.adapter.on_lost(self._lost)
-
-    def _notify(self) -> None:
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
-        if self.on_change is not None:
-            self.on_change()
-
-    async def wait_changed(self, timeout: float | None) -> None:
-        """Wait until any model's state changes (or ``timeout`` passes)."""
-        changed = self._changed
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                await changed.wait()
-
-    def _set(self, entry: ModelEntry, state: ModelState, message: str = "") -> None:
-        if state != entry.state:
-            log.info(
-                "model %s: %s → %s%s",
-                entry.name,
-                entry.state,
-                state,
-                f" ({message})" if message else "",
-            )
-        entry.state = state
-        entry.message = message
-        if state in (ModelState.LOADED, ModelState.UNLOADED, ModelState.FAILED):
-            self._figures_moved = True
-        if state in (ModelState.UNLOADED, ModelState.FAILED):
-            entry.device = None
-            entry.accounted_vram = entry.accounted_ram = 0
-        self._notify()
-
-    def replace_config(
-        self, resources: ResourcesConfig, scheduler: SchedulerConfig, new: Mapping[str, ModelEntry]
-    ) -> dict[str, list[str]]:
-        """Adopt a reloaded config. Resident models whose config changed (or that left the
-        config) are unloaded once idle; pinned ones then load again with the new config.
-
-        Returns the model names added, removed and changed, for the reload's answer.
-        """
-        self.resources, self.scheduler = resources, scheduler
-        added: list[str] = []
-        removed: list[str] = []
-        changed_names: list[str] = []
-        for name, entry in self.models.items():
-            if name not in new and not entry.removed:
-                removed.append(name)
-                entry.removed = True
-                entry.stale = entry.state != ModelState.UNLOADED
-        for name, fresh in new.items():
-            current = self.models.get(name)
-            if current is None or (current.removed and not current.stale):
-                added.append(name)
-                self.add(fresh)
-                continue
-            changed = current.config != fresh.config or current.adapter is not fresh.adapter
-            # Only what shapes the process (file, context, arguments, provider command)
-            # needs a reload of the model; keep_alive, pins or limits apply as they are.
-            reshaped = current.size_key != fresh.size_key or current.adapter is not fresh.adapter
-            if current.removed:
-                added.append(name)
-            elif changed:
-                changed_names.append(name)
-            current.removed = False
-            current.config = fresh.config
-            current.figure = fresh.figure
-            current.size_key = fresh.size_key
-            current.pinned_by_config = fresh.pinned_by_config
-            if current.adapter is not fresh.adapter:
-                fresh.adapter.on_lost(self._lost)
-                if current.state == ModelState.UNLOADED:
-                    current.adapter = fresh.adapter
-                else:
-                    current.next_adapter = fresh.adapter
-            if current.state != ModelState.UNLOADED:
-                current.stale = reshaped
-        for name in [n for n, e in self.models.items() if e.removed and not e.stale]:
-            del self.models[name]
-        self._notify()
-        return {"models_added": added, "models_removed": removed, "models_changed": changed_names}
-
-    def entry(self, name: str) -> ModelEntry:
-        """The entry for ``name``; unknown names get a 404 naming the known ones."""
-        found = self.models.get(name)
-        if found is None or found.removed:
-            known = ", ".join(sorted(n for n, e in self.models.items() if not e.removed))
-            known = known or "none configured"
-            raise ResidencyError(f"no model named {name!r}; models: {known}", "unknown_model", 404)
-        return found
 
     # -- using a model -----------------------------------------------------------------
 
@@ -243,17 +120,6 @@ class Residency:
         if remaining <= 0:
             raise ResidencyError(f"{what}; gave up waiting", "timeout", 504)
         await self.wait_changed(remaining)
-
-    def _check_current(self, entry: ModelEntry) -> None:
-        """A request that waited across a reload or a shutdown must not load a stale entry."""
-        if self._closed:
-            raise ResidencyError("helixd is shutting down", "stopping", 503)
-        if entry.removed or self.models.get(entry.name) is not entry:
-            raise ResidencyError(
-                f"{entry.name} was removed from the config while the request waited",
-                "unknown_model",
-                404,
-            )
 
     async def _ensure_loaded(self, entry: ModelEntry, deadline: float) -> None:
         busy_deadline: float | None = None
@@ -351,12 +217,6 @@ class Residency:
             ):
                 self._set(victim, ModelState.LOADED, "")
 
-    def _spawn(self, coro: Any, name: str) -> asyncio.Task[None]:
-        task: asyncio.Task[None] = asyncio.create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
     # -- acting ------------------------------------------------------------------------
 
     async def _carry_out(self, entry: ModelEntry, plan: Load, request: LoadRequest) -> None:
@@ -414,10 +274,6 @@ class Residency:
             raise
         except Exception:
             log.exception("model %s: stopping a failed load failed", entry.name)
-
-    def _fail(self, entry: ModelEntry, why: str) -> None:
-        entry.failed_until = self._clock() + self.scheduler.failed_cooldown_s
-        self._set(entry, ModelState.FAILED, why)
 
     async def _oom_victims(self, entry: ModelEntry, request: LoadRequest) -> tuple[str, ...]:
         """Plan again on the same device as if the model needed more than looked free.
@@ -478,14 +334,6 @@ class Residency:
             device,
             self.scheduler.memory_return_s,
         )
-
-    def _device_free(self, sample: ResourceSample, device: str) -> int:
-        if device == RAM:
-            return sample.ram.available_bytes
-        for gpu in sample.gpus:
-            if f"gpu{gpu.index}" == device:
-                return gpu.free_bytes
-        return 0
 
     async def _unload(self, entry: ModelEntry, why: str, process_gone: bool = False) -> None:
         """Stop the model, wait for its memory to show up free, then book it unloaded.
@@ -601,70 +449,6 @@ class Residency:
 
     # -- maintenance -------------------------------------------------------------------
 
-    async def tick(self) -> float:
-        """One pass: unload expired idle models, load missing pins, re-measure.
-
-        Returns how long until the next pass is due.
-        """
-        now = self._clock()
-        due = self.scheduler.sample_interval_s
-        for entry in list(self.models.values()):
-            if entry.stale and entry.state == ModelState.FAILED:
-                # Nothing resident: the new config simply deserves a fresh try.
-                entry.stale, entry.failed_until = False, 0.0
-                self._unloaded(entry, entry.message)
-            if entry.stale and entry.state == ModelState.LOADED and entry.idle and entry.pinned:
-                entry.stale = False
-                self._start_unload(entry, "config changed; loading it again")
-            if entry.state == ModelState.LOADED and entry.idle and not entry.pinned:
-                keep = entry.config.keep_alive or self.scheduler.keep_alive
-                if entry.stale:
-                    entry.stale = False
-                    why = "removed from the config" if entry.removed else "config changed"
-                    self._start_unload(entry, why)
-                elif not math.isinf(keep):
-                    left = entry.last_used + keep - now
-                    if left <= 0:
-                        self._start_unload(entry, f"idle for {keep:g} s (keep_alive)")
-                    else:
-                        due = min(due, left)
-            if entry.removed:
-                continue
-            if entry.pinned and entry.state in (ModelState.UNLOADED, ModelState.FAILED):
-                left = entry.failed_until - now
-                if left > 0:
-                    due = min(due, left)
-                elif entry.pin_task is None or entry.pin_task.done():
-                    entry.pin_task = self._spawn(self._keep_pinned(entry), f"pin:{entry.name}")
-        # Figures for status, at the sampling pace: a tick also runs on every change (each
-        # request start and end), which must not cost an NVML read each.
-        if self.last_sample is None or now - self._sampled_at >= self.scheduler.sample_interval_s:
-            await self._sample()
-        return max(due, 0.05)
-
-    def _start_unload(self, entry: ModelEntry, why: str, process_gone: bool = False) -> None:
-        """Unload in a task (a pass must not wait for a process to stop); booked at once."""
-        self._set(entry, ModelState.UNLOADING, why)
-        self._spawn(self._unload(entry, why, process_gone), f"unload:{entry.name}")
-
-    async def _keep_pinned(self, entry: ModelEntry) -> None:
-        try:
-            await self.load(entry.name)
-        except ResidencyError as exc:
-            log.warning("pinned model %s not loaded: %s", entry.name, exc)
-            if entry.state != ModelState.FAILED:
-                self._fail(entry, str(exc))
-
-    async def run(self) -> None:
-        """Maintenance loop: a pass when something changes or a timer is due."""
-        while not self._closed:
-            try:
-                due = await self.tick()
-            except Exception:
-                log.exception("residency maintenance failed; retrying")
-                due = self.scheduler.sample_interval_s
-            await self.wait_changed(due)
-
     async def close(self) -> None:
         """Stop maintenance and loads, then unload everything (helixd is stopping)."""
         self._closed = True
@@ -673,37 +457,6 @@ class Residency:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         adapters = {id(e.adapter): e.adapter for e in self.models.values()}
         await asyncio.gather(*(a.close() for a in adapters.values()), return_exceptions=True)
-
-    # -- snapshots ---------------------------------------------------------------------
-
-    async def refresh(self, max_age_s: float = 1.0) -> None:
-        """Read fresh figures for a reader (status, models) unless they are recent."""
-        old = self._clock() - self._sampled_at > max_age_s
-        if self.last_sample is None or old or self._figures_moved:
-            await self._sample()
-
-    async def _sample(self) -> ResourceSample:
-        sample = await self.monitor.sample()
-        self.last_sample = sample
-        self._sampled_at = self._clock()
-        self._figures_moved = False
-        return sample
-
-    def snapshot(self, sample: ResourceSample, leave_out: str | None = None) -> Snapshot:
-        """The core's view of the world now."""
-        return views.snapshot(self.models, sample, self.resources, self._loading_devices, leave_out)
-
-    def devices(self) -> dict[str, Any]:
-        """Devices for ``status``: figures, helixd's budget and what it accounts."""
-        return views.devices(self.models, self.last_sample, self.resources, self._loading_devices)
-
-    def info(self, entry: ModelEntry) -> dict[str, Any]:
-        """The control API's view of one model."""
-        return views.model_info(entry, self.scheduler)
-
-    def summary_counts(self) -> Mapping[str, int]:
-        """How many models are in each state."""
-        return views.summary_counts(self.models.values())
 
 
 async def _uncancellable(coro: Any) -> None:

@@ -144,6 +144,31 @@ async def settled(residency: Residency, name: str, state: ModelState) -> None:
             await residency.wait_changed(1)
 
 
+class Holding:
+    """A long request on a model: in flight until ``release()``."""
+
+    def __init__(self, residency: Residency, name: str) -> None:
+        self.release_event = asyncio.Event()
+        self.task = asyncio.create_task(self._hold(residency, name))
+
+    async def _hold(self, residency: Residency, name: str) -> None:
+        async with residency.use(name):
+            await self.release_event.wait()
+
+    async def release(self) -> None:
+        self.release_event.set()
+        await self.task
+
+
+async def holding(residency: Residency, name: str) -> Holding:
+    """Start a long request on ``name`` and wait until it is in flight."""
+    held = Holding(residency, name)
+    async with asyncio.timeout(10):
+        while residency.models[name].in_flight == 0:
+            await residency.wait_changed(1)
+    return held
+
+
 async def use_once(residency: Residency, name: str, clock: FakeClock) -> None:
     clock.now += 1
     async with residency.use(name):
@@ -193,21 +218,12 @@ async def test_pinned_model_survives_and_impossible_request_is_refused_with_reas
 
 async def test_a_busy_model_is_waited_for_not_evicted() -> None:
     residency, adapter, _, clock = make({"a": 16, "b": 16}, busy_wait_s=60)
-    release = asyncio.Event()
-
-    async def long_request() -> None:
-        async with residency.use("a"):
-            await release.wait()
-
-    holder = asyncio.create_task(long_request())
-    while residency.models["a"].in_flight == 0:
-        await residency.wait_changed(1)
+    holder = await holding(residency, "a")
     waiter = asyncio.create_task(use_once(residency, "b", clock))
     while residency.models["b"].queued == 0:
         await residency.wait_changed(1)
     assert adapter.unloads == [] and not waiter.done()
-    release.set()
-    await holder
+    await holder.release()
     await waiter
     assert adapter.unloads == ["a"]
 
@@ -226,20 +242,11 @@ async def test_idle_model_unloads_after_keep_alive_but_not_while_busy_or_pinned(
     assert residency.models["a"].message == "idle for 60 s (keep_alive)"
     assert residency.models["p"].state == ModelState.LOADED
     # The timer runs only while idle: a long request keeps the model, its end restarts it.
-    release = asyncio.Event()
-
-    async def long_request() -> None:
-        async with residency.use("a"):
-            await release.wait()
-
-    task = asyncio.create_task(long_request())
-    while residency.models["a"].in_flight == 0:
-        await residency.wait_changed(1)
+    task = await holding(residency, "a")
     clock.now += 3600
     await residency.tick()
     assert residency.models["a"].state == ModelState.LOADED
-    release.set()
-    await task
+    await task.release()
     clock.now += 30
     await residency.tick()
     assert residency.models["a"].state == ModelState.LOADED
@@ -299,19 +306,10 @@ async def test_explicit_unload_refuses_pinned_and_busy_models() -> None:
     await residency.load("p")
     with pytest.raises(ResidencyError, match="unpin it first"):
         await residency.unload("p")
-    release = asyncio.Event()
-
-    async def hold() -> None:
-        async with residency.use("a"):
-            await release.wait()
-
-    task = asyncio.create_task(hold())
-    while residency.models["a"].in_flight == 0:
-        await residency.wait_changed(1)
+    task = await holding(residency, "a")
     with pytest.raises(ResidencyError, match="busy"):
         await residency.unload("a")
-    release.set()
-    await task
+    await task.release()
     await residency.unload("a")
     assert residency.models["a"].state == ModelState.UNLOADED
     with pytest.raises(ResidencyError, match="no model named 'nope'; models: a, p"):
@@ -361,14 +359,7 @@ async def test_a_load_after_eviction_waits_for_the_memory_but_not_for_ever(
 
 async def test_a_request_that_waited_across_a_reload_removing_its_model_gets_404() -> None:
     residency, adapter, _, clock = make({"a": 16, "b": 16}, busy_wait_s=60)
-    release = asyncio.Event()
-
-    async def hold_a() -> None:
-        async with residency.use("a"):
-            await release.wait()
-
-    holder = asyncio.create_task(hold_a())
-    await settled(residency, "a", ModelState.LOADED)
+    holder = await holding(residency, "a")
     waiter = asyncio.create_task(use_once(residency, "b", clock))
     while residency.models["b"].queued == 0:
         await residency.wait_changed(1)
@@ -377,8 +368,7 @@ async def test_a_request_that_waited_across_a_reload_removing_its_model_gets_404
     with pytest.raises(ResidencyError) as gone:
         await waiter
     assert gone.value.status == 404 and "removed from the config" in str(gone.value)
-    release.set()
-    await holder
+    await holder.release()
     assert "b" not in residency.models and [n for n, _ in adapter.loads] == ["a"]
 
 
@@ -423,20 +413,12 @@ async def test_no_load_starts_once_residency_is_closed() -> None:
 
 async def test_a_pinned_model_gets_one_pending_load_however_many_passes_run() -> None:
     residency, _, _, _ = make({"hog": 20, "p": 8}, pinned={"p"}, busy_wait_s=600)
-    release = asyncio.Event()
-
-    async def hold() -> None:
-        async with residency.use("hog"):
-            await release.wait()
-
-    holder = asyncio.create_task(hold())
-    await settled(residency, "hog", ModelState.LOADED)
+    holder = await holding(residency, "hog")
     for _ in range(20):
         await residency.tick()
         await asyncio.sleep(0)
     assert residency.models["p"].queued == 1  # one waiting load, not twenty
-    release.set()
-    await holder
+    await holder.release()
     await settled(residency, "p", ModelState.LOADED)
 
 
@@ -467,15 +449,7 @@ async def test_an_unload_holds_the_room_until_the_driver_frees_it() -> None:
 
 async def test_bounded_waits_answer_504_and_a_full_queue_503() -> None:
     residency, _, _, clock = make({"a": 16, "b": 16}, busy_wait_s=1)
-    release = asyncio.Event()
-
-    async def hold() -> None:
-        async with residency.use("a"):
-            await release.wait()
-
-    holder = asyncio.create_task(hold())
-    while residency.models["a"].in_flight == 0:
-        await residency.wait_changed(1)
+    holder = await holding(residency, "a")
     residency.models["a"].config = ModelConfig(
         provider="fake", vram_mib=16384, max_queue=0, max_concurrency=1
     )
@@ -490,5 +464,4 @@ async def test_bounded_waits_answer_504_and_a_full_queue_503() -> None:
     with pytest.raises(ResidencyError) as waited:
         await waiter
     assert waited.value.status == 504 and "waited for room" in str(waited.value)
-    release.set()
-    await holder
+    await holder.release()

@@ -26,6 +26,7 @@ from helixd.control.models_api import add_model_routes
 from helixd.control.sockets import bind_control_socket
 from helixd.notify import Notifier
 from helixd.providers.base import ModelAdapter
+from helixd.proxy.server import ProxyServer
 from helixd.resources.gpu import GpuSelectionError
 from helixd.resources.monitor import ResourceMonitor
 from helixd.scheduler.catalog import build_adapters, build_entries
@@ -66,6 +67,8 @@ class Daemon:
         self.residency = Residency(resources, loaded.config.scheduler, self.monitor)
         self.residency.on_change = self._status_dirty.set
         self.record: ResidencyRecord | None = None  # read once the state dir is ours
+        self.proxy = ProxyServer(loaded.config.proxy, self.residency)
+        self.proxy.set_aliases(_aliases(loaded))
         self._adapters: dict[str, ModelAdapter] = {}
 
     # -- life cycle --------------------------------------------------------------------
@@ -81,6 +84,7 @@ class Daemon:
             self.supervisor.add(spec)
         await self._start_residency()
         await self._start_control()
+        await self._start_proxy()
         loop = asyncio.get_running_loop()
         for sig, event in (
             (signal.SIGTERM, "stop"),
@@ -130,6 +134,7 @@ class Daemon:
             log.info("stopping: %s", what)
             for task in tasks:
                 task.cancel()
+            await self.proxy.stop()
             await self.residency.close()
             await self.monitor.close()
             async with self.supervisor.lock:
@@ -183,7 +188,7 @@ class Daemon:
         self.residency.remember = self.record.remember
         for entry in (await self._model_entries(self.loaded, previous=None)).values():
             self.residency.add(entry)
-        await self.residency.tick()
+        # Pinned models start loading with the first maintenance pass, once all is bound.
 
     async def _model_entries(
         self, loaded: LoadedConfig, previous: dict[str, ModelAdapter] | None
@@ -205,6 +210,19 @@ class Daemon:
                 self.record.set_pin(entry.name, override)
             except OSError as exc:
                 log.warning("cannot persist the pin of %s: %s", name, exc)
+
+    async def _start_proxy(self) -> None:
+        try:
+            await self.proxy.start()
+        except OSError as exc:
+            await self.proxy.stop()
+            await self._stop_control()
+            raise StartupError(
+                f"proxy cannot listen on {self.loaded.config.proxy.listen}: "
+                f"{exc.strerror or exc}; is another helixd or server using it? "
+                "Change [proxy] listen"
+            ) from None
+        log.info("proxy listening on %s", self.proxy.info()["url"])
 
     async def _start_control(self) -> None:
         try:
@@ -256,6 +274,7 @@ class Daemon:
                     model_changes = self.residency.replace_config(
                         new.config.resources, new.config.scheduler, entries
                     )
+                    self.proxy.set_aliases(_aliases(new))
             finally:
                 self.notifier.ready(self.summary())
         return {
@@ -271,6 +290,8 @@ class Daemon:
             messages.append("[daemon] paths changed; they take effect when helixd restarts")
         if new.config.resources.gpus != self.loaded.config.resources.gpus:
             messages.append("resources.gpus changed; it takes effect when helixd restarts")
+        if new.config.proxy != self.loaded.config.proxy:
+            messages.append("[proxy] changed; it takes effect when helixd restarts")
         for message in messages:
             log.warning(message)
         return messages
@@ -329,6 +350,7 @@ class Daemon:
                 self.residency.info(e) for e in self.residency.models.values() if not e.removed
             ],
             "devices": self.residency.devices(),
+            "proxy": self.proxy.info(),
         }
 
     async def refresh(self) -> None:
@@ -377,3 +399,8 @@ class Daemon:
         while True:
             self.notifier.watchdog()
             await asyncio.sleep(interval)
+
+
+def _aliases(loaded: LoadedConfig) -> dict[str, str]:
+    """Alias → model, from ``[models.NAME] aliases`` (unique: config checks it)."""
+    return {alias: name for name, model in loaded.config.models.items() for alias in model.aliases}

@@ -27,6 +27,7 @@ from helixd.config.providers import (
     ProviderKind,
     brace_problem,
 )
+from helixd.config.proxy import ProxyConfig
 from helixd.config.residency import FOREVER, ModelConfig, ResourcesConfig, SchedulerConfig
 from helixd.config.types import NAME_RE, Strict
 from helixd.kinds import kind_defaults
@@ -47,6 +48,7 @@ __all__ = [
     "ModelConfig",
     "ProviderConfig",
     "ProviderKind",
+    "ProxyConfig",
     "ResourcesConfig",
     "SchedulerConfig",
     "default_config_path",
@@ -86,8 +88,8 @@ class HelixConfig(Strict):
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     models: dict[str, ModelConfig] = Field(default_factory=dict)
+    proxy: ProxyConfig = Field(default_factory=ProxyConfig)
     # Sections owned by later capabilities; parsed leniently until they land.
-    proxy: dict[str, Any] = Field(default_factory=dict)
     routes: dict[str, dict[str, Any]] = Field(default_factory=dict)
     jobs: dict[str, dict[str, Any]] = Field(default_factory=dict)
 

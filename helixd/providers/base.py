@@ -89,6 +89,10 @@ class ModelAdapter(abc.ABC):
     def upstream(self, model: str) -> str | None:
         """Base URL (``http://127.0.0.1:PORT``) that serves ``model``; None if not loaded."""
 
+    def upstream_model(self, model: str) -> str:
+        """The name the upstream knows ``model`` by (requests are rewritten to it)."""
+        return model
+
     def memory_pids(self, model: str) -> list[int]:
         """Processes whose trees hold exactly this model's memory (per-model processes)."""
         return []

@@ -51,6 +51,7 @@ class ProcessPerModelAdapter(ModelAdapter):
         self._leaving: set[str] = set()
         # The latest process of each model, kept after it ends: its log explains a failure.
         self.last_process: dict[str, ManagedProcess] = {}
+        self._upstream_ids: dict[str, str] = {}
 
     def spec_for(self, target: ModelTarget) -> ProcessSpec:
         """The process that serves ``target``: the template filled, placed on its GPU."""
@@ -86,6 +87,7 @@ class ProcessPerModelAdapter(ModelAdapter):
         process = ManagedProcess(spec, self._registry, on_change=self._changed)
         self._processes[target.name] = process
         self.last_process[target.name] = process
+        self._upstream_ids[target.name] = target.model_id
         await process.start()
         state = await process.wait_settled(spec.start_seconds + spec.stop_timeout_s + 5)
         if state == ProcessState.READY:
@@ -124,6 +126,10 @@ class ProcessPerModelAdapter(ModelAdapter):
         if process is None or model not in self._serving:
             return None
         return f"http://{process.spec.host}:{process.spec.port}"
+
+    def upstream_model(self, model: str) -> str:
+        """The model's id as its own server knows it (``id``, default: the name)."""
+        return self._upstream_ids.get(model, model)
 
     def memory_pids(self, model: str) -> list[int]:
         """The model's server process (its tree holds the model's memory)."""

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from helixd.supervisor.spec import free_port
 from tests.conftest import wait_for_sync
 
 BIN = Path(sys.executable).parent
@@ -21,11 +22,14 @@ BIN = Path(sys.executable).parent
 class Helix:
     """One helixd process plus helpers to call helixctl against it."""
 
-    def __init__(self, root: Path, config_text: str) -> None:
+    def __init__(self, root: Path, config_text: str, proxy: str = "") -> None:
         self.root = root
         self.config = root / "helixd.toml"
         self.socket = root / "helixd.sock"
         self.state_dir = root / "state"
+        self.proxy_lines = proxy  # more [proxy] keys, e.g. api_keys
+        self.proxy_port = free_port()
+        self.proxy_url = f"http://127.0.0.1:{self.proxy_port}"
         self.config.write_text(self.header() + config_text)
         self.proc: subprocess.Popen[bytes] | None = None
         self.stderr_path = root / "helixd.stderr"
@@ -38,6 +42,7 @@ class Helix:
         return (
             f'[daemon]\nsocket = "{self.root}/helixd.sock"\nstate_dir = "{self.root}/state"\n'
             f'log_dir = "{self.root}/logs"\nlog_level = "debug"\n\n'
+            f'[proxy]\nlisten = "127.0.0.1:{self.proxy_port}"\n{self.proxy_lines}\n\n'
         )
 
     def write_config(self, text: str) -> None:
@@ -102,10 +107,10 @@ def helix(tmp_path: Path) -> Iterator[Any]:
     """Factory: ``helix(config_text)`` → a started :class:`Helix`; stopped at teardown."""
     started: list[Helix] = []
 
-    def make(config_text: str, start: bool = True, **kwargs: Any) -> Helix:
+    def make(config_text: str, start: bool = True, proxy: str = "", **kwargs: Any) -> Helix:
         root = tmp_path / f"h{len(started)}"
         root.mkdir()
-        instance = Helix(root, config_text)
+        instance = Helix(root, config_text, proxy)
         started.append(instance)
         if start:
             instance.start(**kwargs)

@@ -1,0 +1,77 @@
+"""``[proxy]``: the local OpenAI- and Ollama-compatible endpoint apps call."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated
+
+from pydantic import BeforeValidator, Field, field_validator, model_validator
+
+from helixd.config.types import Seconds, Strict, parse_duration_s
+
+DEFAULT_LISTEN = "127.0.0.1:11400"
+
+
+def split_listen(value: str) -> tuple[str, int]:
+    """``"127.0.0.1:11400"`` / ``"[::1]:11400"`` → (host, port); ValueError when malformed."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise ValueError(f"expected HOST:PORT such as '127.0.0.1:11400'; got {value!r}")
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"expected a TCP port from 1 to 65535; got {port}")
+    return host.strip("[]"), port
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses: nobody else can connect."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class ProxyConfig(Strict):
+    """The endpoint: where it listens, who may call it, and its bounds."""
+
+    listen: str = DEFAULT_LISTEN
+    # Bearer keys; required when ``listen`` is not a loopback address.
+    api_keys: list[str] = Field(default_factory=list)
+    # Listening beyond loopback without keys must be asked for by name.
+    allow_unauthenticated: bool = False
+    max_body_mib: int = Field(default=32, ge=1, le=1024)
+    # A client must send its whole request within this long (slowloris guard).
+    read_timeout_s: Seconds = 60.0
+    # How long an upstream may take to start answering once the model is loaded.
+    upstream_timeout_s: Annotated[
+        float, BeforeValidator(parse_duration_s), Field(gt=0, le=86400)
+    ] = 600.0
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        split_listen(value)
+        return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys(cls, value: list[str]) -> list[str]:
+        for key in value:
+            if len(key) < 16 or key != key.strip():
+                raise ValueError(
+                    "expected keys of at least 16 characters without surrounding spaces, "
+                    "e.g. from 'openssl rand -hex 24'"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _keys_beyond_loopback(self) -> ProxyConfig:
+        host, _ = split_listen(self.listen)
+        if not is_loopback(host) and not self.api_keys and not self.allow_unauthenticated:
+            raise ValueError(
+                f"listen = {self.listen!r} is reachable from other hosts: set api_keys, "
+                "or allow_unauthenticated = true if the network is trusted"
+            )
+        return self

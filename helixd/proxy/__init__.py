@@ -1,0 +1,1 @@
+"""The local endpoint: resolve a name, acquire the model, forward and stream, release."""

@@ -1,0 +1,80 @@
+"""Forward one request to the upstream that serves its model, streaming the answer back.
+
+Chunks go to the client as they arrive (``iter_any``: no buffering, no re-framing). A
+failure before the first byte may be retried; after it, an event stream ends with a
+well-formed error event and any other body simply ends — never a hang.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+
+from helixd.proxy.errors import openai_error, sse_error
+
+log = logging.getLogger("helixd.proxy")
+
+# Hop-by-hop and framing headers are the proxy's own business, not the upstream's.
+_DROPPED = frozenset(
+    {"content-length", "transfer-encoding", "connection", "keep-alive", "server", "date"}
+)
+
+
+class UpstreamUnreachable(Exception):
+    """Nothing was received from the upstream: the request may go elsewhere."""
+
+
+@dataclass
+class RelayResult:
+    """What happened, for the access log and metrics."""
+
+    status: int
+    first_byte_s: float | None
+    failed_mid_stream: bool = False
+
+
+async def relay(
+    session: aiohttp.ClientSession,
+    request: web.Request,
+    url: str,
+    payload: bytes,
+    extra_headers: dict[str, str],
+    started: float,
+    clock: Callable[[], float],
+) -> tuple[web.StreamResponse, RelayResult]:
+    """POST ``payload`` to ``url`` and stream the answer to ``request``'s client."""
+    try:
+        upstream = await session.post(
+            url, data=payload, headers={"Content-Type": "application/json"}
+        )
+    except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+        raise UpstreamUnreachable(str(exc) or type(exc).__name__) from None
+    async with upstream:
+        headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _DROPPED}
+        headers.update(extra_headers)
+        response = web.StreamResponse(status=upstream.status, headers=headers)
+        event_stream = upstream.headers.get("Content-Type", "").startswith("text/event-stream")
+        result = RelayResult(upstream.status, None)
+        await response.prepare(request)
+        try:
+            async for chunk in upstream.content.iter_any():
+                if result.first_byte_s is None:
+                    result.first_byte_s = clock() - started
+                await response.write(chunk)
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
+            result.failed_mid_stream = True
+            log.warning("upstream %s failed mid-answer: %s", url, exc or type(exc).__name__)
+            if event_stream:
+                message = f"the model's server failed mid-answer: {exc or type(exc).__name__}"
+                await response.write(sse_error(message, "upstream_failed"))
+        await response.write_eof()
+        return response, result
+
+
+def unreachable(model: str, why: str) -> web.Response:
+    """502 for a model whose server did not answer at all."""
+    return openai_error(502, f"{model}: its server did not answer: {why}", "upstream_unreachable")

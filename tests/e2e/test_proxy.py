@@ -1,0 +1,218 @@
+"""The proxy end to end: the official openai client against helixd's port, real model
+processes behind it (the echo server started per model by a process-per-model provider).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.conftest import import_real_provider
+
+openai = import_real_provider("openai")
+
+# No proxies: the environment may point urllib at one, and helixd is local.
+OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def echo_models(*models: str, provider: str = "echo", **keys: Any) -> str:
+    """A process-per-model echo provider and its models; ``keys`` go on every model."""
+    text = f"""
+[providers.{provider}]
+kind = "openai"
+command = ["{{python}}", "-m", "helixd.providers.echo", "--host", "{{host}}", "--port", "{{port}}",
+           "--model", "{{model}}"{{extra}}]
+health = {{ path = "/health", interval_s = 1 }}
+start_seconds = 30
+stop_timeout_s = 3
+"""
+    extra = keys.pop("echo_args", [])
+    text = text.replace("{extra}", "".join(f', "{a}"' for a in extra))
+    for model in models:
+        text += f'\n[models.{model}]\nprovider = "{provider}"\n'
+        text += "".join(f"{k} = {json.dumps(v)}\n" for k, v in keys.items())
+    return text
+
+
+def client(h: Any, **kw: Any) -> Any:
+    return openai.OpenAI(base_url=h.proxy_url + "/v1", api_key="unused", max_retries=0, **kw)
+
+
+def post(h: Any, path: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    request = urllib.request.Request(
+        h.proxy_url + path, body, {"Content-Type": "application/json", **(headers or {})}
+    )
+    try:
+        with OPENER.open(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_the_openai_client_chats_streams_completes_and_embeds_through_helixd(helix: Any) -> None:
+    h = helix(echo_models("coder", aliases=["code"]))
+    c = client(h)
+    raw = c.chat.completions.with_raw_response.create(
+        model="code", messages=[{"role": "user", "content": "hello there"}]
+    )
+    assert raw.headers["x-helix-model"] == "coder"
+    answer = raw.parse()
+    assert answer.choices[0].message.content.startswith("echo:")
+    assert "hello there" in answer.choices[0].message.content
+    pieces = [
+        chunk.choices[0].delta.content or ""
+        for chunk in c.chat.completions.create(
+            model="coder", messages=[{"role": "user", "content": "one two three"}], stream=True
+        )
+        if chunk.choices
+    ]
+    assert len(pieces) > 2 and "".join(pieces).startswith("echo:")
+    completion = c.completions.create(model="coder", prompt="say this")
+    assert completion.choices[0].text.startswith("echo:")
+    embedding = c.embeddings.create(model="coder", input=["a", "b"])
+    assert len(embedding.data) == 2 and len(embedding.data[0].embedding) > 0
+    listed = {m.id: m for m in c.models.list()}
+    assert set(listed) == {"coder", "code"}
+    assert listed["code"].model_extra["helix"] == {
+        "state": "loaded",
+        "provider": "echo",
+        "alias_of": "coder",
+    }
+
+
+def test_ten_concurrent_requests_for_a_slow_loading_model_share_one_load(helix: Any) -> None:
+    h = helix(echo_models("slow", echo_args=["--startup-delay", "1.5"], max_concurrency=16))
+
+    async def ask(session: aiohttp.ClientSession, i: int) -> str:
+        body = {"model": "slow", "messages": [{"role": "user", "content": f"n{i}"}]}
+        async with session.post(h.proxy_url + "/v1/chat/completions", json=body) as response:
+            assert response.status == 200, await response.text()
+            data = await response.json()
+            content: str = data["choices"][0]["message"]["content"]
+            return content
+
+    async def main() -> list[str]:
+        async with aiohttp.ClientSession(trust_env=False) as session:
+            return await asyncio.gather(*(ask(session, i) for i in range(10)))
+
+    answers = asyncio.run(main())
+    assert all(f"n{i}" in answers[i] for i in range(10))
+    log = h.stderr()
+    assert log.count("model slow: unloaded → loading") == 1
+
+
+def test_a_full_queue_answers_429_and_a_vanished_client_frees_its_slot(helix: Any) -> None:
+    h = helix(
+        echo_models("one", echo_args=["--token-delay", "0.2"], max_concurrency=1, max_queue=1)
+    )
+    assert h.ctl("load", "one").returncode == 0
+    long_body = {
+        "model": "one",
+        "stream": True,
+        "messages": [{"role": "user", "content": "w " * 50}],
+    }
+
+    async def main() -> None:
+        async with aiohttp.ClientSession(trust_env=False) as session:
+            url = h.proxy_url + "/v1/chat/completions"
+            holder = await session.post(url, json=long_body)  # streaming: holds the slot
+            assert holder.status == 200
+            queued = asyncio.create_task(session.post(url, json=long_body))
+            await wait_async(lambda: model_info(h, "one")["queued"] == 1)
+            async with session.post(url, json=long_body) as refused:
+                assert refused.status == 429
+                assert refused.headers["Retry-After"] == "1"
+                error = (await refused.json())["error"]
+                assert error["code"] == "queue_full" and "max_queue = 1" in error["message"]
+            # The streaming client goes away mid-answer: its slot goes to the queued one.
+            holder.close()
+            second = await queued
+            assert second.status == 200
+            await wait_async(lambda: model_info(h, "one")["queued"] == 0)
+            second.close()
+            await wait_async(lambda: model_info(h, "one")["in_flight"] == 0)
+
+    asyncio.run(main())
+
+
+def test_bad_requests_get_openai_style_errors(helix: Any) -> None:
+    h = helix(echo_models("m"), proxy="max_body_mib = 1")
+    status, body = post(h, "/v1/chat/completions", b"{not json")
+    assert status == 400 and body["error"]["code"] == "invalid_json"
+    status, body = post(h, "/v1/chat/completions", b'{"messages": []}')
+    assert status == 400 and body["error"]["message"] == "the request needs a 'model' (a string)"
+    status, body = post(h, "/v1/chat/completions", b'{"model": "nope", "messages": []}')
+    assert status == 404 and body["error"]["message"] == "no model named 'nope'; models: m"
+    big = json.dumps({"model": "m", "prompt": "x" * (2 * 1024 * 1024)}).encode()
+    status, body = post(h, "/v1/completions", big)
+    assert status == 413 and "max_body_mib" in body["error"]["message"]
+    assert body["error"]["type"] == "invalid_request_error"
+
+
+def test_api_keys_are_enforced(helix: Any) -> None:
+    key = "k" * 24
+    h = helix(echo_models("m"), proxy=f'api_keys = ["{key}"]')
+    status, body = post(h, "/v1/chat/completions", b'{"model": "m", "messages": []}')
+    assert status == 401 and body["error"]["code"] == "invalid_api_key"
+    ok = openai.OpenAI(base_url=h.proxy_url + "/v1", api_key=key, max_retries=0)
+    answer = ok.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+    assert answer.choices[0].message.content.startswith("echo:")
+
+
+def test_helixd_refuses_a_keyless_listener_beyond_loopback(helix: Any) -> None:
+    h = helix(echo_models("m"), start=False)
+    text = h.config.read_text().replace('listen = "127.0.0.1:', 'listen = "0.0.0.0:')
+    h.config.write_text(text)
+    check = h.ctl("config", "check", str(h.config))
+    assert check.returncode == 1
+    assert "is reachable from other hosts: set api_keys" in check.stderr
+
+
+def test_a_model_server_killed_mid_stream_ends_the_stream_with_an_error_event(helix: Any) -> None:
+    h = helix(echo_models("m", echo_args=["--token-delay", "0.1"]))
+    assert h.ctl("load", "m").returncode == 0
+    pid = model_info(h, "m")["process"]["pid"]
+    body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "w " * 100}]}
+
+    async def main() -> tuple[list[str], float]:
+        async with aiohttp.ClientSession(trust_env=False) as session:
+            url = h.proxy_url + "/v1/chat/completions"
+            async with session.post(url, json=body) as response:
+                lines: list[str] = []
+                killed_at = 0.0
+                async for raw in response.content:
+                    line = raw.decode().strip()
+                    if line:
+                        lines.append(line)
+                    if len(lines) == 3:
+                        os.kill(pid, signal.SIGKILL)
+                        killed_at = time.monotonic()
+                return lines, time.monotonic() - killed_at
+
+    lines, after_kill = asyncio.run(main())
+    assert after_kill < 1.0, f"the stream took {after_kill:.2f} s to end after the kill"
+    last = json.loads(lines[-1].removeprefix("data: "))
+    assert last["error"]["code"] == "upstream_failed"
+
+
+def model_info(h: Any, name: str) -> dict[str, Any]:
+    result = h.ctl("--json", "models")
+    models: list[dict[str, Any]] = json.loads(result.stdout)["models"]
+    return next(m for m in models if m["name"] == name)
+
+
+async def wait_async(predicate: Any, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not await asyncio.to_thread(predicate):
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {predicate}")
+        await asyncio.sleep(0.05)

@@ -105,6 +105,8 @@ def show_status(ctx: Context) -> None:
         f"helixd {doc['version']} ({doc['mode']} mode), pid {doc['pid']}, "
         f"up {duration(doc['uptime_s'])}, config {doc['config']}"
     )
+    if doc.get("proxy"):
+        echo(f"endpoint {doc['proxy']['url']}/v1 (OpenAI-compatible)")
     echo(doc["summary"])
     if doc["providers"]:
         echo("")

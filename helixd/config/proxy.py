@@ -42,7 +42,7 @@ class ProxyConfig(Strict):
     # Listening beyond loopback without keys must be asked for by name.
     allow_unauthenticated: bool = False
     max_body_mib: int = Field(default=32, ge=1, le=1024)
-    # A client must send its whole request within this long (slowloris guard).
+    # A client must send its whole request body within this long (slowloris guard).
     read_timeout_s: Seconds = 60.0
     # How long an upstream may take to start answering once the model is loaded.
     upstream_timeout_s: Annotated[

@@ -8,6 +8,7 @@ streaming → release. A client that goes away cancels its handler (aiohttp's
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -174,7 +175,14 @@ class ProxyServer:
     async def forward(self, request: web.Request) -> web.StreamResponse:
         """The OpenAI POST routes: acquire the model, relay, release."""
         started = time.perf_counter()
-        raw = await request.read()
+        try:
+            async with asyncio.timeout(self.config.read_timeout_s):
+                raw = await request.read()
+        except TimeoutError:
+            limit = self.config.read_timeout_s
+            return openai_error(
+                408, f"request body not received within {limit:g} s", "request_timeout"
+            )
         try:
             body = json.loads(raw)
         except ValueError as exc:

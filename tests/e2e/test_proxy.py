@@ -216,3 +216,17 @@ async def wait_async(predicate: Any, timeout: float = 15) -> None:
         if time.monotonic() > deadline:
             pytest.fail(f"timed out waiting for {predicate}")
         await asyncio.sleep(0.05)
+
+
+def test_a_client_that_stalls_mid_body_times_out_with_408(helix: Any) -> None:
+    import socket
+
+    h = helix(echo_models("m"), proxy='read_timeout_s = "500ms"')
+    with socket.create_connection(("127.0.0.1", h.proxy_port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 100\r\n\r\n{"model": "m"'
+        )
+        answer = sock.recv(4096).decode()
+    assert answer.startswith("HTTP/1.1 408")
+    assert "request body not received within 0.5 s" in answer

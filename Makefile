@@ -53,6 +53,7 @@ typecheck: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/helixctl_status.py
+	$(BIN)/python bench/proxy_overhead.py
 
 deb:
 	packaging/build-deb.sh

@@ -45,7 +45,8 @@ def main() -> None:
         config = root / "helixd.toml"
         config.write_text(
             f'[daemon]\nsocket = "{root}/helixd.sock"\nstate_dir = "{root}/state"\n'
-            f'log_dir = "{root}/logs"\n\n[providers.echo]\nkind = "echo"\n'
+            f'log_dir = "{root}/logs"\n\n[proxy]\nlisten = "127.0.0.1:0"\n\n'
+            '[providers.echo]\nkind = "echo"\n'
         )
         env = dict(os.environ, HELIXD_SOCKET=str(root / "helixd.sock"))
         daemon = subprocess.Popen(

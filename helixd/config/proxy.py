@@ -18,8 +18,8 @@ def split_listen(value: str) -> tuple[str, int]:
     if not sep or not host or not port_text.isdigit():
         raise ValueError(f"expected HOST:PORT such as '127.0.0.1:11400'; got {value!r}")
     port = int(port_text)
-    if not 1 <= port <= 65535:
-        raise ValueError(f"expected a TCP port from 1 to 65535; got {port}")
+    if not 0 <= port <= 65535:  # 0: any free port (status shows which)
+        raise ValueError(f"expected a TCP port from 0 to 65535; got {port}")
     return host.strip("[]"), port
 
 

@@ -58,6 +58,7 @@ class ResidencyBooks(ABC):
         self._unloading: set[str] = set()  # unloads under way (their process is stopping)
         # Told of every change (the daemon refreshes systemd's STATUS= line from it).
         self.on_change: Callable[[], None] | None = None
+        self._state_changed = asyncio.Event()
 
     # -- books -------------------------------------------------------------------------
 
@@ -66,11 +67,25 @@ class ResidencyBooks(ABC):
         self.models[entry.name] = entry
         entry.adapter.on_lost(self._lost)
 
-    def _notify(self) -> None:
+    def _notify(self, state: bool = True) -> None:
+        """Wake waiters. ``state``: a model's state changed, not just a request count.
+
+        Counts change twice per proxied request; only waiters for a slot or for room care.
+        State changes also wake the maintenance pass and refresh systemd's STATUS= line.
+        """
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
-        if self.on_change is not None:
-            self.on_change()
+        if state:
+            self._state_changed.set()
+            if self.on_change is not None:
+                self.on_change()
+
+    async def wait_state_changed(self, timeout: float | None) -> None:
+        """Wait until a model's state changes (not a mere request count), or ``timeout``."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._state_changed.wait()
+        self._state_changed.clear()
 
     async def wait_changed(self, timeout: float | None) -> None:
         """Wait until any model's state changes (or ``timeout`` passes)."""

@@ -87,7 +87,7 @@ class ResidencyMaintenance(ResidencyBooks):
             except Exception:
                 log.exception("residency maintenance failed; retrying")
                 due = self.scheduler.sample_interval_s
-            await self.wait_changed(due)
+            await self.wait_state_changed(due)
 
     # -- what the executor does (Residency defines these) ------------------------------
 

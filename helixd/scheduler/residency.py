@@ -76,7 +76,7 @@ class Residency(ResidencyMaintenance):
             timeout if timeout is not None else self.scheduler.load_timeout_s
         )
         entry.queued += 1
-        self._notify()
+        self._notify(state=False)
         try:
             while True:
                 await self._ensure_loaded(entry, deadline)
@@ -88,14 +88,15 @@ class Residency(ResidencyMaintenance):
         finally:
             entry.queued -= 1
         entry.in_flight += 1
-        self._notify()
+        self._notify(state=False)
         try:
             yield entry
         finally:
             entry.in_flight -= 1
             entry.last_used = self._clock()
             entry.last_used_wall = self._wall()
-            self._notify()
+            # A model that just went idle may have an unload waiting for that (a reload).
+            self._notify(state=entry.idle and entry.stale)
 
     async def load(self, name: str, timeout: float | None = None) -> ModelEntry:
         """Make ``name`` resident (the control API's explicit load); a failed one retries."""

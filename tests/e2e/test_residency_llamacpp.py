@@ -99,6 +99,18 @@ def test_real_llama_cpp_server_is_loaded_measured_evicted_and_unloaded(
     )
     assert answer.usage is not None and answer.usage.completion_tokens >= 1
 
+    # The same model through helixd's endpoint, streaming, with the official client.
+    via_helixd = openai.OpenAI(base_url=h.proxy_url + "/v1", api_key="unused", max_retries=0)
+    chunks = list(
+        via_helixd.chat.completions.create(
+            model="tiny-a",
+            messages=[{"role": "user", "content": "hi"}],
+            max_tokens=4,
+            stream=True,
+        )
+    )
+    assert chunks and chunks[0].choices is not None
+
     # max_loaded_models = 1: loading b evicts a, whose server process goes away.
     loaded = h.ctl("load", "tiny-b", timeout=180)
     assert loaded.returncode == 0, loaded.stderr

@@ -68,7 +68,7 @@ class Daemon:
         self.residency.on_change = self._status_dirty.set
         self.record: ResidencyRecord | None = None  # read once the state dir is ours
         self.proxy = ProxyServer(loaded.config.proxy, self.residency)
-        self.proxy.set_aliases(_aliases(loaded))
+        self.proxy.configure(_aliases(loaded), dict(loaded.config.routes))
         self._adapters: dict[str, ModelAdapter] = {}
 
     # -- life cycle --------------------------------------------------------------------
@@ -274,7 +274,7 @@ class Daemon:
                     model_changes = self.residency.replace_config(
                         new.config.resources, new.config.scheduler, entries
                     )
-                    self.proxy.set_aliases(_aliases(new))
+                    self.proxy.configure(_aliases(new), dict(new.config.routes))
             finally:
                 self.notifier.ready(self.summary())
         return {

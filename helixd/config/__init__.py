@@ -29,6 +29,7 @@ from helixd.config.providers import (
 )
 from helixd.config.proxy import ProxyConfig
 from helixd.config.residency import FOREVER, ModelConfig, ResourcesConfig, SchedulerConfig
+from helixd.config.routes import RouteConfig
 from helixd.config.types import NAME_RE, Strict
 from helixd.kinds import kind_defaults
 from helixd.paths import Mode, default_paths
@@ -50,6 +51,7 @@ __all__ = [
     "ProviderKind",
     "ProxyConfig",
     "ResourcesConfig",
+    "RouteConfig",
     "SchedulerConfig",
     "default_config_path",
     "describe",
@@ -90,7 +92,7 @@ class HelixConfig(Strict):
     models: dict[str, ModelConfig] = Field(default_factory=dict)
     proxy: ProxyConfig = Field(default_factory=ProxyConfig)
     # Sections owned by later capabilities; parsed leniently until they land.
-    routes: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    routes: dict[str, RouteConfig] = Field(default_factory=dict)
     jobs: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
@@ -213,6 +215,29 @@ def _check_semantics(config: HelixConfig) -> list[str]:
                 )
             fixed_ports[provider.port] = name
     problems += _check_models(config)
+    problems += _check_routes(config)
+    return problems
+
+
+def _check_routes(config: HelixConfig) -> list[str]:
+    """Routes name models (or aliases) that exist, and do not shadow a model's name."""
+    problems: list[str] = []
+    names = set(config.models) | {a for m in config.models.values() for a in m.aliases}
+    listing = ", ".join(sorted(names)) or "none defined"
+    for route, spec in config.routes.items():
+        key = f"routes.{route}"
+        if not NAME_RE.match(route):
+            problems.append(f"{key}: route names follow the model-name rules")
+        if route in names:
+            problems.append(f"{key}: {route!r} is already a model or alias name")
+        for candidate in spec.candidates:
+            if candidate not in names:
+                problems.append(
+                    f"{key}.candidates: no model or alias {candidate!r}; models: {listing}"
+                )
+        for i, rule in enumerate(spec.rules):
+            if rule.model not in names:
+                problems.append(f"{key}.rules.{i}.model: no model or alias {rule.model!r}")
     return problems
 
 

@@ -49,6 +49,11 @@ class ProxyConfig(Strict):
         float, BeforeValidator(parse_duration_s), Field(gt=0, le=86400)
     ] = 600.0
 
+    # Health-aware failover: a model whose requests fail this many times in a row is
+    # skipped by routes for cooldown_s (it shows in status).
+    failures_before_cooldown: int = Field(default=3, ge=1, le=1000)
+    cooldown_s: Seconds = 60.0
+
     @field_validator("listen")
     @classmethod
     def _listen(cls, value: str) -> str:

@@ -28,6 +28,19 @@ class UpstreamUnreachable(Exception):
     """Nothing was received from the upstream: the request may go elsewhere."""
 
 
+class UpstreamRejected(Exception):
+    """The upstream answered with an error status, and nothing went to the client yet."""
+
+    def __init__(self, status: int, body: bytes) -> None:
+        super().__init__(f"HTTP {status}: {body[:300].decode(errors='replace')}")
+        self.status = status
+        self.body = body
+
+
+# Statuses worth another candidate: the server is failing, overloaded or timing out.
+RETRYABLE = frozenset({429, 500, 502, 503, 504})
+
+
 @dataclass
 class RelayResult:
     """What happened, for the access log and metrics."""
@@ -45,8 +58,13 @@ async def relay(
     extra_headers: dict[str, str],
     started: float,
     clock: Callable[[], float],
+    may_retry: bool = False,
 ) -> tuple[web.StreamResponse, RelayResult]:
-    """POST ``payload`` to ``url`` and stream the answer to ``request``'s client."""
+    """POST ``payload`` to ``url`` and stream the answer to ``request``'s client.
+
+    With ``may_retry``, an error status is raised as :class:`UpstreamRejected` instead of
+    being relayed, so the caller can try elsewhere before the client sees anything.
+    """
     try:
         upstream = await session.post(
             url, data=payload, headers={"Content-Type": "application/json"}
@@ -54,6 +72,8 @@ async def relay(
     except (aiohttp.ClientConnectionError, TimeoutError) as exc:
         raise UpstreamUnreachable(str(exc) or type(exc).__name__) from None
     async with upstream:
+        if may_retry and upstream.status in RETRYABLE:
+            raise UpstreamRejected(upstream.status, await upstream.read())
         headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _DROPPED}
         headers.update(extra_headers)
         response = web.StreamResponse(status=upstream.status, headers=headers)

@@ -12,26 +12,52 @@ import asyncio
 import json
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-from helixd.config import ProxyConfig
+from helixd.config import ProxyConfig, RouteConfig
 from helixd.config.proxy import split_listen
+from helixd.config.routes import FailureClass
 from helixd.proxy.errors import openai_error
-from helixd.proxy.relay import UpstreamUnreachable, relay, unreachable
+from helixd.proxy.health import ModelHealth
+from helixd.proxy.relay import UpstreamRejected, UpstreamUnreachable, relay, unreachable
+from helixd.proxy.routing import Attempts, Router
 from helixd.scheduler.residency import Residency, ResidencyError
 
 log = logging.getLogger("helixd.proxy")
 access_log = logging.getLogger("helixd.access")
 
 MiB = 1024**2
-# A request that finds its model's server gone before any byte came back is tried again
-# once (the scheduler may have reloaded it meanwhile).
-UNREACHABLE_RETRIES = 1
-# Residency's refusals, as an API client should see them.
+# Residency's refusals, as an API client should see them, and as a route escalates them.
 _STATUS = {"queue_full": 429, "does_not_fit": 507, "timeout": 504, "model_failed": 503}
+_FAILURE_OF: dict[str, FailureClass] = {
+    "queue_full": "overloaded",
+    "timeout": "timeout",
+    "does_not_fit": "error",
+    "model_failed": "error",
+}
+
+
+class Failed(Exception):
+    """One attempt failed before anything reached the client; ``response`` says how."""
+
+    def __init__(self, kind: str, response: web.Response) -> None:
+        super().__init__(kind)
+        self.kind = kind
+        self.response = response
+
+
+@dataclass
+class Outcome:
+    """What became of a request, for the access log."""
+
+    status: int
+    model: str | None = None
+    attempts: int = 0
+    first_byte_s: float | None = None
 
 
 class ProxyServer:
@@ -43,7 +69,8 @@ class ProxyServer:
         self.host, self.port = split_listen(config.listen)
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
-        self._aliases: dict[str, str] = {}
+        self.router = Router(residency.models)
+        self.health = ModelHealth()
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -90,13 +117,17 @@ class ProxyServer:
         if self._session is not None:
             await self._session.close()
 
-    def set_aliases(self, aliases: dict[str, str]) -> None:
-        """Alias → model name, from the config (replaced on reload)."""
-        self._aliases = dict(aliases)
+    def configure(self, aliases: dict[str, str], routes: dict[str, RouteConfig]) -> None:
+        """Aliases (alias → model) and routes from the config (replaced on reload)."""
+        self.router.configure(aliases, routes)
 
     def info(self) -> dict[str, Any]:
-        """For ``status``."""
-        return {"listen": f"{self.host}:{self.port}", "url": f"http://{self.host}:{self.port}"}
+        """For ``status``: where it listens, and the models cooling down after failures."""
+        return {
+            "listen": f"{self.host}:{self.port}",
+            "url": f"http://{self.host}:{self.port}",
+            "cooling_down": self.health.cooling_report(),
+        }
 
     # -- middleware --------------------------------------------------------------------
 
@@ -131,13 +162,10 @@ class ProxyServer:
 
     def resolve(self, name: str) -> str | None:
         """A model's name from a model name or an alias."""
-        if name in self.residency.models and not self.residency.models[name].removed:
-            return name
-        return self._aliases.get(name)
+        return self.router.model_of(name)
 
     def _unknown(self, name: str) -> web.Response:
-        known = sorted(n for n, e in self.residency.models.items() if not e.removed)
-        listing = ", ".join(known + sorted(self._aliases)) or "none configured"
+        listing = ", ".join(self.router.known()) or "none configured"
         return openai_error(404, f"no model named {name!r}; models: {listing}", "model_not_found")
 
     # -- handlers ----------------------------------------------------------------------
@@ -145,7 +173,7 @@ class ProxyServer:
     async def list_models(self, request: web.Request) -> web.Response:
         """``GET /v1/models``: models and aliases, with helixd's residency fields."""
         data = [self._model_card(name) for name in self.residency.models]
-        data += [self._model_card(model, alias) for alias, model in self._aliases.items()]
+        data += [self._model_card(model, alias) for alias, model in self.router.aliases.items()]
         return web.json_response({"object": "list", "data": [d for d in data if d]})
 
     async def get_model(self, request: web.Request) -> web.Response:
@@ -173,7 +201,7 @@ class ProxyServer:
         }
 
     async def forward(self, request: web.Request) -> web.StreamResponse:
-        """The OpenAI POST routes: acquire the model, relay, release."""
+        """The OpenAI POST routes: resolve, then try models in order until one answers."""
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self.config.read_timeout_s):
@@ -190,55 +218,135 @@ class ProxyServer:
         if not isinstance(body, dict) or not isinstance(body.get("model"), str):
             return openai_error(400, "the request needs a 'model' (a string)", "missing_model")
         asked = body["model"]
-        model = self.resolve(asked)
-        if model is None:
+        plan = self.router.attempts(asked, body, self.health.cooling)
+        if plan is None:
             return self._unknown(asked)
-        status, result = 500, None
+        outcome = Outcome(status=500)
+        try:
+            response = await self._attempt_in_order(request, plan, body, raw, started, outcome)
+            return response
+        finally:
+            self._access_log(request, asked, plan, outcome, started)
+
+    async def _attempt_in_order(
+        self,
+        request: web.Request,
+        plan: Attempts,
+        body: dict[str, Any],
+        raw: bytes,
+        started: float,
+        outcome: Outcome,
+    ) -> web.StreamResponse:
+        """Try each candidate (with its retries) until one answers or the limit is hit."""
+        failure: web.Response | None = None
+        tries = [m for m in plan.order for _ in range(plan.retries + 1)][: plan.max_attempts]
+        for index, model in enumerate(tries):
+            last = index == len(tries) - 1
+            outcome.model, outcome.attempts = model, index + 1
+            try:
+                response = await self._serve(
+                    request, plan, model, body, raw, started, outcome, last
+                )
+            except Failed as failed:
+                if failed.kind in ("error", "timeout"):  # busy is not unhealthy
+                    self.health.failed(model, self.config)
+                failure = failed.response
+                outcome.status = failure.status
+                if failed.kind not in plan.escalate_on:
+                    return failure
+                log.warning(
+                    "%s: %s failed (%s: %s)%s",
+                    plan.route or model,
+                    model,
+                    failed.kind,
+                    failed.response.text,
+                    "" if last else "; trying the next",
+                )
+                continue
+            self.health.served(model)
+            return response
+        assert failure is not None
+        return failure
+
+    async def _serve(
+        self,
+        request: web.Request,
+        plan: Attempts,
+        model: str,
+        body: dict[str, Any],
+        raw: bytes,
+        started: float,
+        outcome: Outcome,
+        last: bool,
+    ) -> web.StreamResponse:
+        """One attempt on one model: acquire it, relay, release. Raise :class:`Failed`."""
+        headers = {"x-helix-model": model}
+        if plan.route is not None:
+            headers["x-helix-route"] = plan.route
         try:
             async with self.residency.use(model) as entry:
                 upstream_id = entry.adapter.upstream_model(model)
-                if upstream_id != asked:
-                    body["model"] = upstream_id
-                    raw = json.dumps(body).encode()
-                headers = {"x-helix-model": model}
-                for attempt in range(UNREACHABLE_RETRIES + 1):
-                    base = entry.adapter.upstream(model)
-                    if base is None:
-                        why = "its server is gone"
-                    else:
-                        try:
-                            response, result = await relay(
-                                self._session_or_fail(),
-                                request,
-                                base + request.path,
-                                raw,
-                                headers,
-                                started,
-                                time.perf_counter,
-                            )
-                            status = result.status
-                            return response
-                        except UpstreamUnreachable as exc:
-                            why = str(exc)
-                    log.warning("%s: upstream unreachable (try %d): %s", model, attempt + 1, why)
-                status = 502
-                return unreachable(model, why)
+                payload = raw
+                if upstream_id != body["model"]:
+                    payload = json.dumps({**body, "model": upstream_id}).encode()
+                base = entry.adapter.upstream(model)
+                if base is None:
+                    raise Failed("error", unreachable(model, "its server is gone"))
+                try:
+                    response, result = await relay(
+                        self._session_or_fail(),
+                        request,
+                        base + request.path,
+                        payload,
+                        headers,
+                        started,
+                        time.perf_counter,
+                        may_retry=not last,
+                    )
+                except UpstreamUnreachable as exc:
+                    raise Failed("error", unreachable(model, str(exc))) from None
+                except UpstreamRejected as exc:
+                    kind: FailureClass = (
+                        "overloaded"
+                        if exc.status in (429, 503)
+                        else "timeout"
+                        if exc.status == 504
+                        else "error"
+                    )
+                    rejected = web.Response(
+                        status=exc.status,
+                        body=exc.body,
+                        content_type="application/json",
+                        headers=headers,
+                    )
+                    raise Failed(kind, rejected) from None
+                outcome.status, outcome.first_byte_s = result.status, result.first_byte_s
+                return response
         except ResidencyError as exc:
             status = _STATUS.get(exc.code, exc.status)
-            retry = {"Retry-After": "1"} if status == 429 else None
-            return openai_error(status, str(exc), exc.code, retry)
-        finally:
-            elapsed_ms = (time.perf_counter() - started) * 1000
-            ttft = result.first_byte_s if result is not None else None
-            access_log.info(
-                "%s %s model=%s status=%d ms=%.1f ttft_ms=%s",
-                request.method,
-                request.path,
-                model,
-                status,
-                elapsed_ms,
-                f"{ttft * 1000:.1f}" if ttft is not None else "-",
-            )
+            extra = {"Retry-After": "1"} if status == 429 else {}
+            response = openai_error(status, str(exc), exc.code, {**headers, **extra})
+            residency_kind = _FAILURE_OF.get(exc.code)
+            if residency_kind is None:  # unknown model, shutting down: no candidate helps
+                raise Failed("final", response) from None
+            raise Failed(residency_kind, response) from None
+
+    def _access_log(
+        self, request: web.Request, asked: str, plan: Attempts | None, o: Outcome, started: float
+    ) -> None:
+        ttft = f"{o.first_byte_s * 1000:.1f}" if o.first_byte_s is not None else "-"
+        access_log.info(
+            "%s %s asked=%s route=%s model=%s attempts=%d status=%d ms=%.1f ttft_ms=%s",
+            request.method,
+            request.path,
+            asked,
+            plan.route if plan is not None and plan.route else "-",
+            o.model or "-",
+            o.attempts,
+            o.status,
+            (time.perf_counter() - started) * 1000,
+            ttft,
+        )
 
     def _session_or_fail(self) -> aiohttp.ClientSession:
         if self._session is None:

@@ -230,3 +230,63 @@ def test_a_client_that_stalls_mid_body_times_out_with_408(helix: Any) -> None:
         answer = sock.recv(4096).decode()
     assert answer.startswith("HTTP/1.1 408")
     assert "request body not received within 0.5 s" in answer
+
+
+ROUTES = """
+[providers.bad]
+kind = "openai"
+command = ["{python}", "-m", "helixd.providers.echo", "--host", "{host}", "--port", "{port}",
+           "--model", "{model}", "--fail-rate", "1"]
+health = { path = "/health", interval_s = 1 }
+
+[models.broken-a]
+provider = "bad"
+[models.broken-b]
+provider = "bad"
+
+[routes.coding]
+candidates = ["broken-a", "coder"]
+
+[routes.doomed]
+candidates = ["broken-a", "broken-b", "coder"]
+max_attempts = 2
+
+[routes.tasks]
+candidates = ["coder"]
+rules = [{ match = "(?i)\\\\b(integral|derivative|equation)\\\\b", model = "maths" }]
+"""
+
+
+def test_routes_fall_back_stop_at_their_limit_and_route_tasks_by_rule(helix: Any) -> None:
+    h = helix(echo_models("coder", "maths") + ROUTES, proxy="failures_before_cooldown = 2")
+    c = client(h)
+    raw = c.chat.completions.with_raw_response.create(
+        model="coding", messages=[{"role": "user", "content": "write a loop"}]
+    )
+    assert (raw.headers["x-helix-route"], raw.headers["x-helix-model"]) == ("coding", "coder")
+    assert raw.parse().choices[0].message.content.startswith("echo:")
+
+    # Two failing candidates and max_attempts = 2: the third, healthy one is never tried.
+    status, body = post(
+        h, "/v1/chat/completions", b'{"model": "doomed", "messages": [{"role": "user"}]}'
+    )
+    assert status == 500 and body["error"]["code"] == "injected_failure"
+    assert "asked=doomed route=doomed model=broken-b attempts=2 status=500" in h.stderr()
+
+    # broken-a failed twice in a row: it cools down, and routes now try it last.
+    cooling = h.status()["proxy"]["cooling_down"]
+    assert set(cooling) == {"broken-a"} and 0 < cooling["broken-a"] <= 60
+    raw = c.chat.completions.with_raw_response.create(
+        model="coding", messages=[{"role": "user", "content": "again"}]
+    )
+    assert raw.headers["x-helix-model"] == "coder"
+    assert "asked=coding route=coding model=coder attempts=1 status=200" in h.stderr()
+
+    maths = c.chat.completions.with_raw_response.create(
+        model="tasks", messages=[{"role": "user", "content": "solve this Equation for x"}]
+    )
+    assert maths.headers["x-helix-model"] == "maths"
+    plain = c.chat.completions.with_raw_response.create(
+        model="tasks", messages=[{"role": "user", "content": "rename a variable"}]
+    )
+    assert plain.headers["x-helix-model"] == "coder"

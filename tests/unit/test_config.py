@@ -215,3 +215,41 @@ def test_residency_sections_parse_with_defaults(tmp_path: Path) -> None:
 )
 def test_model_mistakes_name_the_key_and_the_fix(tmp_path: Path, text: str, expected: str) -> None:
     assert _error(tmp_path, LLAMA + text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            '[routes.r]\ncandidates = ["ghost"]\n',
+            "helixd.toml: routes.r.candidates: no model or alias 'ghost'; models: coder",
+        ),
+        (
+            '[routes.coder]\ncandidates = ["coder"]\n',
+            "helixd.toml: routes.coder: 'coder' is already a model or alias name",
+        ),
+        (
+            '[routes.r]\ncandidates = ["coder"]\nrules = [{ match = "(", model = "coder" }]\n',
+            "helixd.toml: routes.r.rules.0.match: expected a regular expression; missing ), "
+            "unterminated subpattern at position 0 in '('",
+        ),
+        (
+            '[routes.r]\ncandidates = ["coder"]\nstrategy = "random"\n',
+            "helixd.toml: routes.r.strategy: expected one of fallback, least-busy, "
+            "prefer-loaded; got 'random'",
+        ),
+        (
+            '[proxy]\nlisten = "0.0.0.0:8000"\n',
+            "helixd.toml: proxy: listen = '0.0.0.0:8000' is reachable from other hosts: set "
+            "api_keys, or allow_unauthenticated = true if the network is trusted",
+        ),
+        (
+            '[proxy]\napi_keys = ["short"]\n',
+            "helixd.toml: proxy.api_keys: expected keys of at least 16 characters without "
+            "surrounding spaces, e.g. from 'openssl rand -hex 24'",
+        ),
+    ],
+)
+def test_route_and_proxy_mistakes_name_the_key(tmp_path: Path, text: str, expected: str) -> None:
+    coder = '[models.coder]\nprovider = "llama"\npath = "/m.gguf"\nctx = 512\n'
+    assert _error(tmp_path, LLAMA + coder + text) == expected

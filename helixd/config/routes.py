@@ -1,0 +1,43 @@
+"""``[routes.NAME]``: a virtual model name that resolves to an ordered list of models."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from helixd.config.types import Strict
+
+FailureClass = Literal["error", "timeout", "overloaded"]
+FAILURE_CLASSES: tuple[FailureClass, ...] = ("error", "timeout", "overloaded")
+
+
+class RuleConfig(Strict):
+    """Task routing: when ``match`` finds the last user message, ``model`` goes first."""
+
+    match: str
+    model: str
+
+    @field_validator("match")
+    @classmethod
+    def _regex(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"expected a regular expression; {exc} in {value!r}") from None
+        return value
+
+
+class RouteConfig(Strict):
+    """Candidates in order, how to pick among them, and when to give up."""
+
+    candidates: list[str] = Field(min_length=1)
+    strategy: Literal["fallback", "least-busy", "prefer-loaded"] = "fallback"
+    # Extra tries on the same candidate before the next one (failures before a byte).
+    retries: int = Field(default=0, ge=0, le=10)
+    # Which failures move on to the next candidate; others are answered as they are.
+    escalate_on: list[FailureClass] = Field(default_factory=lambda: list(FAILURE_CLASSES))
+    # Stop after this many attempts in all (the seeds: two failures escalate, three stop).
+    max_attempts: int = Field(default=3, ge=1, le=50)
+    rules: list[RuleConfig] = Field(default_factory=list)

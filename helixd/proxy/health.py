@@ -20,8 +20,8 @@ class ModelHealth:
     failures: dict[str, int] = field(default_factory=dict)
     until: dict[str, float] = field(default_factory=dict)
 
-    def failed(self, model: str, config: ProxyConfig) -> None:
-        """Count a failure; enough in a row starts a cooldown."""
+    def failed(self, model: str, config: ProxyConfig) -> bool:
+        """Count a failure; enough in a row starts a cooldown (then True)."""
         count = self.failures.get(model, 0) + 1
         self.failures[model] = count
         if count >= config.failures_before_cooldown and not self.cooling(model):
@@ -32,6 +32,8 @@ class ModelHealth:
                 count,
                 config.cooldown_s,
             )
+            return True
+        return False
 
     def served(self, model: str) -> None:
         """A success ends the streak and any cooldown."""

@@ -23,6 +23,8 @@ from helixd.config.proxy import split_listen
 from helixd.config.routes import FailureClass
 from helixd.proxy.errors import openai_error
 from helixd.proxy.health import ModelHealth
+from helixd.proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from helixd.proxy.metrics import Metrics
 from helixd.proxy.relay import UpstreamRejected, UpstreamUnreachable, relay, unreachable
 from helixd.proxy.routing import Attempts, Router
 from helixd.scheduler.residency import Residency, ResidencyError
@@ -71,6 +73,9 @@ class ProxyServer:
         self._session: aiohttp.ClientSession | None = None
         self.router = Router(residency.models)
         self.health = ModelHealth()
+        self.metrics = Metrics(residency)
+        residency.on_load = self._observe_load
+        residency.on_evict = lambda model: self.metrics.evictions.labels(model).inc()
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -79,6 +84,7 @@ class ProxyServer:
         app = web.Application(
             client_max_size=self.config.max_body_mib * MiB, middlewares=[self._guard]
         )
+        app.router.add_get("/metrics", self.scrape)
         app.router.add_get("/v1/models", self.list_models)
         app.router.add_get("/v1/models/{name:.+}", self.get_model)
         for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
@@ -170,6 +176,17 @@ class ProxyServer:
 
     # -- handlers ----------------------------------------------------------------------
 
+    async def scrape(self, request: web.Request) -> web.Response:
+        """``GET /metrics``: Prometheus text format."""
+        return web.Response(
+            body=self.metrics.exposition(), headers={"Content-Type": METRICS_CONTENT_TYPE}
+        )
+
+    def _observe_load(self, model: str, ok: bool, seconds: float) -> None:
+        self.metrics.loads.labels(model, "ok" if ok else "failed").inc()
+        if ok:
+            self.metrics.load_seconds.labels(model).observe(seconds)
+
     async def list_models(self, request: web.Request) -> web.Response:
         """``GET /v1/models``: models and aliases, with helixd's residency fields."""
         data = [self._model_card(name) for name in self.residency.models]
@@ -248,8 +265,10 @@ class ProxyServer:
                     request, plan, model, body, raw, started, outcome, last
                 )
             except Failed as failed:
-                if failed.kind in ("error", "timeout"):  # busy is not unhealthy
-                    self.health.failed(model, self.config)
+                self.metrics.errors.labels(model, failed.kind).inc()
+                # Busy is not unhealthy: only errors and timeouts count towards a cooldown.
+                if failed.kind in ("error", "timeout") and self.health.failed(model, self.config):
+                    self.metrics.cooldowns.labels(model).inc()
                 failure = failed.response
                 outcome.status = failure.status
                 if failed.kind not in plan.escalate_on:
@@ -334,17 +353,24 @@ class ProxyServer:
     def _access_log(
         self, request: web.Request, asked: str, plan: Attempts | None, o: Outcome, started: float
     ) -> None:
+        elapsed = time.perf_counter() - started
+        model = o.model or "-"
+        route = plan.route if plan is not None and plan.route else "-"
+        self.metrics.requests.labels(model, route, str(o.status)).inc()
+        self.metrics.latency.labels(model).observe(elapsed)
+        if o.first_byte_s is not None:
+            self.metrics.ttft.labels(model).observe(o.first_byte_s)
         ttft = f"{o.first_byte_s * 1000:.1f}" if o.first_byte_s is not None else "-"
         access_log.info(
             "%s %s asked=%s route=%s model=%s attempts=%d status=%d ms=%.1f ttft_ms=%s",
             request.method,
             request.path,
             asked,
-            plan.route if plan is not None and plan.route else "-",
-            o.model or "-",
+            route,
+            model,
             o.attempts,
             o.status,
-            (time.perf_counter() - started) * 1000,
+            elapsed * 1000,
             ttft,
         )
 

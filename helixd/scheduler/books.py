@@ -58,6 +58,9 @@ class ResidencyBooks(ABC):
         self._unloading: set[str] = set()  # unloads under way (their process is stopping)
         # Told of every change (the daemon refreshes systemd's STATUS= line from it).
         self.on_change: Callable[[], None] | None = None
+        # Observers for metrics: a load ended (model, succeeded, seconds); a model evicted.
+        self.on_load: Callable[[str, bool, float], None] | None = None
+        self.on_evict: Callable[[str], None] | None = None
         self._state_changed = asyncio.Event()
 
     # -- books -------------------------------------------------------------------------

@@ -223,6 +223,7 @@ class Residency(ResidencyMaintenance):
     async def _carry_out(self, entry: ModelEntry, plan: Load, request: LoadRequest) -> None:
         device = plan.device
         victims = list(plan.evict)
+        began = self._clock()
         try:
             await self._evict(plan.evict, device)
             try:
@@ -250,10 +251,14 @@ class Residency(ResidencyMaintenance):
             entry.last_used = self._clock()
             entry.last_used_wall = self._wall()
             self._set(entry, ModelState.LOADED, entry.message)
+            if self.on_load is not None:
+                self.on_load(entry.name, True, self._clock() - began)
         except LoadError as exc:
             entry.log_tail = exc.log_tail
             await self._discard_load(entry)
             self._fail(entry, str(exc))
+            if self.on_load is not None:
+                self.on_load(entry.name, False, self._clock() - began)
         except asyncio.CancelledError:
             await self._discard_load(entry)
             self._set(entry, ModelState.UNLOADED, "load cancelled")
@@ -317,6 +322,8 @@ class Residency(ResidencyMaintenance):
             victim = self.models.get(name)
             if victim is not None and victim.state == ModelState.UNLOADING:
                 await self._unload(victim, f"evicted for a load on {device}")
+                if self.on_evict is not None:
+                    self.on_evict(name)
 
     async def _memory_back(self, device: str, before: int, expected: int) -> None:
         """Poll until most of what was unloaded shows up free (drivers free lazily).

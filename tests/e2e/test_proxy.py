@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import import_real_provider
+from tests.conftest import import_real_provider, wait_for_sync
 
 openai = import_real_provider("openai")
 
@@ -204,6 +204,12 @@ def test_a_model_server_killed_mid_stream_ends_the_stream_with_an_error_event(he
     assert last["error"]["code"] == "upstream_failed"
 
 
+def logged(h: Any, text: str) -> None:
+    """The access log line is written as the handler ends: just after the client has
+    read a streamed answer, so wait for it (bounded)."""
+    wait_for_sync(lambda: text in h.stderr(), timeout=10, what=f"log line {text!r}")
+
+
 def model_info(h: Any, name: str) -> dict[str, Any]:
     result = h.ctl("--json", "models")
     models: list[dict[str, Any]] = json.loads(result.stdout)["models"]
@@ -271,7 +277,7 @@ def test_routes_fall_back_stop_at_their_limit_and_route_tasks_by_rule(helix: Any
         h, "/v1/chat/completions", b'{"model": "doomed", "messages": [{"role": "user"}]}'
     )
     assert status == 500 and body["error"]["code"] == "injected_failure"
-    assert "asked=doomed route=doomed model=broken-b attempts=2 status=500" in h.stderr()
+    logged(h, "asked=doomed route=doomed model=broken-b attempts=2 status=500")
 
     # broken-a failed twice in a row: it cools down, and routes now try it last.
     cooling = h.status()["proxy"]["cooling_down"]
@@ -280,7 +286,7 @@ def test_routes_fall_back_stop_at_their_limit_and_route_tasks_by_rule(helix: Any
         model="coding", messages=[{"role": "user", "content": "again"}]
     )
     assert raw.headers["x-helix-model"] == "coder"
-    assert "asked=coding route=coding model=coder attempts=1 status=200" in h.stderr()
+    logged(h, "asked=coding route=coding model=coder attempts=1 status=200")
 
     maths = c.chat.completions.with_raw_response.create(
         model="tasks", messages=[{"role": "user", "content": "solve this Equation for x"}]
@@ -290,3 +296,27 @@ def test_routes_fall_back_stop_at_their_limit_and_route_tasks_by_rule(helix: Any
         model="tasks", messages=[{"role": "user", "content": "rename a variable"}]
     )
     assert plain.headers["x-helix-model"] == "coder"
+
+
+def test_metrics_count_requests_loads_errors_and_show_queues(helix: Any) -> None:
+    h = helix(echo_models("coder", "maths") + ROUTES)
+    c = client(h)
+    for _ in range(3):
+        c.chat.completions.create(model="coder", messages=[{"role": "user", "content": "x"}])
+    c.chat.completions.create(model="coding", messages=[{"role": "user", "content": "y"}])
+
+    def scrape() -> set[str]:
+        with OPENER.open(h.proxy_url + "/metrics", timeout=10) as response:
+            assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+            return set(response.read().decode().splitlines())
+
+    # Counted as each handler ends, just after its client has read the answer.
+    last = 'helix_requests_total{model="coder",route="coding",status="200"} 1.0'
+    wait_for_sync(lambda: last in scrape(), timeout=10, what="the last request counted")
+    lines = scrape()
+    assert 'helix_requests_total{model="coder",route="-",status="200"} 3.0' in lines
+    assert 'helix_request_errors_total{kind="error",model="broken-a"} 1.0' in lines
+    assert 'helix_model_loads_total{model="coder",result="ok"} 1.0' in lines
+    assert 'helix_queue_depth{model="coder"} 0.0' in lines
+    assert 'helix_model_loaded{model="coder"} 1.0' in lines
+    assert any(line.startswith('helix_first_byte_seconds_count{model="coder"}') for line in lines)

@@ -1,0 +1,81 @@
+"""Prometheus metrics of the endpoint and of residency, served at ``/metrics``.
+
+One registry per daemon (not the library's global one), so tests and a second instance
+in one process never share counters. Queue depth and in-flight counts are read from the
+residency books at scrape time rather than updated on every request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from helixd.scheduler.residency import Residency
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Latency buckets from sub-millisecond (an echo answer) to minutes (a long generation).
+_SECONDS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_LOAD_SECONDS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+
+class _ResidencyCollector(Collector):
+    """Per-model gauges read from the books when Prometheus scrapes."""
+
+    def __init__(self, residency: Residency) -> None:
+        self.residency = residency
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        queued = GaugeMetricFamily("helix_queue_depth", "Requests waiting", labels=["model"])
+        in_flight = GaugeMetricFamily("helix_in_flight", "Requests served now", labels=["model"])
+        loaded = GaugeMetricFamily("helix_model_loaded", "1 when resident", labels=["model"])
+        for name, entry in self.residency.models.items():
+            queued.add_metric([name], entry.queued)
+            in_flight.add_metric([name], entry.in_flight)
+            loaded.add_metric([name], 1 if entry.state == "loaded" else 0)
+        yield queued
+        yield in_flight
+        yield loaded
+
+
+class Metrics:
+    """Everything helixd counts."""
+
+    def __init__(self, residency: Residency) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "helix_requests", "Proxied requests", ["model", "route", "status"], registry=r
+        )
+        self.errors = Counter(
+            "helix_request_errors", "Failed attempts by class", ["model", "kind"], registry=r
+        )
+        self.latency = Histogram(
+            "helix_request_seconds", "Whole request", ["model"], buckets=_SECONDS, registry=r
+        )
+        self.ttft = Histogram(
+            "helix_first_byte_seconds",
+            "Time to the first byte of the answer",
+            ["model"],
+            buckets=_SECONDS,
+            registry=r,
+        )
+        self.loads = Counter(
+            "helix_model_loads", "Loads by result", ["model", "result"], registry=r
+        )
+        self.load_seconds = Histogram(
+            "helix_model_load_seconds",
+            "Load duration",
+            ["model"],
+            buckets=_LOAD_SECONDS,
+            registry=r,
+        )
+        self.evictions = Counter("helix_evictions", "Models evicted", ["model"], registry=r)
+        self.cooldowns = Counter("helix_cooldowns", "Cooldowns started", ["model"], registry=r)
+        r.register(_ResidencyCollector(residency))
+
+    def exposition(self) -> bytes:
+        """The text a scrape gets."""
+        return generate_latest(self.registry)

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 import aiohttp
 from aiohttp import web
 
-from helixd.proxy.errors import openai_error, sse_error
+from helixd.proxy.errors import sse_error
 
 log = logging.getLogger("helixd.proxy")
 
 # Hop-by-hop and framing headers are the proxy's own business, not the upstream's.
-_DROPPED = frozenset(
+DROPPED_HEADERS = frozenset(
     {"content-length", "transfer-encoding", "connection", "keep-alive", "server", "date"}
 )
 
@@ -74,7 +74,7 @@ async def relay(
     async with upstream:
         if may_retry and upstream.status in RETRYABLE:
             raise UpstreamRejected(upstream.status, await upstream.read())
-        headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _DROPPED}
+        headers = {k: v for k, v in upstream.headers.items() if k.lower() not in DROPPED_HEADERS}
         headers.update(extra_headers)
         response = web.StreamResponse(status=upstream.status, headers=headers)
         event_stream = upstream.headers.get("Content-Type", "").startswith("text/event-stream")
@@ -93,8 +93,3 @@ async def relay(
                 await response.write(sse_error(message, "upstream_failed"))
         await response.write_eof()
         return response, result
-
-
-def unreachable(model: str, why: str) -> web.Response:
-    """502 for a model whose server did not answer at all."""
-    return openai_error(502, f"{model}: its server did not answer: {why}", "upstream_unreachable")

@@ -9,6 +9,8 @@ streaming → release. A client that goes away cancels its handler (aiohttp's
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import hashlib
 import json
 import logging
 import time
@@ -18,6 +20,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from helixd import __version__
 from helixd.config import ProxyConfig, RouteConfig
 from helixd.config.proxy import split_listen
 from helixd.config.routes import FailureClass
@@ -25,7 +28,15 @@ from helixd.proxy.errors import openai_error
 from helixd.proxy.health import ModelHealth
 from helixd.proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from helixd.proxy.metrics import Metrics
-from helixd.proxy.relay import UpstreamRejected, UpstreamUnreachable, relay, unreachable
+from helixd.proxy.ollama import (
+    BadOllamaRequest,
+    Translation,
+    now_rfc3339,
+    ollama_error,
+    relay_ollama,
+    translate,
+)
+from helixd.proxy.relay import UpstreamRejected, UpstreamUnreachable, relay
 from helixd.proxy.routing import Attempts, Router
 from helixd.scheduler.residency import Residency, ResidencyError
 
@@ -89,6 +100,12 @@ class ProxyServer:
         app.router.add_get("/v1/models/{name:.+}", self.get_model)
         for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
             app.router.add_post(path, self.forward)
+        for path in ("/api/chat", "/api/generate", "/api/embed"):
+            app.router.add_post(path, self.ollama)
+        app.router.add_get("/api/tags", self.ollama_tags)
+        app.router.add_get("/api/ps", self.ollama_ps)
+        app.router.add_get("/api/version", self.ollama_version)
+        app.router.add_get("/", self.ollama_root)
         return app
 
     async def start(self) -> None:
@@ -187,6 +204,46 @@ class ProxyServer:
         if ok:
             self.metrics.load_seconds.labels(model).observe(seconds)
 
+    async def ollama_root(self, request: web.Request) -> web.Response:
+        """``GET /``: what Ollama clients probe."""
+        return web.Response(text="Ollama is running")
+
+    async def ollama_version(self, request: web.Request) -> web.Response:
+        """``GET /api/version``."""
+        return web.json_response({"version": __version__})
+
+    async def ollama_tags(self, request: web.Request) -> web.Response:
+        """``GET /api/tags``: every model and alias, in Ollama's shape."""
+        names = [n for n, e in self.residency.models.items() if not e.removed]
+        names += list(self.router.aliases)
+        return web.json_response({"models": [self._ollama_card(n) for n in names]})
+
+    async def ollama_ps(self, request: web.Request) -> web.Response:
+        """``GET /api/ps``: the resident models, with helixd's memory figures."""
+        cards = []
+        for name, entry in self.residency.models.items():
+            if entry.state == "loaded":
+                card = self._ollama_card(name)
+                card["size"] = entry.accounted_vram + entry.accounted_ram
+                card["size_vram"] = entry.accounted_vram
+                card["expires_at"] = "2999-01-01T00:00:00Z" if entry.pinned else now_rfc3339()
+                cards.append(card)
+        return web.json_response({"models": cards})
+
+    def _ollama_card(self, name: str) -> dict[str, Any]:
+        model = self.router.model_of(name) or name
+        entry = self.residency.models[model]
+        size = entry.figure.vram_bytes + entry.figure.ram_bytes
+        details = {"format": "", "family": "", "parameter_size": "", "quantization_level": ""}
+        return {
+            "name": name,
+            "model": name,
+            "modified_at": now_rfc3339(),
+            "size": size,
+            "digest": hashlib.sha256(model.encode()).hexdigest(),
+            "details": details,
+        }
+
     async def list_models(self, request: web.Request) -> web.Response:
         """``GET /v1/models``: models and aliases, with helixd's residency fields."""
         data = [self._model_card(name) for name in self.residency.models]
@@ -245,6 +302,62 @@ class ProxyServer:
         finally:
             self._access_log(request, asked, plan, outcome, started)
 
+    async def ollama(self, request: web.Request) -> web.StreamResponse:
+        """``/api/chat``, ``/api/generate``, ``/api/embed``: translated to OpenAI upstreams."""
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self.config.read_timeout_s):
+                raw = await request.read()
+            body = json.loads(raw)
+        except TimeoutError:
+            limit = self.config.read_timeout_s
+            return ollama_error(408, f"request body not received within {limit:g} s")
+        except ValueError as exc:
+            return ollama_error(400, f"request body is not valid JSON: {exc}")
+        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+            return ollama_error(400, "model is required")
+        asked = body["model"]
+        plan = self.router.attempts(asked, body, self.health.cooling)
+        if plan is None:
+            return ollama_error(404, f"model '{asked}' not found")
+        if request.path == "/api/generate" and not body.get("prompt") and not body.get("system"):
+            return await self._ollama_load_or_unload(asked, plan, body)
+        try:
+            translation = translate(request.path, body)
+        except BadOllamaRequest as exc:
+            return ollama_error(400, str(exc))
+        outcome = Outcome(status=500)
+        try:
+            return await self._attempt_in_order(
+                request, plan, body, raw, started, outcome, translation
+            )
+        finally:
+            self._access_log(request, asked, plan, outcome, started)
+
+    async def _ollama_load_or_unload(
+        self, asked: str, plan: Attempts, body: dict[str, Any]
+    ) -> web.Response:
+        """An empty generate loads the model (``keep_alive: 0`` unloads it), as in Ollama."""
+        model = plan.order[0]
+        try:
+            if body.get("keep_alive") in (0, "0", "0s"):
+                await self.residency.unload(model)
+                reason = "unload"
+            else:
+                await self.residency.load(model)
+                reason = "load"
+        except ResidencyError as exc:
+            return ollama_error(_STATUS.get(exc.code, exc.status), str(exc))
+        return web.json_response(
+            {
+                "model": asked,
+                "created_at": now_rfc3339(),
+                "response": "",
+                "done": True,
+                "done_reason": reason,
+            }
+        )
+
     async def _attempt_in_order(
         self,
         request: web.Request,
@@ -253,6 +366,7 @@ class ProxyServer:
         raw: bytes,
         started: float,
         outcome: Outcome,
+        translation: Translation | None = None,
     ) -> web.StreamResponse:
         """Try each candidate (with its retries) until one answers or the limit is hit."""
         failure: web.Response | None = None
@@ -262,7 +376,7 @@ class ProxyServer:
             outcome.model, outcome.attempts = model, index + 1
             try:
                 response = await self._serve(
-                    request, plan, model, body, raw, started, outcome, last
+                    request, plan, model, body, raw, started, outcome, last, translation
                 )
             except Failed as failed:
                 self.metrics.errors.labels(model, failed.kind).inc()
@@ -297,8 +411,10 @@ class ProxyServer:
         started: float,
         outcome: Outcome,
         last: bool,
+        translation: Translation | None,
     ) -> web.StreamResponse:
         """One attempt on one model: acquire it, relay, release. Raise :class:`Failed`."""
+        error = openai_error if translation is None else _as_ollama_error
         headers = {"x-helix-model": model}
         if plan.route is not None:
             headers["x-helix-route"] = plan.route
@@ -310,20 +426,38 @@ class ProxyServer:
                     payload = json.dumps({**body, "model": upstream_id}).encode()
                 base = entry.adapter.upstream(model)
                 if base is None:
-                    raise Failed("error", unreachable(model, "its server is gone"))
+                    why = f"{model}: its server is gone"
+                    raise Failed("error", error(502, why, "upstream_unreachable"))
                 try:
-                    response, result = await relay(
-                        self._session_or_fail(),
-                        request,
-                        base + request.path,
-                        payload,
-                        headers,
-                        started,
-                        time.perf_counter,
-                        may_retry=not last,
-                    )
+                    if translation is None:
+                        response, result = await relay(
+                            self._session_or_fail(),
+                            request,
+                            base + request.path,
+                            payload,
+                            headers,
+                            started,
+                            time.perf_counter,
+                            may_retry=not last,
+                        )
+                    else:
+                        to_send = dataclasses.replace(
+                            translation, body={**translation.body, "model": upstream_id}
+                        )
+                        response, result = await relay_ollama(
+                            self._session_or_fail(),
+                            request,
+                            base + translation.openai_path,
+                            to_send,
+                            body["model"],
+                            headers,
+                            started,
+                            time.perf_counter,
+                            may_retry=not last,
+                        )
                 except UpstreamUnreachable as exc:
-                    raise Failed("error", unreachable(model, str(exc))) from None
+                    why = f"{model}: its server did not answer: {exc}"
+                    raise Failed("error", error(502, why, "upstream_unreachable")) from None
                 except UpstreamRejected as exc:
                     kind: FailureClass = (
                         "overloaded"
@@ -338,13 +472,15 @@ class ProxyServer:
                         content_type="application/json",
                         headers=headers,
                     )
+                    if translation is not None:
+                        rejected = _as_ollama_error(exc.status, str(exc), "upstream_failed")
                     raise Failed(kind, rejected) from None
                 outcome.status, outcome.first_byte_s = result.status, result.first_byte_s
                 return response
         except ResidencyError as exc:
             status = _STATUS.get(exc.code, exc.status)
             extra = {"Retry-After": "1"} if status == 429 else {}
-            response = openai_error(status, str(exc), exc.code, {**headers, **extra})
+            response = error(status, str(exc), exc.code, {**headers, **extra})
             residency_kind = _FAILURE_OF.get(exc.code)
             if residency_kind is None:  # unknown model, shutting down: no candidate helps
                 raise Failed("final", response) from None
@@ -378,3 +514,10 @@ class ProxyServer:
         if self._session is None:
             raise RuntimeError("proxy not started")
         return self._session
+
+
+def _as_ollama_error(
+    status: int, message: str, code: str = "", headers: dict[str, str] | None = None
+) -> web.Response:
+    """The Ollama dialect's error, with the same signature as :func:`openai_error`."""
+    return ollama_error(status, message, headers)

@@ -320,3 +320,32 @@ def test_metrics_count_requests_loads_errors_and_show_queues(helix: Any) -> None
     assert 'helix_queue_depth{model="coder"} 0.0' in lines
     assert 'helix_model_loaded{model="coder"} 1.0' in lines
     assert any(line.startswith('helix_first_byte_seconds_count{model="coder"}') for line in lines)
+
+
+def test_the_ollama_client_chats_generates_embeds_and_lists_through_helixd(helix: Any) -> None:
+    ollama = import_real_provider("ollama")
+    h = helix(echo_models("coder", aliases=["code"]))
+    c = ollama.Client(host=h.proxy_url)
+    assert {m.model for m in c.list().models} == {"coder", "code"}
+    answer = c.chat(model="code", messages=[{"role": "user", "content": "hello there"}])
+    assert answer.message.content.startswith("echo:") and answer.done
+    pieces = list(
+        c.chat(model="coder", messages=[{"role": "user", "content": "one two"}], stream=True)
+    )
+    assert len(pieces) > 2 and pieces[-1].done and pieces[-1].done_reason == "stop"
+    assert "".join(p.message.content for p in pieces).startswith("echo:")
+    generated = "".join(p.response for p in c.generate(model="coder", prompt="abc", stream=True))
+    assert generated.startswith("echo:")
+    embedded = c.embed(model="coder", input=["a", "b"])
+    assert len(embedded.embeddings) == 2
+    assert [m.model for m in c.ps().models] == ["coder"]
+    # An empty generate loads, keep_alive 0 unloads, as with Ollama itself.
+    assert c.generate(model="coder", keep_alive=0).done_reason == "unload"
+    assert c.ps().models == []
+    assert c.generate(model="coder").done_reason == "load"
+    try:
+        c.chat(model="nope", messages=[{"role": "user", "content": "x"}])
+    except ollama.ResponseError as exc:
+        assert exc.status_code == 404 and "model 'nope' not found" in exc.error
+    else:
+        raise AssertionError("an unknown model must be a 404")

@@ -1,0 +1,226 @@
+"""The Ollama dialect, translated to and from the OpenAI one every upstream speaks.
+
+``/api/chat`` → ``/v1/chat/completions``, ``/api/generate`` → ``/v1/completions``,
+``/api/embed`` → ``/v1/embeddings``; answers come back as Ollama objects, streamed as
+NDJSON (Ollama streams unless ``"stream": false``). Native pass-through to models that
+Ollama itself hosts comes with the Ollama adapter; this covers every other provider.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from helixd.proxy.relay import (
+    DROPPED_HEADERS,
+    RETRYABLE,
+    RelayResult,
+    UpstreamRejected,
+    UpstreamUnreachable,
+)
+
+# Ollama's request options that have an OpenAI field of the same meaning.
+_OPTIONS = {
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "num_predict": "max_tokens",
+    "stop": "stop",
+    "seed": "seed",
+    "presence_penalty": "presence_penalty",
+    "frequency_penalty": "frequency_penalty",
+}
+
+
+class BadOllamaRequest(ValueError):
+    """A request that is not valid Ollama; the message names the field."""
+
+
+@dataclass(frozen=True)
+class Translation:
+    """An Ollama request as the OpenAI request to send, and how to answer back."""
+
+    openai_path: str
+    body: dict[str, Any]
+    kind: str  # "chat" | "generate" | "embed"
+    stream: bool
+
+
+def translate(path: str, body: Mapping[str, Any]) -> Translation:
+    """Map an Ollama request body onto its OpenAI equivalent."""
+    stream = body.get("stream", True) is not False
+    options = body.get("options") or {}
+    if not isinstance(options, dict):
+        raise BadOllamaRequest("'options' must be an object")
+    common: dict[str, Any] = {"model": body["model"]}
+    common.update({_OPTIONS[k]: v for k, v in options.items() if k in _OPTIONS})
+    if body.get("format") == "json":
+        common["response_format"] = {"type": "json_object"}
+    if path == "/api/chat":
+        messages = body.get("messages")
+        if not isinstance(messages, list):
+            raise BadOllamaRequest("'messages' must be a list of {role, content}")
+        return Translation(
+            "/v1/chat/completions",
+            {**common, "messages": [_message(m) for m in messages], "stream": stream},
+            "chat",
+            stream,
+        )
+    if path == "/api/generate":
+        prompt = body.get("prompt", "")
+        if not isinstance(prompt, str):
+            raise BadOllamaRequest("'prompt' must be a string")
+        if isinstance(body.get("system"), str):
+            prompt = f"{body['system']}\n\n{prompt}"
+        return Translation(
+            "/v1/completions", {**common, "prompt": prompt, "stream": stream}, "generate", stream
+        )
+    texts = body.get("input")
+    if isinstance(texts, str):
+        texts = [texts]
+    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        raise BadOllamaRequest("'input' must be a string or a list of strings")
+    return Translation("/v1/embeddings", {**common, "input": texts}, "embed", False)
+
+
+def _message(message: Any) -> dict[str, Any]:
+    if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+        raise BadOllamaRequest("each message needs a 'role' and a 'content'")
+    return {"role": message["role"], "content": message.get("content", "")}
+
+
+def ollama_error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    """Ollama's error shape: ``{"error": "text"}``."""
+    return web.json_response({"error": message}, status=status, headers=headers)
+
+
+def now_rfc3339() -> str:
+    """Ollama's timestamps."""
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+class _Answer:
+    """Builds Ollama answer objects for one request."""
+
+    def __init__(self, model: str, kind: str) -> None:
+        self.model = model
+        self.kind = kind
+        self.started = time.monotonic_ns()
+
+    def piece(self, text: str) -> dict[str, Any]:
+        payload: Any = {"role": "assistant", "content": text} if self.kind == "chat" else text
+        key = "message" if self.kind == "chat" else "response"
+        return {"model": self.model, "created_at": now_rfc3339(), key: payload, "done": False}
+
+    def final(self, text: str, reason: str | None, usage: Mapping[str, Any]) -> dict[str, Any]:
+        took = time.monotonic_ns() - self.started
+        return {
+            **self.piece(text),
+            "done": True,
+            "done_reason": reason or "stop",
+            "total_duration": took,
+            "load_duration": 0,
+            "prompt_eval_count": usage.get("prompt_tokens", 0),
+            "eval_count": usage.get("completion_tokens", 0),
+            "eval_duration": took,
+        }
+
+
+def _delta(kind: str, choice: Mapping[str, Any]) -> str:
+    if kind == "chat":
+        part = choice.get("delta") or choice.get("message") or {}
+        content = part.get("content") if isinstance(part, dict) else None
+        return content if isinstance(content, str) else ""
+    text = choice.get("text")
+    return text if isinstance(text, str) else ""
+
+
+async def relay_ollama(
+    session: aiohttp.ClientSession,
+    request: web.Request,
+    url: str,
+    translation: Translation,
+    model: str,
+    extra_headers: dict[str, str],
+    started: float,
+    clock: Callable[[], float],
+    may_retry: bool,
+) -> tuple[web.StreamResponse, RelayResult]:
+    """Send the OpenAI request; answer the client in Ollama's shape, streaming as NDJSON."""
+    payload = json.dumps(translation.body).encode()
+    try:
+        upstream = await session.post(
+            url, data=payload, headers={"Content-Type": "application/json"}
+        )
+    except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+        raise UpstreamUnreachable(str(exc) or type(exc).__name__) from None
+    async with upstream:
+        if may_retry and upstream.status in RETRYABLE:
+            raise UpstreamRejected(upstream.status, await upstream.read())
+        result = RelayResult(upstream.status, None)
+        if upstream.status >= 400:
+            # Ollama's error shape: {"error": "text"}.
+            raw = await upstream.read()
+            try:
+                message = json.loads(raw)["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                message = raw[:500].decode(errors="replace")
+            response = web.json_response({"error": message}, status=upstream.status)
+            response.headers.update(extra_headers)
+            return response, result
+        answer = _Answer(model, translation.kind)
+        if not translation.stream:
+            data = await upstream.json(content_type=None)
+            result.first_byte_s = clock() - started
+            document = _whole(translation.kind, answer, data)
+            response = web.json_response(document, headers=extra_headers)
+            return response, result
+        headers = {k: v for k, v in extra_headers.items() if k.lower() not in DROPPED_HEADERS}
+        stream = web.StreamResponse(
+            status=200, headers={**headers, "Content-Type": "application/x-ndjson"}
+        )
+        await stream.prepare(request)
+        reason: str | None = None
+        usage: Mapping[str, Any] = {}
+        try:
+            async for line in upstream.content:
+                text = line.strip()
+                if not text.startswith(b"data:"):
+                    continue
+                data = text[5:].strip()
+                if data == b"[DONE]":
+                    break
+                chunk = json.loads(data)
+                if isinstance(chunk.get("usage"), dict):
+                    usage = chunk["usage"]
+                for choice in chunk.get("choices") or []:
+                    reason = choice.get("finish_reason") or reason
+                    piece = _delta(translation.kind, choice)
+                    if piece:
+                        if result.first_byte_s is None:
+                            result.first_byte_s = clock() - started
+                        await stream.write((json.dumps(answer.piece(piece)) + "\n").encode())
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
+            result.failed_mid_stream = True
+            error = {"error": f"the model's server failed mid-answer: {exc or type(exc).__name__}"}
+            await stream.write((json.dumps(error) + "\n").encode())
+            await stream.write_eof()
+            return stream, result
+        await stream.write((json.dumps(answer.final("", reason, usage)) + "\n").encode())
+        await stream.write_eof()
+        return stream, result
+
+
+def _whole(kind: str, answer: _Answer, data: Mapping[str, Any]) -> dict[str, Any]:
+    if kind == "embed":
+        vectors = [item.get("embedding") for item in data.get("data") or []]
+        return {"model": answer.model, "embeddings": vectors}
+    choice = (data.get("choices") or [{}])[0]
+    text = _delta(kind, choice)
+    return answer.final(text, choice.get("finish_reason"), data.get("usage") or {})

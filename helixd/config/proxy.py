@@ -49,6 +49,9 @@ class ProxyConfig(Strict):
         float, BeforeValidator(parse_duration_s), Field(gt=0, le=86400)
     ] = 600.0
 
+    # A streaming request that waits longer than this for its model gets SSE comment
+    # lines at this pace, so proxies and clients with idle timeouts keep the connection.
+    sse_keepalive_s: Seconds = 10.0
     # Health-aware failover: a model whose requests fail this many times in a row is
     # skipped by routes for cooldown_s (it shows in status).
     failures_before_cooldown: int = Field(default=3, ge=1, le=1000)

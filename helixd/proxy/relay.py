@@ -7,6 +7,8 @@ well-formed error event and any other body simply ends — never a hang.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,11 +61,14 @@ async def relay(
     started: float,
     clock: Callable[[], float],
     may_retry: bool = False,
+    prepared: web.StreamResponse | None = None,
 ) -> tuple[web.StreamResponse, RelayResult]:
     """POST ``payload`` to ``url`` and stream the answer to ``request``'s client.
 
     With ``may_retry``, an error status is raised as :class:`UpstreamRejected` instead of
     being relayed, so the caller can try elsewhere before the client sees anything.
+    ``prepared``: an event stream already started (keep-alives while the model loaded);
+    the answer continues it, and an error status becomes an error event.
     """
     try:
         upstream = await session.post(
@@ -74,12 +79,24 @@ async def relay(
     async with upstream:
         if may_retry and upstream.status in RETRYABLE:
             raise UpstreamRejected(upstream.status, await upstream.read())
-        headers = {k: v for k, v in upstream.headers.items() if k.lower() not in DROPPED_HEADERS}
-        headers.update(extra_headers)
-        response = web.StreamResponse(status=upstream.status, headers=headers)
-        event_stream = upstream.headers.get("Content-Type", "").startswith("text/event-stream")
         result = RelayResult(upstream.status, None)
-        await response.prepare(request)
+        if prepared is not None:
+            response = prepared
+            event_stream = True
+            if upstream.status >= 400:
+                body = (await upstream.read())[:500].decode(errors="replace")
+                await response.write(sse_error(f"HTTP {upstream.status}: {body}", "upstream_error"))
+                await response.write_eof()
+                return response, result
+        else:
+            headers = {
+                k: v for k, v in upstream.headers.items() if k.lower() not in DROPPED_HEADERS
+            }
+            headers.update(extra_headers)
+            response = web.StreamResponse(status=upstream.status, headers=headers)
+            content_type = upstream.headers.get("Content-Type", "")
+            event_stream = content_type.startswith("text/event-stream")
+            await response.prepare(request)
         try:
             async for chunk in upstream.content.iter_any():
                 if result.first_byte_s is None:
@@ -93,3 +110,42 @@ async def relay(
                 await response.write(sse_error(message, "upstream_failed"))
         await response.write_eof()
         return response, result
+
+
+class EarlyStream:
+    """Keep-alives for a streaming request that waits for its model to load.
+
+    Only once the wait outlasts ``interval_s`` are the event-stream headers sent, and
+    then an SSE comment every ``interval_s``: intermediaries with idle timeouts see a
+    live connection. A request served quickly never starts one.
+    """
+
+    def __init__(self, request: web.Request, interval_s: float, headers: dict[str, str]) -> None:
+        self.request = request
+        self.interval_s = interval_s
+        self.headers = headers
+        self.response: web.StreamResponse | None = None
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            if self.response is None:
+                response = web.StreamResponse(
+                    status=200,
+                    headers={
+                        **self.headers,
+                        "Content-Type": "text/event-stream",
+                        "Cache-Control": "no-cache",
+                    },
+                )
+                await response.prepare(self.request)
+                self.response = response
+            await self.response.write(b": waiting for the model to load\n\n")
+
+    async def stop(self) -> web.StreamResponse | None:
+        """Stop the keep-alives; the started response, if any, for the answer to continue."""
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+            await self._task
+        return self.response

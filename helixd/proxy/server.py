@@ -24,7 +24,7 @@ from helixd import __version__
 from helixd.config import ProxyConfig, RouteConfig
 from helixd.config.proxy import split_listen
 from helixd.config.routes import FailureClass
-from helixd.proxy.errors import openai_error
+from helixd.proxy.errors import openai_error, sse_error
 from helixd.proxy.health import ModelHealth
 from helixd.proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from helixd.proxy.metrics import Metrics
@@ -36,7 +36,7 @@ from helixd.proxy.ollama import (
     relay_ollama,
     translate,
 )
-from helixd.proxy.relay import UpstreamRejected, UpstreamUnreachable, relay
+from helixd.proxy.relay import EarlyStream, UpstreamRejected, UpstreamUnreachable, relay
 from helixd.proxy.routing import Attempts, Router
 from helixd.scheduler.residency import Residency, ResidencyError
 
@@ -414,12 +414,41 @@ class ProxyServer:
         translation: Translation | None,
     ) -> web.StreamResponse:
         """One attempt on one model: acquire it, relay, release. Raise :class:`Failed`."""
-        error = openai_error if translation is None else _as_ollama_error
         headers = {"x-helix-model": model}
         if plan.route is not None:
             headers["x-helix-route"] = plan.route
+        early = None
+        if translation is None and body.get("stream") is True and self._must_wait(model):
+            early = EarlyStream(request, self.config.sse_keepalive_s, headers)
+        try:
+            return await self._serve_acquired(
+                request, model, body, raw, started, outcome, last, translation, headers, early
+            )
+        finally:
+            if early is not None:
+                await early.stop()
+
+    def _must_wait(self, model: str) -> bool:
+        entry = self.residency.models[model]
+        return entry.state != "loaded" or entry.in_flight >= entry.config.max_concurrency
+
+    async def _serve_acquired(
+        self,
+        request: web.Request,
+        model: str,
+        body: dict[str, Any],
+        raw: bytes,
+        started: float,
+        outcome: Outcome,
+        last: bool,
+        translation: Translation | None,
+        headers: dict[str, str],
+        early: EarlyStream | None,
+    ) -> web.StreamResponse:
+        error = openai_error if translation is None else _as_ollama_error
         try:
             async with self.residency.use(model) as entry:
+                prepared = await early.stop() if early is not None else None
                 upstream_id = entry.adapter.upstream_model(model)
                 payload = raw
                 if upstream_id != body["model"]:
@@ -438,7 +467,8 @@ class ProxyServer:
                             headers,
                             started,
                             time.perf_counter,
-                            may_retry=not last,
+                            may_retry=not last and prepared is None,
+                            prepared=prepared,
                         )
                     else:
                         to_send = dataclasses.replace(
@@ -457,6 +487,8 @@ class ProxyServer:
                         )
                 except UpstreamUnreachable as exc:
                     why = f"{model}: its server did not answer: {exc}"
+                    if prepared is not None:
+                        return await _end_with_error(prepared, why, "upstream_unreachable", outcome)
                     raise Failed("error", error(502, why, "upstream_unreachable")) from None
                 except UpstreamRejected as exc:
                     kind: FailureClass = (
@@ -479,6 +511,9 @@ class ProxyServer:
                 return response
         except ResidencyError as exc:
             status = _STATUS.get(exc.code, exc.status)
+            prepared = await early.stop() if early is not None else None
+            if prepared is not None:  # the event stream has started: end it with the error
+                return await _end_with_error(prepared, str(exc), exc.code, outcome)
             extra = {"Retry-After": "1"} if status == 429 else {}
             response = error(status, str(exc), exc.code, {**headers, **extra})
             residency_kind = _FAILURE_OF.get(exc.code)
@@ -521,3 +556,13 @@ def _as_ollama_error(
 ) -> web.Response:
     """The Ollama dialect's error, with the same signature as :func:`openai_error`."""
     return ollama_error(status, message, headers)
+
+
+async def _end_with_error(
+    response: web.StreamResponse, message: str, code: str, outcome: Outcome
+) -> web.StreamResponse:
+    """End an event stream that already started (with keep-alives) with an error event."""
+    outcome.status = 200
+    await response.write(sse_error(message, code))
+    await response.write_eof()
+    return response

@@ -349,3 +349,31 @@ def test_the_ollama_client_chats_generates_embeds_and_lists_through_helixd(helix
         assert exc.status_code == 404 and "model 'nope' not found" in exc.error
     else:
         raise AssertionError("an unknown model must be a 404")
+
+
+def test_a_streaming_request_gets_keepalives_while_its_model_loads(helix: Any) -> None:
+    h = helix(
+        echo_models("slow", echo_args=["--startup-delay", "1.5"]), proxy='sse_keepalive_s = "300ms"'
+    )
+    body = {"model": "slow", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+
+    async def main() -> list[str]:
+        async with aiohttp.ClientSession(trust_env=False) as session:
+            url = h.proxy_url + "/v1/chat/completions"
+            async with session.post(url, json=body) as response:
+                assert response.status == 200
+                assert response.headers["Content-Type"].startswith("text/event-stream")
+                return [line.decode().rstrip() async for line in response.content]
+
+    lines = [line for line in asyncio.run(main()) if line]
+    keepalives = [line for line in lines if line.startswith(":")]
+    data = [line for line in lines if line.startswith("data:")]
+    assert len(keepalives) >= 2, lines  # 1.5 s of loading at one comment per 0.3 s
+    assert lines.index(keepalives[-1]) < lines.index(data[0])  # all before the answer
+    assert data[-1] == "data: [DONE]"
+    text = "".join(
+        json.loads(d[5:])["choices"][0]["delta"].get("content") or ""
+        for d in data[:-1]
+        if json.loads(d[5:])["choices"]
+    )
+    assert text.startswith("echo:")

@@ -67,8 +67,8 @@ class Daemon:
         self.residency = Residency(resources, loaded.config.scheduler, self.monitor)
         self.residency.on_change = self._status_dirty.set
         self.record: ResidencyRecord | None = None  # read once the state dir is ours
-        self.proxy = ProxyServer(loaded.config.proxy, self.residency)
-        self.proxy.configure(_aliases(loaded), dict(loaded.config.routes))
+        self.proxy = ProxyServer(loaded.config.proxy, self.residency, paths.state_dir)
+        self.proxy.configure(_aliases(loaded), dict(loaded.config.routes), loaded.config.providers)
         self._adapters: dict[str, ModelAdapter] = {}
 
     # -- life cycle --------------------------------------------------------------------
@@ -274,7 +274,9 @@ class Daemon:
                     model_changes = self.residency.replace_config(
                         new.config.resources, new.config.scheduler, entries
                     )
-                    self.proxy.configure(_aliases(new), dict(new.config.routes))
+                    self.proxy.configure(
+                        _aliases(new), dict(new.config.routes), new.config.providers
+                    )
             finally:
                 self.notifier.ready(self.summary())
         return {

@@ -206,6 +206,10 @@ def _check_semantics(config: HelixConfig) -> list[str]:
             problems.append(f"{key}.url: required for kind 'remote', e.g. 'http://10.0.0.5:8000'")
         if provider.kind != "remote" and provider.url:
             problems.append(f"{key}.url: only kind 'remote' takes a url; helixd runs the others")
+        remote_only = ("api_key_env", "price_input_per_mtok", "price_output_per_mtok")
+        for field in (*remote_only, "daily_budget"):
+            if provider.kind != "remote" and field in provider.model_fields_set:
+                problems.append(f"{key}.{field}: only kind 'remote' takes it")
         if isinstance(provider.port, int):
             other = fixed_ports.get(provider.port)
             if other is not None:
@@ -258,7 +262,7 @@ def _check_models(config: HelixConfig) -> list[str]:
             problems.append(
                 f"{key}.provider: no provider named {model.provider!r}; providers: {known}"
             )
-        elif not provider.is_model_template:
+        elif not provider.is_model_template and provider.kind != "remote":
             problems.append(
                 f"{key}.provider: {model.provider!r} (kind {provider.kind}) runs one server "
                 "for all its models, which this version cannot load or unload; use a provider "

@@ -81,7 +81,27 @@ class ProviderConfig(Strict):
     stop_timeout_s: Annotated[float, BeforeValidator(parse_duration_s), Field(gt=0, le=120)] = 10.0
     health: HealthConfig = Field(default_factory=HealthConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    # kind "remote" only: an OpenAI-compatible server helixd does not run.
     url: str | None = None
+    # The environment variable holding its API key (sent as Bearer), never the key itself.
+    api_key_env: str | None = None
+    # Price per million tokens, and a daily budget in the same currency (UTC days).
+    price_input_per_mtok: float = Field(default=0.0, ge=0)
+    price_output_per_mtok: float = Field(default=0.0, ge=0)
+    daily_budget: float | None = Field(default=None, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _base_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"expected an http:// or https:// base URL; got {value!r}")
+        if value.rstrip("/").endswith("/v1"):
+            raise ValueError(
+                f"expected the base URL without /v1 (helixd adds /v1/...); got {value!r}"
+            )
+        return value.rstrip("/")
 
     @field_validator("command")
     @classmethod

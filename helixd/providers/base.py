@@ -64,6 +64,8 @@ class ModelAdapter(abc.ABC):
     """Loads and unloads the models of one provider."""
 
     shape: ClassVar[Literal["process-per-model", "multi-model"]]
+    # False for remote providers: their models take no memory here.
+    holds_memory: ClassVar[bool] = True
 
     def __init__(self, provider: str) -> None:
         self.provider = provider
@@ -92,6 +94,10 @@ class ModelAdapter(abc.ABC):
     def upstream_model(self, model: str) -> str:
         """The name the upstream knows ``model`` by (requests are rewritten to it)."""
         return model
+
+    def upstream_headers(self, model: str) -> dict[str, str]:
+        """Headers the upstream needs (an API key); none for local servers."""
+        return {}
 
     def memory_pids(self, model: str) -> list[int]:
         """Processes whose trees hold exactly this model's memory (per-model processes)."""

@@ -151,12 +151,15 @@ async def relay_ollama(
     started: float,
     clock: Callable[[], float],
     may_retry: bool,
+    upstream_headers: dict[str, str] | None = None,
 ) -> tuple[web.StreamResponse, RelayResult]:
     """Send the OpenAI request; answer the client in Ollama's shape, streaming as NDJSON."""
     payload = json.dumps(translation.body).encode()
     try:
         upstream = await session.post(
-            url, data=payload, headers={"Content-Type": "application/json"}
+            url,
+            data=payload,
+            headers={"Content-Type": "application/json", **(upstream_headers or {})},
         )
     except (aiohttp.ClientConnectionError, TimeoutError) as exc:
         raise UpstreamUnreachable(str(exc) or type(exc).__name__) from None
@@ -179,6 +182,8 @@ async def relay_ollama(
             data = await upstream.json(content_type=None)
             result.first_byte_s = clock() - started
             document = _whole(translation.kind, answer, data)
+            if isinstance(data.get("usage"), dict):
+                result.usage = data["usage"]
             response = web.json_response(document, headers=extra_headers)
             return response, result
         headers = {k: v for k, v in extra_headers.items() if k.lower() not in DROPPED_HEADERS}
@@ -212,6 +217,7 @@ async def relay_ollama(
             await stream.write((json.dumps(error) + "\n").encode())
             await stream.write_eof()
             return stream, result
+        result.usage = dict(usage) or None
         await stream.write((json.dumps(answer.final("", reason, usage)) + "\n").encode())
         await stream.write_eof()
         return stream, result

@@ -12,11 +12,13 @@ import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 
 from helixd.proxy.errors import sse_error
+from helixd.proxy.spend import UsageSniffer
 
 log = logging.getLogger("helixd.proxy")
 
@@ -50,6 +52,7 @@ class RelayResult:
     status: int
     first_byte_s: float | None
     failed_mid_stream: bool = False
+    usage: dict[str, Any] | None = None
 
 
 async def relay(
@@ -62,6 +65,8 @@ async def relay(
     clock: Callable[[], float],
     may_retry: bool = False,
     prepared: web.StreamResponse | None = None,
+    upstream_headers: dict[str, str] | None = None,
+    sniffer: UsageSniffer | None = None,
 ) -> tuple[web.StreamResponse, RelayResult]:
     """POST ``payload`` to ``url`` and stream the answer to ``request``'s client.
 
@@ -72,7 +77,9 @@ async def relay(
     """
     try:
         upstream = await session.post(
-            url, data=payload, headers={"Content-Type": "application/json"}
+            url,
+            data=payload,
+            headers={"Content-Type": "application/json", **(upstream_headers or {})},
         )
     except (aiohttp.ClientConnectionError, TimeoutError) as exc:
         raise UpstreamUnreachable(str(exc) or type(exc).__name__) from None
@@ -101,6 +108,8 @@ async def relay(
             async for chunk in upstream.content.iter_any():
                 if result.first_byte_s is None:
                     result.first_byte_s = clock() - started
+                if sniffer is not None:
+                    sniffer.feed(chunk)
                 await response.write(chunk)
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
             result.failed_mid_stream = True
@@ -109,6 +118,8 @@ async def relay(
                 message = f"the model's server failed mid-answer: {exc or type(exc).__name__}"
                 await response.write(sse_error(message, "upstream_failed"))
         await response.write_eof()
+        if sniffer is not None:
+            result.usage = sniffer.usage()
         return response, result
 
 

@@ -14,14 +14,16 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
 from helixd import __version__
-from helixd.config import ProxyConfig, RouteConfig
+from helixd.config import ProviderConfig, ProxyConfig, RouteConfig
 from helixd.config.proxy import split_listen
 from helixd.config.routes import FailureClass
 from helixd.proxy.errors import openai_error, sse_error
@@ -38,6 +40,7 @@ from helixd.proxy.ollama import (
 )
 from helixd.proxy.relay import EarlyStream, UpstreamRejected, UpstreamUnreachable, relay
 from helixd.proxy.routing import Attempts, Router
+from helixd.proxy.spend import Spending, UsageSniffer
 from helixd.scheduler.residency import Residency, ResidencyError
 
 log = logging.getLogger("helixd.proxy")
@@ -76,7 +79,9 @@ class Outcome:
 class ProxyServer:
     """The TCP endpoint apps call, by model name or alias."""
 
-    def __init__(self, config: ProxyConfig, residency: Residency) -> None:
+    def __init__(
+        self, config: ProxyConfig, residency: Residency, state_dir: Path | None = None
+    ) -> None:
         self.config = config
         self.residency = residency
         self.host, self.port = split_listen(config.listen)
@@ -85,6 +90,7 @@ class ProxyServer:
         self.router = Router(residency.models)
         self.health = ModelHealth()
         self.metrics = Metrics(residency)
+        self.spend = Spending(state_dir / "spend.json" if state_dir is not None else None)
         residency.on_load = self._observe_load
         residency.on_evict = lambda model: self.metrics.evictions.labels(model).inc()
 
@@ -140,9 +146,15 @@ class ProxyServer:
         if self._session is not None:
             await self._session.close()
 
-    def configure(self, aliases: dict[str, str], routes: dict[str, RouteConfig]) -> None:
-        """Aliases (alias → model) and routes from the config (replaced on reload)."""
+    def configure(
+        self,
+        aliases: dict[str, str],
+        routes: dict[str, RouteConfig],
+        providers: Mapping[str, ProviderConfig] | None = None,
+    ) -> None:
+        """Aliases (alias → model), routes and priced providers (replaced on reload)."""
         self.router.configure(aliases, routes)
+        self.spend.configure(providers or {})
 
     def info(self) -> dict[str, Any]:
         """For ``status``: where it listens, and the models cooling down after failures."""
@@ -150,6 +162,7 @@ class ProxyServer:
             "listen": f"{self.host}:{self.port}",
             "url": f"http://{self.host}:{self.port}",
             "cooling_down": self.health.cooling_report(),
+            "spend": self.spend.report(),
         }
 
     # -- middleware --------------------------------------------------------------------
@@ -295,6 +308,9 @@ class ProxyServer:
         plan = self.router.attempts(asked, body, self.health.cooling)
         if plan is None:
             return self._unknown(asked)
+        plan, blocked = self._within_budget(plan)
+        if blocked is not None:
+            return openai_error(429, blocked, "budget_exceeded")
         outcome = Outcome(status=500)
         try:
             response = await self._attempt_in_order(request, plan, body, raw, started, outcome)
@@ -320,6 +336,9 @@ class ProxyServer:
         plan = self.router.attempts(asked, body, self.health.cooling)
         if plan is None:
             return ollama_error(404, f"model '{asked}' not found")
+        plan, blocked = self._within_budget(plan)
+        if blocked is not None:
+            return ollama_error(429, blocked)
         if request.path == "/api/generate" and not body.get("prompt") and not body.get("system"):
             return await self._ollama_load_or_unload(asked, plan, body)
         try:
@@ -428,6 +447,20 @@ class ProxyServer:
             if early is not None:
                 await early.stop()
 
+    def _within_budget(self, plan: Attempts) -> tuple[Attempts, str | None]:
+        """Drop candidates whose remote is past its daily budget; say why if none is left."""
+        reasons = {}
+        for model in plan.order:
+            reason = self.spend.blocked(self.residency.models[model].adapter.provider)
+            if reason is not None:
+                reasons[model] = reason
+        if not reasons:
+            return plan, None
+        order = tuple(m for m in plan.order if m not in reasons)
+        if not order:
+            return plan, "; ".join(dict.fromkeys(reasons.values()))
+        return dataclasses.replace(plan, order=order), None
+
     def _must_wait(self, model: str) -> bool:
         entry = self.residency.models[model]
         return entry.state != "loaded" or entry.in_flight >= entry.config.max_concurrency
@@ -450,9 +483,17 @@ class ProxyServer:
             async with self.residency.use(model) as entry:
                 prepared = await early.stop() if early is not None else None
                 upstream_id = entry.adapter.upstream_model(model)
+                provider = entry.adapter.provider
+                priced = provider in self.spend.providers
                 payload = raw
-                if upstream_id != body["model"]:
+                if priced and body.get("stream") is True:
+                    # Ask a streaming remote to report usage, so its cost can be counted.
+                    payload = json.dumps(
+                        {**body, "model": upstream_id, "stream_options": {"include_usage": True}}
+                    ).encode()
+                elif upstream_id != body["model"]:
                     payload = json.dumps({**body, "model": upstream_id}).encode()
+                auth = entry.adapter.upstream_headers(model)
                 base = entry.adapter.upstream(model)
                 if base is None:
                     why = f"{model}: its server is gone"
@@ -469,6 +510,8 @@ class ProxyServer:
                             time.perf_counter,
                             may_retry=not last and prepared is None,
                             prepared=prepared,
+                            upstream_headers=auth,
+                            sniffer=UsageSniffer() if priced else None,
                         )
                     else:
                         to_send = dataclasses.replace(
@@ -484,6 +527,7 @@ class ProxyServer:
                             started,
                             time.perf_counter,
                             may_retry=not last,
+                            upstream_headers=auth,
                         )
                 except UpstreamUnreachable as exc:
                     why = f"{model}: its server did not answer: {exc}"
@@ -508,6 +552,8 @@ class ProxyServer:
                         rejected = _as_ollama_error(exc.status, str(exc), "upstream_failed")
                     raise Failed(kind, rejected) from None
                 outcome.status, outcome.first_byte_s = result.status, result.first_byte_s
+                if priced and result.usage is not None:
+                    self.spend.record(provider, result.usage)
                 return response
         except ResidencyError as exc:
             status = _STATUS.get(exc.code, exc.status)

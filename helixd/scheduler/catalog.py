@@ -15,6 +15,7 @@ from helixd.config import DaemonPaths, HelixConfig, ModelConfig, ProviderConfig
 from helixd.providers.base import ModelAdapter
 from helixd.providers.estimate import EstimateError, estimate_path
 from helixd.providers.per_model import ProcessPerModelAdapter
+from helixd.providers.remote import RemoteAdapter
 from helixd.scheduler.residency import ModelEntry
 from helixd.scheduler.sizing import memory_figure, size_key
 from helixd.state import ResidencyRecord
@@ -35,8 +36,10 @@ def build_adapters(
     for name in sorted(used):
         provider = config.providers[name]
         old = (previous or {}).get(name)
-        if isinstance(old, ProcessPerModelAdapter) and old.config == provider:
+        if isinstance(old, ProcessPerModelAdapter | RemoteAdapter) and old.config == provider:
             adapters[name] = old
+        elif provider.kind == "remote":
+            adapters[name] = RemoteAdapter(name, provider)
         else:
             adapters[name] = ProcessPerModelAdapter(name, provider, paths, registry)
     return adapters
@@ -67,7 +70,7 @@ async def build_entries(
     entries: dict[str, ModelEntry] = {}
     for name, model in config.models.items():
         provider: ProviderConfig = config.providers[model.provider]
-        on_gpu = gpus_present and model.gpu_layers != 0
+        on_gpu = gpus_present and model.gpu_layers != 0 and adapters[model.provider].holds_memory
         key = size_key(name, model.provider, provider, model, on_gpu)
         estimated, detail = estimates[name]
         figure = memory_figure(model, record.measured.get(key), estimated, detail, on_gpu)

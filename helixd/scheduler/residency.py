@@ -181,7 +181,7 @@ class Residency(ResidencyMaintenance):
             return plan
 
     def _request(self, entry: ModelEntry, sample: ResourceSample) -> LoadRequest:
-        on_gpu = bool(sample.gpus) and entry.config.gpu_layers != 0
+        on_gpu = bool(sample.gpus) and entry.config.gpu_layers != 0 and entry.adapter.holds_memory
         return LoadRequest(entry.name, entry.figure.vram_bytes, entry.figure.ram_bytes, on_gpu)
 
     def _begin(self, entry: ModelEntry, plan: Load, request: LoadRequest) -> None:

@@ -377,3 +377,74 @@ def test_a_streaming_request_gets_keepalives_while_its_model_loads(helix: Any) -
         if json.loads(d[5:])["choices"]
     )
     assert text.startswith("echo:")
+
+
+def test_a_remote_past_its_daily_budget_is_skipped_and_alerted(helix: Any, tmp_path: Any) -> None:
+    import subprocess
+    import sys
+
+    from helixd.supervisor.spec import free_port
+
+    port = free_port()
+    cloud = subprocess.Popen(
+        [sys.executable, "-m", "helixd.providers.echo", "--port", str(port), "--model", "gpt-x"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_sync(lambda: _answers(f"http://127.0.0.1:{port}/health"), what="the remote")
+        config = (
+            echo_models("local")
+            + f"""
+[providers.cloud]
+kind = "remote"
+url = "http://127.0.0.1:{port}"
+price_input_per_mtok = 1000000.0
+price_output_per_mtok = 1000000.0
+daily_budget = 5.0
+
+[models.cloud-model]
+provider = "cloud"
+id = "gpt-x"
+
+[routes.smart]
+candidates = ["cloud-model", "local"]
+"""
+        )
+        h = helix(config)
+        c = client(h)
+        first = c.chat.completions.with_raw_response.create(
+            model="smart", messages=[{"role": "user", "content": "a b c"}]
+        )
+        assert first.headers["x-helix-model"] == "cloud-model"
+        usage = first.parse().usage
+        spent = h.status()["proxy"]["spend"]["cloud"]
+        assert spent == {
+            "spent_today": usage.prompt_tokens + usage.completion_tokens,
+            "budget": 5.0,
+        }
+        logged(h, "ALERT: remote cloud is past its daily budget")
+        second = c.chat.completions.with_raw_response.create(
+            model="smart", messages=[{"role": "user", "content": "again"}]
+        )
+        assert second.headers["x-helix-model"] == "local"
+        status, body = post(
+            h, "/v1/chat/completions", b'{"model": "cloud-model", "messages": [{"role": "user"}]}'
+        )
+        assert status == 429 and body["error"]["code"] == "budget_exceeded"
+        assert "past its daily budget" in body["error"]["message"]
+        # Spend survives a restart within the day.
+        h.stop()
+        h.start()
+        assert h.status()["proxy"]["spend"]["cloud"]["spent_today"] == spent["spent_today"]
+    finally:
+        cloud.terminate()
+        cloud.wait(10)
+
+
+def _answers(url: str) -> bool:
+    try:
+        with OPENER.open(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False

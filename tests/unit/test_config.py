@@ -244,6 +244,16 @@ def test_model_mistakes_name_the_key_and_the_fix(tmp_path: Path, text: str, expe
             "api_keys, or allow_unauthenticated = true if the network is trusted",
         ),
         (
+            '[providers.cloud]\nkind = "remote"\nurl = "https://api.example.com/v1"\n',
+            "helixd.toml: providers.cloud.url: expected the base URL without /v1 (helixd adds "
+            "/v1/...); got 'https://api.example.com/v1'",
+        ),
+        (
+            '[providers.other]\nkind = "openai"\ncommand = ["srv", "{model_path}"]\n'
+            "daily_budget = 5\n",
+            "helixd.toml: providers.other.daily_budget: only kind 'remote' takes it",
+        ),
+        (
             '[proxy]\napi_keys = ["short"]\n',
             "helixd.toml: proxy.api_keys: expected keys of at least 16 characters without "
             "surrounding spaces, e.g. from 'openssl rand -hex 24'",

@@ -10,34 +10,26 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import json
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-from helixd import __version__
 from helixd.config import ProviderConfig, ProxyConfig, RouteConfig
 from helixd.config.proxy import split_listen
 from helixd.config.routes import FailureClass
+from helixd.proxy.attempt import FAILURE_OF, RESIDENCY_STATUS, Failed, Outcome
 from helixd.proxy.errors import openai_error, sse_error
 from helixd.proxy.health import ModelHealth
 from helixd.proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from helixd.proxy.metrics import Metrics
-from helixd.proxy.ollama import (
-    BadOllamaRequest,
-    Translation,
-    now_rfc3339,
-    ollama_error,
-    relay_ollama,
-    translate,
-)
+from helixd.proxy.ollama import Translation, ollama_error, relay_ollama
+from helixd.proxy.ollama_front import OllamaFront
 from helixd.proxy.relay import EarlyStream, UpstreamRejected, UpstreamUnreachable, relay
 from helixd.proxy.routing import Attempts, Router
 from helixd.proxy.spend import Spending, UsageSniffer
@@ -47,33 +39,6 @@ log = logging.getLogger("helixd.proxy")
 access_log = logging.getLogger("helixd.access")
 
 MiB = 1024**2
-# Residency's refusals, as an API client should see them, and as a route escalates them.
-_STATUS = {"queue_full": 429, "does_not_fit": 507, "timeout": 504, "model_failed": 503}
-_FAILURE_OF: dict[str, FailureClass] = {
-    "queue_full": "overloaded",
-    "timeout": "timeout",
-    "does_not_fit": "error",
-    "model_failed": "error",
-}
-
-
-class Failed(Exception):
-    """One attempt failed before anything reached the client; ``response`` says how."""
-
-    def __init__(self, kind: str, response: web.Response) -> None:
-        super().__init__(kind)
-        self.kind = kind
-        self.response = response
-
-
-@dataclass
-class Outcome:
-    """What became of a request, for the access log."""
-
-    status: int
-    model: str | None = None
-    attempts: int = 0
-    first_byte_s: float | None = None
 
 
 class ProxyServer:
@@ -106,12 +71,7 @@ class ProxyServer:
         app.router.add_get("/v1/models/{name:.+}", self.get_model)
         for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
             app.router.add_post(path, self.forward)
-        for path in ("/api/chat", "/api/generate", "/api/embed"):
-            app.router.add_post(path, self.ollama)
-        app.router.add_get("/api/tags", self.ollama_tags)
-        app.router.add_get("/api/ps", self.ollama_ps)
-        app.router.add_get("/api/version", self.ollama_version)
-        app.router.add_get("/", self.ollama_root)
+        OllamaFront(self).add_routes(app)
         return app
 
     async def start(self) -> None:
@@ -217,46 +177,6 @@ class ProxyServer:
         if ok:
             self.metrics.load_seconds.labels(model).observe(seconds)
 
-    async def ollama_root(self, request: web.Request) -> web.Response:
-        """``GET /``: what Ollama clients probe."""
-        return web.Response(text="Ollama is running")
-
-    async def ollama_version(self, request: web.Request) -> web.Response:
-        """``GET /api/version``."""
-        return web.json_response({"version": __version__})
-
-    async def ollama_tags(self, request: web.Request) -> web.Response:
-        """``GET /api/tags``: every model and alias, in Ollama's shape."""
-        names = [n for n, e in self.residency.models.items() if not e.removed]
-        names += list(self.router.aliases)
-        return web.json_response({"models": [self._ollama_card(n) for n in names]})
-
-    async def ollama_ps(self, request: web.Request) -> web.Response:
-        """``GET /api/ps``: the resident models, with helixd's memory figures."""
-        cards = []
-        for name, entry in self.residency.models.items():
-            if entry.state == "loaded":
-                card = self._ollama_card(name)
-                card["size"] = entry.accounted_vram + entry.accounted_ram
-                card["size_vram"] = entry.accounted_vram
-                card["expires_at"] = "2999-01-01T00:00:00Z" if entry.pinned else now_rfc3339()
-                cards.append(card)
-        return web.json_response({"models": cards})
-
-    def _ollama_card(self, name: str) -> dict[str, Any]:
-        model = self.router.model_of(name) or name
-        entry = self.residency.models[model]
-        size = entry.figure.vram_bytes + entry.figure.ram_bytes
-        details = {"format": "", "family": "", "parameter_size": "", "quantization_level": ""}
-        return {
-            "name": name,
-            "model": name,
-            "modified_at": now_rfc3339(),
-            "size": size,
-            "digest": hashlib.sha256(model.encode()).hexdigest(),
-            "details": details,
-        }
-
     async def list_models(self, request: web.Request) -> web.Response:
         """``GET /v1/models``: models and aliases, with helixd's residency fields."""
         data = [self._model_card(name) for name in self.residency.models]
@@ -308,76 +228,17 @@ class ProxyServer:
         plan = self.router.attempts(asked, body, self.health.cooling)
         if plan is None:
             return self._unknown(asked)
-        plan, blocked = self._within_budget(plan)
+        plan, blocked = self.within_budget(plan)
         if blocked is not None:
             return openai_error(429, blocked, "budget_exceeded")
         outcome = Outcome(status=500)
         try:
-            response = await self._attempt_in_order(request, plan, body, raw, started, outcome)
+            response = await self.attempt_in_order(request, plan, body, raw, started, outcome)
             return response
         finally:
-            self._access_log(request, asked, plan, outcome, started)
+            self.access_log(request, asked, plan, outcome, started)
 
-    async def ollama(self, request: web.Request) -> web.StreamResponse:
-        """``/api/chat``, ``/api/generate``, ``/api/embed``: translated to OpenAI upstreams."""
-        started = time.perf_counter()
-        try:
-            async with asyncio.timeout(self.config.read_timeout_s):
-                raw = await request.read()
-            body = json.loads(raw)
-        except TimeoutError:
-            limit = self.config.read_timeout_s
-            return ollama_error(408, f"request body not received within {limit:g} s")
-        except ValueError as exc:
-            return ollama_error(400, f"request body is not valid JSON: {exc}")
-        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
-            return ollama_error(400, "model is required")
-        asked = body["model"]
-        plan = self.router.attempts(asked, body, self.health.cooling)
-        if plan is None:
-            return ollama_error(404, f"model '{asked}' not found")
-        plan, blocked = self._within_budget(plan)
-        if blocked is not None:
-            return ollama_error(429, blocked)
-        if request.path == "/api/generate" and not body.get("prompt") and not body.get("system"):
-            return await self._ollama_load_or_unload(asked, plan, body)
-        try:
-            translation = translate(request.path, body)
-        except BadOllamaRequest as exc:
-            return ollama_error(400, str(exc))
-        outcome = Outcome(status=500)
-        try:
-            return await self._attempt_in_order(
-                request, plan, body, raw, started, outcome, translation
-            )
-        finally:
-            self._access_log(request, asked, plan, outcome, started)
-
-    async def _ollama_load_or_unload(
-        self, asked: str, plan: Attempts, body: dict[str, Any]
-    ) -> web.Response:
-        """An empty generate loads the model (``keep_alive: 0`` unloads it), as in Ollama."""
-        model = plan.order[0]
-        try:
-            if body.get("keep_alive") in (0, "0", "0s"):
-                await self.residency.unload(model)
-                reason = "unload"
-            else:
-                await self.residency.load(model)
-                reason = "load"
-        except ResidencyError as exc:
-            return ollama_error(_STATUS.get(exc.code, exc.status), str(exc))
-        return web.json_response(
-            {
-                "model": asked,
-                "created_at": now_rfc3339(),
-                "response": "",
-                "done": True,
-                "done_reason": reason,
-            }
-        )
-
-    async def _attempt_in_order(
+    async def attempt_in_order(
         self,
         request: web.Request,
         plan: Attempts,
@@ -447,7 +308,7 @@ class ProxyServer:
             if early is not None:
                 await early.stop()
 
-    def _within_budget(self, plan: Attempts) -> tuple[Attempts, str | None]:
+    def within_budget(self, plan: Attempts) -> tuple[Attempts, str | None]:
         """Drop candidates whose remote is past its daily budget; say why if none is left."""
         reasons = {}
         for model in plan.order:
@@ -556,18 +417,18 @@ class ProxyServer:
                     self.spend.record(provider, result.usage)
                 return response
         except ResidencyError as exc:
-            status = _STATUS.get(exc.code, exc.status)
+            status = RESIDENCY_STATUS.get(exc.code, exc.status)
             prepared = await early.stop() if early is not None else None
             if prepared is not None:  # the event stream has started: end it with the error
                 return await _end_with_error(prepared, str(exc), exc.code, outcome)
             extra = {"Retry-After": "1"} if status == 429 else {}
             response = error(status, str(exc), exc.code, {**headers, **extra})
-            residency_kind = _FAILURE_OF.get(exc.code)
+            residency_kind = FAILURE_OF.get(exc.code)
             if residency_kind is None:  # unknown model, shutting down: no candidate helps
                 raise Failed("final", response) from None
             raise Failed(residency_kind, response) from None
 
-    def _access_log(
+    def access_log(
         self, request: web.Request, asked: str, plan: Attempts | None, o: Outcome, started: float
     ) -> None:
         elapsed = time.perf_counter() - started

@@ -1,0 +1,140 @@
+"""The Ollama routes of the endpoint: Ollama clients in, any OpenAI-compatible upstream out.
+
+The server resolves names, acquires models and relays; this front only speaks the
+dialect (``/api/chat``, ``/api/generate``, ``/api/embed``, ``/api/tags``, ``/api/ps``,
+``/api/version``, ``/``) and hands translated requests to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from helixd import __version__
+from helixd.proxy.attempt import RESIDENCY_STATUS, Outcome
+from helixd.proxy.ollama import BadOllamaRequest, now_rfc3339, ollama_error, translate
+from helixd.proxy.routing import Attempts
+from helixd.scheduler.residency import ResidencyError
+
+if TYPE_CHECKING:
+    from helixd.proxy.server import ProxyServer
+
+
+class OllamaFront:
+    """Ollama's HTTP API on the endpoint's port."""
+
+    def __init__(self, server: ProxyServer) -> None:
+        self.server = server
+
+    def add_routes(self, app: web.Application) -> None:
+        """Register the Ollama routes."""
+        for path in ("/api/chat", "/api/generate", "/api/embed"):
+            app.router.add_post(path, self.handle)
+        app.router.add_get("/api/tags", self.tags)
+        app.router.add_get("/api/ps", self.ps)
+        app.router.add_get("/api/version", self.version)
+        app.router.add_get("/", self.root)
+
+    async def root(self, request: web.Request) -> web.Response:
+        """``GET /``: what Ollama clients probe."""
+        return web.Response(text="Ollama is running")
+
+    async def version(self, request: web.Request) -> web.Response:
+        """``GET /api/version``."""
+        return web.json_response({"version": __version__})
+
+    async def tags(self, request: web.Request) -> web.Response:
+        """``GET /api/tags``: every model and alias, in Ollama's shape."""
+        names = [n for n, e in self.server.residency.models.items() if not e.removed]
+        names += list(self.server.router.aliases)
+        return web.json_response({"models": [self._card(n) for n in names]})
+
+    async def ps(self, request: web.Request) -> web.Response:
+        """``GET /api/ps``: the resident models, with helixd's memory figures."""
+        cards = []
+        for name, entry in self.server.residency.models.items():
+            if entry.state == "loaded":
+                card = self._card(name)
+                card["size"] = entry.accounted_vram + entry.accounted_ram
+                card["size_vram"] = entry.accounted_vram
+                card["expires_at"] = "2999-01-01T00:00:00Z" if entry.pinned else now_rfc3339()
+                cards.append(card)
+        return web.json_response({"models": cards})
+
+    def _card(self, name: str) -> dict[str, Any]:
+        model = self.server.router.model_of(name) or name
+        entry = self.server.residency.models[model]
+        size = entry.figure.vram_bytes + entry.figure.ram_bytes
+        details = {"format": "", "family": "", "parameter_size": "", "quantization_level": ""}
+        return {
+            "name": name,
+            "model": name,
+            "modified_at": now_rfc3339(),
+            "size": size,
+            "digest": hashlib.sha256(model.encode()).hexdigest(),
+            "details": details,
+        }
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """``/api/chat``, ``/api/generate``, ``/api/embed``: translated to OpenAI upstreams."""
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self.server.config.read_timeout_s):
+                raw = await request.read()
+            body = json.loads(raw)
+        except TimeoutError:
+            limit = self.server.config.read_timeout_s
+            return ollama_error(408, f"request body not received within {limit:g} s")
+        except ValueError as exc:
+            return ollama_error(400, f"request body is not valid JSON: {exc}")
+        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+            return ollama_error(400, "model is required")
+        asked = body["model"]
+        plan = self.server.router.attempts(asked, body, self.server.health.cooling)
+        if plan is None:
+            return ollama_error(404, f"model '{asked}' not found")
+        plan, blocked = self.server.within_budget(plan)
+        if blocked is not None:
+            return ollama_error(429, blocked)
+        if request.path == "/api/generate" and not body.get("prompt") and not body.get("system"):
+            return await self._load_or_unload(asked, plan, body)
+        try:
+            translation = translate(request.path, body)
+        except BadOllamaRequest as exc:
+            return ollama_error(400, str(exc))
+        outcome = Outcome(status=500)
+        try:
+            return await self.server.attempt_in_order(
+                request, plan, body, raw, started, outcome, translation
+            )
+        finally:
+            self.server.access_log(request, asked, plan, outcome, started)
+
+    async def _load_or_unload(
+        self, asked: str, plan: Attempts, body: dict[str, Any]
+    ) -> web.Response:
+        """An empty generate loads the model (``keep_alive: 0`` unloads it), as in Ollama."""
+        model = plan.order[0]
+        try:
+            if body.get("keep_alive") in (0, "0", "0s"):
+                await self.server.residency.unload(model)
+                reason = "unload"
+            else:
+                await self.server.residency.load(model)
+                reason = "load"
+        except ResidencyError as exc:
+            return ollama_error(RESIDENCY_STATUS.get(exc.code, exc.status), str(exc))
+        return web.json_response(
+            {
+                "model": asked,
+                "created_at": now_rfc3339(),
+                "response": "",
+                "done": True,
+                "done_reason": reason,
+            }
+        )

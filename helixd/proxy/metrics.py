@@ -72,9 +72,19 @@ class Metrics:
             buckets=_LOAD_SECONDS,
             registry=r,
         )
+        self.tokens = Counter(
+            "helix_tokens", "Tokens reported by upstreams", ["model", "direction"], registry=r
+        )
         self.evictions = Counter("helix_evictions", "Models evicted", ["model"], registry=r)
         self.cooldowns = Counter("helix_cooldowns", "Cooldowns started", ["model"], registry=r)
         r.register(_ResidencyCollector(residency))
+
+    def count_tokens(self, model: str, usage: dict[str, object]) -> None:
+        """Add an answer's reported usage (prompt → in, completion → out)."""
+        for key, direction in (("prompt_tokens", "in"), ("completion_tokens", "out")):
+            value = usage.get(key)
+            if isinstance(value, int) and value > 0:
+                self.tokens.labels(model, direction).inc(value)
 
     def exposition(self) -> bytes:
         """The text a scrape gets."""

@@ -372,7 +372,7 @@ class ProxyServer:
                             may_retry=not last and prepared is None,
                             prepared=prepared,
                             upstream_headers=auth,
-                            sniffer=UsageSniffer() if priced else None,
+                            sniffer=UsageSniffer(),
                         )
                     else:
                         to_send = dataclasses.replace(
@@ -413,8 +413,10 @@ class ProxyServer:
                         rejected = _as_ollama_error(exc.status, str(exc), "upstream_failed")
                     raise Failed(kind, rejected) from None
                 outcome.status, outcome.first_byte_s = result.status, result.first_byte_s
-                if priced and result.usage is not None:
-                    self.spend.record(provider, result.usage)
+                if result.usage is not None:
+                    self.metrics.count_tokens(model, result.usage)
+                    if priced:
+                        self.spend.record(provider, result.usage)
                 return response
         except ResidencyError as exc:
             status = RESIDENCY_STATUS.get(exc.code, exc.status)

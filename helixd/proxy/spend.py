@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import deque
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -98,14 +99,26 @@ class Spending:
 
 
 class UsageSniffer:
-    """Keeps the tail of an answer to read its ``usage`` once it is complete."""
+    """Keeps the tail of an answer to read its ``usage`` once it is complete.
+
+    Chunks are kept, not concatenated, until the end: O(1) per chunk, one join per answer.
+    """
 
     def __init__(self) -> None:
-        self.tail = b""
+        self._chunks: deque[bytes] = deque()
+        self._size = 0
 
     def feed(self, chunk: bytes) -> None:
         """Another chunk of the answer."""
-        self.tail = (self.tail + chunk)[-SNIFF_BYTES:]
+        self._chunks.append(chunk)
+        self._size += len(chunk)
+        while self._size - len(self._chunks[0]) >= SNIFF_BYTES:
+            self._size -= len(self._chunks.popleft())
+
+    @property
+    def tail(self) -> bytes:
+        """The last bytes of the answer (at least SNIFF_BYTES when there were that many)."""
+        return b"".join(self._chunks)
 
     def usage(self) -> dict[str, Any] | None:
         """The last ``"usage": {...}`` object in the answer, if any."""

@@ -320,6 +320,14 @@ def test_metrics_count_requests_loads_errors_and_show_queues(helix: Any) -> None
     assert 'helix_queue_depth{model="coder"} 0.0' in lines
     assert 'helix_model_loaded{model="coder"} 1.0' in lines
     assert any(line.startswith('helix_first_byte_seconds_count{model="coder"}') for line in lines)
+    tokens = {
+        line.split("{")[1].split("}")[0]: float(line.rsplit(" ", 1)[1])
+        for line in lines
+        if line.startswith("helix_tokens_total{")
+    }
+    # Four answers, each reporting its usage: 'x'/'y' in, 'echo: x' out, at least.
+    assert tokens['direction="in",model="coder"'] >= 4
+    assert tokens['direction="out",model="coder"'] >= 8
 
 
 def test_the_ollama_client_chats_generates_embeds_and_lists_through_helixd(helix: Any) -> None:

@@ -242,6 +242,15 @@ def _check_routes(config: HelixConfig) -> list[str]:
         for i, rule in enumerate(spec.rules):
             if rule.model not in names:
                 problems.append(f"{key}.rules.{i}.model: no model or alias {rule.model!r}")
+        if spec.classifier is not None:
+            c = spec.classifier
+            named = [("model", c.model), ("default", c.default)]
+            named += [(f"labels.{label}", target) for label, target in c.labels.items()]
+            for field, target in named:
+                if target not in names:
+                    problems.append(
+                        f"{key}.classifier.{field}: no model or alias {target!r}; models: {listing}"
+                    )
     return problems
 
 

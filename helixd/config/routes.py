@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from helixd.config.types import Strict
+from helixd.config.types import Seconds, Strict
 
 FailureClass = Literal["error", "timeout", "overloaded"]
 FAILURE_CLASSES: tuple[FailureClass, ...] = ("error", "timeout", "overloaded")
@@ -29,6 +29,20 @@ class RuleConfig(Strict):
         return value
 
 
+class ClassifierConfig(Strict):
+    """Task routing by asking a small model for a label from a fixed set."""
+
+    model: str
+    # label → model (or alias) that serves requests with that label.
+    labels: dict[str, str] = Field(min_length=1)
+    # Served when the label is unknown, or the classifier fails or is slow.
+    default: str
+    timeout_s: Seconds = 10.0
+    prompt: str = (
+        "Classify the user's request. Answer with exactly one word from this list: {labels}."
+    )
+
+
 class RouteConfig(Strict):
     """Candidates in order, how to pick among them, and when to give up."""
 
@@ -41,3 +55,5 @@ class RouteConfig(Strict):
     # Stop after this many attempts in all (the seeds: two failures escalate, three stop).
     max_attempts: int = Field(default=3, ge=1, le=50)
     rules: list[RuleConfig] = Field(default_factory=list)
+    # Asked when no rule matched: its label picks the model to try first.
+    classifier: ClassifierConfig | None = None

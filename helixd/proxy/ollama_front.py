@@ -98,6 +98,7 @@ class OllamaFront:
         plan = self.server.router.attempts(asked, body, self.server.health.cooling)
         if plan is None:
             return ollama_error(404, f"model '{asked}' not found")
+        plan = await self.server.classified(plan, body)
         plan, blocked = self.server.within_budget(plan)
         if blocked is not None:
             return ollama_error(429, blocked)

@@ -31,6 +31,7 @@ class Attempts:
     escalate_on: frozenset[FailureClass] = frozenset(FAILURE_CLASSES)
     max_attempts: int = PLAIN_RETRIES + 1
     rule_hit: str | None = None
+    label: str | None = None  # the classifier's label ("default" when it gave none)
 
 
 @dataclass

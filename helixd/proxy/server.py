@@ -24,6 +24,7 @@ from helixd.config import ProviderConfig, ProxyConfig, RouteConfig
 from helixd.config.proxy import split_listen
 from helixd.config.routes import FailureClass
 from helixd.proxy.attempt import FAILURE_OF, RESIDENCY_STATUS, Failed, Outcome
+from helixd.proxy.classify import classify
 from helixd.proxy.errors import openai_error, sse_error
 from helixd.proxy.health import ModelHealth
 from helixd.proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -228,6 +229,7 @@ class ProxyServer:
         plan = self.router.attempts(asked, body, self.health.cooling)
         if plan is None:
             return self._unknown(asked)
+        plan = await self.classified(plan, body)
         plan, blocked = self.within_budget(plan)
         if blocked is not None:
             return openai_error(429, blocked, "budget_exceeded")
@@ -297,6 +299,8 @@ class ProxyServer:
         headers = {"x-helix-model": model}
         if plan.route is not None:
             headers["x-helix-route"] = plan.route
+        if plan.label is not None:
+            headers["x-helix-label"] = plan.label
         early = None
         if translation is None and body.get("stream") is True and self._must_wait(model):
             early = EarlyStream(request, self.config.sse_keepalive_s, headers)
@@ -307,6 +311,23 @@ class ProxyServer:
         finally:
             if early is not None:
                 await early.stop()
+
+    async def classified(self, plan: Attempts, body: dict[str, Any]) -> Attempts:
+        """A route with a classifier (and no rule hit) puts the labelled model first."""
+        route = self.router.routes.get(plan.route or "")
+        if route is None or route.classifier is None or plan.rule_hit is not None:
+            return plan
+        classifier_model = self.router.model_of(route.classifier.model)
+        if classifier_model is None:
+            return plan
+        label, target = await classify(
+            self._session_or_fail(), self.residency, classifier_model, route.classifier, body
+        )
+        chosen = self.router.model_of(target)
+        if chosen is None:
+            return plan
+        order = (chosen, *(m for m in plan.order if m != chosen))
+        return dataclasses.replace(plan, order=order, label=label or "default")
 
     def within_budget(self, plan: Attempts) -> tuple[Attempts, str | None]:
         """Drop candidates whose remote is past its daily budget; say why if none is left."""

@@ -456,3 +456,48 @@ def _answers(url: str) -> bool:
             return bool(response.status == 200)
     except OSError:
         return False
+
+
+def test_a_classifier_model_picks_the_model_by_its_label(helix: Any) -> None:
+    # The echo server answers "echo: <the user's words>": a stand-in classifier whose
+    # label is whichever listed word the user wrote.
+    config = (
+        echo_models("coder", "maths", "router")
+        + """
+[routes.auto]
+candidates = ["coder", "maths"]
+classifier = { model = "router", labels = { math = "maths", code = "coder" }, default = "coder" }
+
+[providers.bad]
+kind = "openai"
+command = ["{python}", "-m", "helixd.providers.echo", "--host", "{host}", "--port", "{port}",
+           "--model", "{model}", "--fail-rate", "1"]
+health = { path = "/health", interval_s = 1 }
+
+[models.broken-classifier]
+provider = "bad"
+
+[routes.auto-broken]
+candidates = ["coder", "maths"]
+classifier = { model = "broken-classifier", labels = { math = "maths" }, default = "coder" }
+"""
+    )
+    h = helix(config)
+    c = client(h)
+    maths = c.chat.completions.with_raw_response.create(
+        model="auto", messages=[{"role": "user", "content": "a math question, please"}]
+    )
+    assert (maths.headers["x-helix-model"], maths.headers["x-helix-label"]) == ("maths", "math")
+    other = c.chat.completions.with_raw_response.create(
+        model="auto", messages=[{"role": "user", "content": "hello"}]
+    )
+    assert (other.headers["x-helix-model"], other.headers["x-helix-label"]) == ("coder", "default")
+    # A classifier that fails falls back to the route's default.
+    fallback = c.chat.completions.with_raw_response.create(
+        model="auto-broken", messages=[{"role": "user", "content": "a math question"}]
+    )
+    assert (fallback.headers["x-helix-model"], fallback.headers["x-helix-label"]) == (
+        "coder",
+        "default",
+    )
+    logged(h, "classifier broken-classifier failed (HTTP 500); using the default")

@@ -254,6 +254,13 @@ def test_model_mistakes_name_the_key_and_the_fix(tmp_path: Path, text: str, expe
             "helixd.toml: providers.other.daily_budget: only kind 'remote' takes it",
         ),
         (
+            '[routes.r]\ncandidates = ["coder"]\n'
+            'classifier = { model = "pm", labels = { math = "ghost" }, default = "coder" }\n',
+            "helixd.toml: routes.r.classifier.model: no model or alias 'pm'; models: coder\n"
+            "helixd.toml: routes.r.classifier.labels.math: no model or alias 'ghost'; "
+            "models: coder",
+        ),
+        (
             '[proxy]\napi_keys = ["short"]\n',
             "helixd.toml: proxy.api_keys: expected keys of at least 16 characters without "
             "surrounding spaces, e.g. from 'openssl rand -hex 24'",

@@ -1,0 +1,72 @@
+"""Task routing by a classifier model: ask a small model for a label, map it to a model.
+
+The classifier is called like any model (through residency, so it loads on demand and
+counts as busy), with a short timeout; anything that goes wrong — a slow or failing
+classifier, an answer that names no known label — picks the route's default instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+
+from helixd.config.routes import ClassifierConfig
+from helixd.proxy.routing import last_user_text
+from helixd.scheduler.residency import Residency, ResidencyError
+
+log = logging.getLogger("helixd.proxy")
+
+
+async def classify(
+    session: aiohttp.ClientSession,
+    residency: Residency,
+    classifier_model: str,
+    config: ClassifierConfig,
+    body: Mapping[str, Any],
+) -> tuple[str, str]:
+    """``(label, target name)`` for ``body``; the default's target when in doubt."""
+    labels = sorted(config.labels)
+    messages = [
+        {"role": "system", "content": config.prompt.format(labels=", ".join(labels))},
+        {"role": "user", "content": last_user_text(body)},
+    ]
+    try:
+        async with asyncio.timeout(config.timeout_s), residency.use(classifier_model) as entry:
+            base = entry.adapter.upstream(classifier_model)
+            if base is None:
+                raise ConnectionError(f"{classifier_model}: its server is gone")
+            request = {
+                "model": entry.adapter.upstream_model(classifier_model),
+                "messages": messages,
+                "max_tokens": 8,
+                "temperature": 0,
+            }
+            headers = entry.adapter.upstream_headers(classifier_model)
+            async with session.post(
+                base + "/v1/chat/completions", json=request, headers=headers
+            ) as response:
+                if response.status != 200:
+                    raise ConnectionError(f"HTTP {response.status}")
+                data = await response.json(content_type=None)
+        answer = str(data["choices"][0]["message"]["content"])
+    except (
+        TimeoutError,
+        ResidencyError,
+        aiohttp.ClientError,
+        ConnectionError,
+        ValueError,
+        KeyError,
+        IndexError,
+        TypeError,
+    ) as exc:
+        log.warning("classifier %s failed (%s); using the default", classifier_model, exc)
+        return "", config.default
+    for label in labels:
+        if re.search(rf"\b{re.escape(label)}\b", answer, re.IGNORECASE):
+            return label, config.labels[label]
+    return "", config.default

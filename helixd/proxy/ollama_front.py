@@ -95,7 +95,7 @@ class OllamaFront:
         if not isinstance(body, dict) or not isinstance(body.get("model"), str):
             return ollama_error(400, "model is required")
         asked = body["model"]
-        plan = self.server.router.attempts(asked, body, self.server.health.cooling)
+        plan = self.server.router.attempts(asked, body, self.server.cooling)
         if plan is None:
             return ollama_error(404, f"model '{asked}' not found")
         plan = await self.server.classified(plan, body)

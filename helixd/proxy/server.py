@@ -226,7 +226,7 @@ class ProxyServer:
         if not isinstance(body, dict) or not isinstance(body.get("model"), str):
             return openai_error(400, "the request needs a 'model' (a string)", "missing_model")
         asked = body["model"]
-        plan = self.router.attempts(asked, body, self.health.cooling)
+        plan = self.router.attempts(asked, body, self.cooling)
         if plan is None:
             return self._unknown(asked)
         plan = await self.classified(plan, body)
@@ -253,9 +253,16 @@ class ProxyServer:
         """Try each candidate (with its retries) until one answers or the limit is hit."""
         failure: web.Response | None = None
         tries = [m for m in plan.order for _ in range(plan.retries + 1)][: plan.max_attempts]
+        attempt = 0
         for index, model in enumerate(tries):
             last = index == len(tries) - 1
-            outcome.model, outcome.attempts = model, index + 1
+            # A cooldown that began during this request (its one-server provider failed)
+            # sends the model back: skip it while something healthy is still ahead.
+            ahead = tries[index + 1 :]
+            if not last and self.cooling(model) and any(not self.cooling(m) for m in ahead):
+                continue
+            attempt += 1
+            outcome.model, outcome.attempts = model, attempt
             try:
                 response = await self._serve(
                     request, plan, model, body, raw, started, outcome, last, translation
@@ -263,7 +270,8 @@ class ProxyServer:
             except Failed as failed:
                 self.metrics.errors.labels(model, failed.kind).inc()
                 # Busy is not unhealthy: only errors and timeouts count towards a cooldown.
-                if failed.kind in ("error", "timeout") and self.health.failed(model, self.config):
+                keys = self._health_keys(model)
+                if failed.kind in ("error", "timeout") and self.health.failed(keys, self.config):
                     self.metrics.cooldowns.labels(model).inc()
                 failure = failed.response
                 outcome.status = failure.status
@@ -278,7 +286,7 @@ class ProxyServer:
                     "" if last else "; trying the next",
                 )
                 continue
-            self.health.served(model)
+            self.health.served(self._health_keys(model))
             return response
         assert failure is not None
         return failure
@@ -328,6 +336,18 @@ class ProxyServer:
             return plan
         order = (chosen, *(m for m in plan.order if m != chosen))
         return dataclasses.replace(plan, order=order, label=label or "default")
+
+    def _health_keys(self, model: str) -> list[str]:
+        # A multi-model server (a remote, Ollama) failing is every one of its models
+        # failing; per-model servers fail alone.
+        adapter = self.residency.models[model].adapter
+        if adapter.shape == "multi-model":
+            return [model, f"provider:{adapter.provider}"]
+        return [model]
+
+    def cooling(self, model: str) -> bool:
+        """True while the model, or the one server behind it, is cooling down."""
+        return any(self.health.cooling(key) for key in self._health_keys(model))
 
     def within_budget(self, plan: Attempts) -> tuple[Attempts, str | None]:
         """Drop candidates whose remote is past its daily budget; say why if none is left."""

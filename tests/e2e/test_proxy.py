@@ -501,3 +501,59 @@ classifier = { model = "broken-classifier", labels = { math = "maths" }, default
         "default",
     )
     logged(h, "classifier broken-classifier failed (HTTP 500); using the default")
+
+
+def test_a_dead_remote_cools_down_all_its_models_at_once(helix: Any) -> None:
+    from helixd.supervisor.spec import free_port
+
+    dead = free_port()  # nothing listens there
+    config = (
+        echo_models("local")
+        + f"""
+[providers.lan]
+kind = "remote"
+url = "http://127.0.0.1:{dead}"
+
+[models.lan-a]
+provider = "lan"
+[models.lan-b]
+provider = "lan"
+
+[routes.any]
+candidates = ["lan-a", "lan-b", "local"]
+"""
+    )
+    h = helix(config, proxy="failures_before_cooldown = 1")
+    c = client(h)
+    first = c.chat.completions.with_raw_response.create(
+        model="any", messages=[{"role": "user", "content": "x"}]
+    )
+    assert first.headers["x-helix-model"] == "local"
+    # lan-a failed: the one server behind lan-a and lan-b cools down, so lan-b is not
+    # tried after it; the request went straight on to local.
+    logged(h, "asked=any route=any model=local attempts=2 status=200")
+    cooling = h.status()["proxy"]["cooling_down"]
+    assert set(cooling) == {"lan-a", "provider:lan"}
+    second = c.chat.completions.with_raw_response.create(
+        model="any", messages=[{"role": "user", "content": "y"}]
+    )
+    assert second.headers["x-helix-model"] == "local"
+    logged(h, "asked=any route=any model=local attempts=1 status=200")
+
+
+def test_api_keys_are_enforced_on_a_listener_beyond_loopback(helix: Any) -> None:
+    key = "s" * 24
+    h = helix(echo_models("m"), start=False, proxy=f'api_keys = ["{key}"]')
+    text = h.config.read_text().replace('listen = "127.0.0.1:', 'listen = "0.0.0.0:')
+    h.config.write_text(text)
+    h.start()
+    assert h.status()["proxy"]["listen"] == f"0.0.0.0:{h.proxy_port}"
+    status, body = post(h, "/v1/chat/completions", b'{"model": "m", "messages": []}')
+    assert status == 401 and body["error"]["code"] == "invalid_api_key"
+    status, body = post(
+        h,
+        "/v1/chat/completions",
+        b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}',
+        {"Authorization": f"Bearer {key}"},
+    )
+    assert status == 200 and body["choices"][0]["message"]["content"].startswith("echo:")

@@ -9,6 +9,7 @@ small idle children; the RAM tests start a real process tree.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import json
 import logging
@@ -99,14 +100,16 @@ def spawn() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
     children: list[subprocess.Popen[bytes]] = []
 
     def start(argv: list[str] = IDLE) -> subprocess.Popen[bytes]:
-        child = subprocess.Popen(argv, stdin=subprocess.PIPE)
+        # Own process group: the teardown kills grandchildren too, which would otherwise
+        # outlive the test (polling for a cue that never comes) and load the machine.
+        child = subprocess.Popen(argv, stdin=subprocess.PIPE, start_new_session=True)
         children.append(child)
         return child
 
     yield start
     for child in children:
-        if child.poll() is None:
-            child.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
         child.wait()
         if child.stdin is not None:
             child.stdin.close()

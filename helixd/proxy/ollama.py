@@ -18,13 +18,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from helixd.proxy.relay import (
-    DROPPED_HEADERS,
-    RETRYABLE,
-    RelayResult,
-    UpstreamRejected,
-    UpstreamUnreachable,
-)
+from helixd.proxy.relay import DROPPED_HEADERS, RelayResult, open_upstream
 
 # Ollama's request options that have an OpenAI field of the same meaning.
 _OPTIONS = {
@@ -155,17 +149,8 @@ async def relay_ollama(
 ) -> tuple[web.StreamResponse, RelayResult]:
     """Send the OpenAI request; answer the client in Ollama's shape, streaming as NDJSON."""
     payload = json.dumps(translation.body).encode()
-    try:
-        upstream = await session.post(
-            url,
-            data=payload,
-            headers={"Content-Type": "application/json", **(upstream_headers or {})},
-        )
-    except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-        raise UpstreamUnreachable(str(exc) or type(exc).__name__) from None
+    upstream = await open_upstream(session, url, payload, upstream_headers, may_retry)
     async with upstream:
-        if may_retry and upstream.status in RETRYABLE:
-            raise UpstreamRejected(upstream.status, await upstream.read())
         result = RelayResult(upstream.status, None)
         if upstream.status >= 400:
             # Ollama's error shape: {"error": "text"}.

@@ -58,6 +58,33 @@ class RelayResult:
     usage: dict[str, Any] | None = None
 
 
+async def open_upstream(
+    session: aiohttp.ClientSession,
+    url: str,
+    payload: bytes,
+    upstream_headers: dict[str, str] | None,
+    may_retry: bool,
+) -> aiohttp.ClientResponse:
+    """POST to the upstream and read its status line and headers, nothing more.
+
+    :class:`UpstreamUnreachable` when it gave no answer; with ``may_retry`` an error
+    status is raised as :class:`UpstreamRejected` (with its body) so the caller can try
+    elsewhere before the client sees anything.
+    """
+    try:
+        upstream = await session.post(
+            url,
+            data=payload,
+            headers={"Content-Type": "application/json", **(upstream_headers or {})},
+        )
+    except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+        raise UpstreamUnreachable(str(exc) or type(exc).__name__) from None
+    if may_retry and upstream.status in RETRYABLE:
+        async with upstream:
+            raise UpstreamRejected(upstream.status, await upstream.read())
+    return upstream
+
+
 async def relay(
     session: aiohttp.ClientSession,
     request: web.Request,
@@ -73,22 +100,12 @@ async def relay(
 ) -> tuple[web.StreamResponse, RelayResult]:
     """POST ``payload`` to ``url`` and stream the answer to ``request``'s client.
 
-    With ``may_retry``, an error status is raised as :class:`UpstreamRejected` instead of
-    being relayed, so the caller can try elsewhere before the client sees anything.
-    ``prepared``: an event stream already started (keep-alives while the model loaded);
-    the answer continues it, and an error status becomes an error event.
+    ``may_retry``: see :func:`open_upstream`. ``prepared``: an event stream already
+    started (keep-alives while the model loaded); the answer continues it, and an error
+    status becomes an error event.
     """
-    try:
-        upstream = await session.post(
-            url,
-            data=payload,
-            headers={"Content-Type": "application/json", **(upstream_headers or {})},
-        )
-    except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-        raise UpstreamUnreachable(str(exc) or type(exc).__name__) from None
+    upstream = await open_upstream(session, url, payload, upstream_headers, may_retry)
     async with upstream:
-        if may_retry and upstream.status in RETRYABLE:
-            raise UpstreamRejected(upstream.status, await upstream.read())
         result = RelayResult(upstream.status, None)
         if prepared is not None:
             response = prepared

@@ -38,6 +38,7 @@ class ClassifierConfig(Strict):
     # Served when the label is unknown, or the classifier fails or is slow.
     default: str
     timeout_s: Seconds = 10.0
+    # The system prompt; ``{labels}`` in it becomes the comma-separated label list.
     prompt: str = (
         "Classify the user's request. Answer with exactly one word from this list: {labels}."
     )

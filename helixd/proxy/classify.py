@@ -32,7 +32,8 @@ async def classify(
     """``(label, target name)`` for ``body``; the default's target when in doubt."""
     labels = sorted(config.labels)
     messages = [
-        {"role": "system", "content": config.prompt.format(labels=", ".join(labels))},
+        # A plain replace, not str.format: braces elsewhere in a prompt (JSON examples) are text.
+        {"role": "system", "content": config.prompt.replace("{labels}", ", ".join(labels))},
         {"role": "user", "content": last_user_text(body)},
     ]
     try:

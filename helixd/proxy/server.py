@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hmac
 import json
 import logging
 import time
@@ -134,7 +135,7 @@ class ProxyServer:
         if keys:
             given = request.headers.get("Authorization", "")
             token = given[7:] if given.startswith("Bearer ") else request.headers.get("x-api-key")
-            if token not in keys:
+            if token is None or not any(_same_secret(token, key) for key in keys):
                 return openai_error(
                     401, "missing or wrong API key (Authorization: Bearer KEY)", "invalid_api_key"
                 )
@@ -516,3 +517,8 @@ async def _end_with_error(
     await response.write(sse_error(message, code))
     await response.write_eof()
     return response
+
+
+def _same_secret(given: str, key: str) -> bool:
+    """Compare in constant time, so response timing does not leak a key's prefix."""
+    return hmac.compare_digest(given.encode(), key.encode())

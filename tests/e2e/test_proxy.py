@@ -175,6 +175,10 @@ def test_helixd_refuses_a_keyless_listener_beyond_loopback(helix: Any) -> None:
     check = h.ctl("config", "check", str(h.config))
     assert check.returncode == 1
     assert "is reachable from other hosts: set api_keys" in check.stderr
+    # And the daemon itself will not start on it.
+    h.start(wait=False)
+    assert h.proc.wait(30) != 0
+    assert "is reachable from other hosts: set api_keys" in h.stderr()
 
 
 def test_a_model_server_killed_mid_stream_ends_the_stream_with_an_error_event(helix: Any) -> None:
@@ -466,7 +470,13 @@ def test_a_classifier_model_picks_the_model_by_its_label(helix: Any) -> None:
         + """
 [routes.auto]
 candidates = ["coder", "maths"]
-classifier = { model = "router", labels = { math = "maths", code = "coder" }, default = "coder" }
+
+[routes.auto.classifier]
+model = "router"
+labels = { math = "maths", code = "coder" }
+default = "coder"
+# Braces in a prompt are text (a JSON example); only {labels} is replaced.
+prompt = 'One of {labels}, as JSON: {"label": "code"}'
 
 [providers.bad]
 kind = "openai"

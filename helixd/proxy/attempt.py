@@ -27,6 +27,16 @@ class Failed(Exception):
         self.response = response
 
 
+class Refused(Exception):
+    """A request refused before any model was tried; each dialect words it its own way."""
+
+    def __init__(self, status: int, message: str, code: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+
+
 @dataclass
 class Outcome:
     """What became of a request, for the access log."""

@@ -7,16 +7,14 @@ dialect (``/api/chat``, ``/api/generate``, ``/api/embed``, ``/api/tags``, ``/api
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import json
 import time
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from helixd import __version__
-from helixd.proxy.attempt import RESIDENCY_STATUS, Outcome
+from helixd.proxy.attempt import RESIDENCY_STATUS, Outcome, Refused
 from helixd.proxy.ollama import BadOllamaRequest, now_rfc3339, ollama_error, translate
 from helixd.proxy.routing import Attempts
 from helixd.scheduler.residency import ResidencyError
@@ -84,28 +82,17 @@ class OllamaFront:
         """``/api/chat``, ``/api/generate``, ``/api/embed``: translated to OpenAI upstreams."""
         started = time.perf_counter()
         try:
-            async with asyncio.timeout(self.server.config.read_timeout_s):
-                raw = await request.read()
-            body = json.loads(raw)
-        except TimeoutError:
-            limit = self.server.config.read_timeout_s
-            return ollama_error(408, f"request body not received within {limit:g} s")
-        except ValueError as exc:
-            return ollama_error(400, f"request body is not valid JSON: {exc}")
-        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
-            return ollama_error(400, "model is required")
-        asked = body["model"]
-        plan = self.server.router.attempts(asked, body, self.server.cooling)
-        if plan is None:
-            return ollama_error(404, f"model '{asked}' not found")
-        plan = await self.server.classified(plan, body)
-        plan, blocked = self.server.within_budget(plan)
-        if blocked is not None:
-            return ollama_error(429, blocked)
-        if request.path == "/api/generate" and not body.get("prompt") and not body.get("system"):
-            return await self._load_or_unload(asked, plan, body)
-        try:
+            raw, body = await self.server.read_body(request)
+            asked = body["model"]
+            if _is_load_or_unload(request.path, body):
+                # Nothing to classify or to spend: just the model the name stands for.
+                plan = self.server.resolve_plan(asked, body)
+                return await self._load_or_unload(asked, plan, body)
+            # A request that cannot be translated is refused before a classifier is asked.
             translation = translate(request.path, body)
+            plan = await self.server.plan(body)
+        except Refused as refused:
+            return ollama_error(refused.status, refused.message)
         except BadOllamaRequest as exc:
             return ollama_error(400, str(exc))
         outcome = Outcome(status=500)
@@ -139,3 +126,8 @@ class OllamaFront:
                 "done_reason": reason,
             }
         )
+
+
+def _is_load_or_unload(path: str, body: dict[str, Any]) -> bool:
+    # Ollama's convention: a generate with no prompt loads (or with keep_alive 0 unloads).
+    return path == "/api/generate" and not body.get("prompt") and not body.get("system")

@@ -24,7 +24,7 @@ from aiohttp import web
 from helixd.config import ProviderConfig, ProxyConfig, RouteConfig
 from helixd.config.proxy import split_listen
 from helixd.config.routes import FailureClass
-from helixd.proxy.attempt import FAILURE_OF, RESIDENCY_STATUS, Failed, Outcome
+from helixd.proxy.attempt import FAILURE_OF, RESIDENCY_STATUS, Failed, Outcome, Refused
 from helixd.proxy.classify import classify
 from helixd.proxy.errors import openai_error, sse_error
 from helixd.proxy.health import ModelHealth
@@ -162,10 +162,6 @@ class ProxyServer:
         """A model's name from a model name or an alias."""
         return self.router.model_of(name)
 
-    def _unknown(self, name: str) -> web.Response:
-        listing = ", ".join(self.router.known()) or "none configured"
-        return openai_error(404, f"no model named {name!r}; models: {listing}", "model_not_found")
-
     # -- handlers ----------------------------------------------------------------------
 
     async def scrape(self, request: web.Request) -> web.Response:
@@ -191,7 +187,10 @@ class ProxyServer:
         model = self.resolve(name)
         card = self._model_card(model, name if name != model else None) if model else None
         if card is None:
-            return self._unknown(name)
+            try:
+                self.resolve_plan(name, {})
+            except Refused as refused:
+                return openai_error(refused.status, refused.message, refused.code)
         return web.json_response(card)
 
     def _model_card(self, model: str, alias: str | None = None) -> dict[str, Any] | None:
@@ -213,33 +212,50 @@ class ProxyServer:
         """The OpenAI POST routes: resolve, then try models in order until one answers."""
         started = time.perf_counter()
         try:
-            async with asyncio.timeout(self.config.read_timeout_s):
-                raw = await request.read()
-        except TimeoutError:
-            limit = self.config.read_timeout_s
-            return openai_error(
-                408, f"request body not received within {limit:g} s", "request_timeout"
-            )
-        try:
-            body = json.loads(raw)
-        except ValueError as exc:
-            return openai_error(400, f"request body is not valid JSON: {exc}", "invalid_json")
-        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
-            return openai_error(400, "the request needs a 'model' (a string)", "missing_model")
-        asked = body["model"]
-        plan = self.router.attempts(asked, body, self.cooling)
-        if plan is None:
-            return self._unknown(asked)
-        plan = await self.classified(plan, body)
-        plan, blocked = self.within_budget(plan)
-        if blocked is not None:
-            return openai_error(429, blocked, "budget_exceeded")
+            raw, body = await self.read_body(request)
+            plan = await self.plan(body)
+        except Refused as refused:
+            return openai_error(refused.status, refused.message, refused.code)
         outcome = Outcome(status=500)
         try:
             response = await self.attempt_in_order(request, plan, body, raw, started, outcome)
             return response
         finally:
-            self.access_log(request, asked, plan, outcome, started)
+            self.access_log(request, body["model"], plan, outcome, started)
+
+    async def read_body(self, request: web.Request) -> tuple[bytes, dict[str, Any]]:
+        """The request's JSON object, which names a ``model``; :class:`Refused` if not."""
+        try:
+            async with asyncio.timeout(self.config.read_timeout_s):
+                raw = await request.read()
+        except TimeoutError:
+            limit = self.config.read_timeout_s
+            raise Refused(
+                408, f"request body not received within {limit:g} s", "request_timeout"
+            ) from None
+        try:
+            body = json.loads(raw)
+        except ValueError as exc:
+            raise Refused(400, f"request body is not valid JSON: {exc}", "invalid_json") from None
+        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+            raise Refused(400, "the request needs a 'model' (a string)", "missing_model")
+        return raw, body
+
+    def resolve_plan(self, asked: str, body: Mapping[str, Any]) -> Attempts:
+        """The models to try for ``asked``, by name, alias or route rules only."""
+        plan = self.router.attempts(asked, body, self.cooling)
+        if plan is None:
+            listing = ", ".join(self.router.known()) or "none configured"
+            raise Refused(404, f"model {asked!r} not found; models: {listing}", "model_not_found")
+        return plan
+
+    async def plan(self, body: dict[str, Any]) -> Attempts:
+        """The models to try, in order: resolved, classified, within budget."""
+        plan = await self.classified(self.resolve_plan(body["model"], body), body)
+        plan, blocked = self.within_budget(plan)
+        if blocked is not None:
+            raise Refused(429, blocked, "budget_exceeded")
+        return plan
 
     async def attempt_in_order(
         self,

@@ -151,7 +151,7 @@ def test_bad_requests_get_openai_style_errors(helix: Any) -> None:
     status, body = post(h, "/v1/chat/completions", b'{"messages": []}')
     assert status == 400 and body["error"]["message"] == "the request needs a 'model' (a string)"
     status, body = post(h, "/v1/chat/completions", b'{"model": "nope", "messages": []}')
-    assert status == 404 and body["error"]["message"] == "no model named 'nope'; models: m"
+    assert status == 404 and body["error"]["message"] == "model 'nope' not found; models: m"
     big = json.dumps({"model": "m", "prompt": "x" * (2 * 1024 * 1024)}).encode()
     status, body = post(h, "/v1/completions", big)
     assert status == 413 and "max_body_mib" in body["error"]["message"]

@@ -14,15 +14,13 @@ Run: ``.venv/bin/python bench/helixctl_status.py [--runs 40]``
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-BIN = Path(sys.executable).parent
+from common import BIN, running_helixd
 
 
 def timed(argv: list[str], env: dict[str, str], runs: int) -> list[float]:
@@ -36,51 +34,32 @@ def timed(argv: list[str], env: dict[str, str], runs: int) -> list[float]:
     return samples
 
 
+def _config(root: Path) -> str:
+    return (
+        f'[daemon]\nsocket = "{root}/helixd.sock"\nstate_dir = "{root}/state"\n'
+        f'log_dir = "{root}/logs"\n\n[proxy]\nlisten = "127.0.0.1:0"\n\n'
+        '[providers.echo]\nkind = "echo"\n'
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=40)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        config = root / "helixd.toml"
-        config.write_text(
-            f'[daemon]\nsocket = "{root}/helixd.sock"\nstate_dir = "{root}/state"\n'
-            f'log_dir = "{root}/logs"\n\n[proxy]\nlisten = "127.0.0.1:0"\n\n'
-            '[providers.echo]\nkind = "echo"\n'
-        )
-        env = dict(os.environ, HELIXD_SOCKET=str(root / "helixd.sock"))
-        daemon = subprocess.Popen(
-            [str(BIN / "helixd"), "--user", "--config", str(config)],
-            env=env,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            deadline = time.monotonic() + 30
-            while (
-                subprocess.run(
-                    [str(BIN / "helixctl"), "status"], env=env, capture_output=True
-                ).returncode
-                != 0
-            ):
-                if time.monotonic() > deadline:
-                    sys.exit("helixd did not come up")
-                time.sleep(0.1)
-            cases = {
-                "python -c pass": [sys.executable, "-c", "pass"],
-                "python -c 'import click, http.client, json'": [
-                    sys.executable,
-                    "-c",
-                    "import click, http.client, json",
-                ],
-                "helixctl status": [str(BIN / "helixctl"), "status"],
-            }
-            timed(cases["helixctl status"], env, 3)  # warm the page cache
-            medians = {
-                name: statistics.median(timed(argv, env, args.runs)) for name, argv in cases.items()
-            }
-        finally:
-            daemon.terminate()
-            daemon.wait(30)
+    with running_helixd(_config) as (_, env):
+        cases = {
+            "python -c pass": [sys.executable, "-c", "pass"],
+            "python -c 'import click, http.client, json'": [
+                sys.executable,
+                "-c",
+                "import click, http.client, json",
+            ],
+            "helixctl status": [str(BIN / "helixctl"), "status"],
+        }
+        timed(cases["helixctl status"], env, 3)  # warm the page cache
+        medians = {
+            name: statistics.median(timed(argv, env, args.runs)) for name, argv in cases.items()
+        }
     floor = medians["python -c pass"]
     print(f"{'case':48} {'median ms':>10} {'x python':>9}")
     for name, value in medians.items():

@@ -8,9 +8,11 @@ same machine state:
   - streaming time to first chunk
   - helixd's own CPU time per proxied request (its process CPU over a counted run)
   - helixd's RSS before and after the whole run
-and prints the ratios and differences. The issue's targets on a 2-core machine: added
-median latency <= 0.5 ms, <= 150 us of helixd CPU per request, first-chunk overhead
-<= 1 ms, RSS flat.
+and prints the ratios and differences. A third path, ``bare_relay.py`` (an aiohttp
+server relaying through an aiohttp client and doing nothing else), measured the same way,
+shows the floor of the stack helixd is built on, so its own share can be told apart.
+The issue's targets on a 2-core machine: added median latency <= 0.5 ms, <= 150 us of
+helixd CPU per request, first-chunk overhead <= 1 ms, RSS flat.
 
 Run: ``.venv/bin/python bench/proxy_overhead.py [--requests 2000]``
 """
@@ -20,18 +22,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import aiohttp
 import psutil
+from common import BIN, running_helixd
 
-BIN = Path(sys.executable).parent
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4}
 STREAM = {**CHAT, "stream": True}
 
@@ -105,55 +105,62 @@ def pct(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
-async def measure(direct: str, proxied: str, helixd: psutil.Process, n: int) -> None:
+PATHS = ("direct", "bare", "helixd")
+
+
+async def measure(urls: dict[str, str], relays: dict[str, psutil.Process], n: int) -> None:
+    """Interleave the paths in rounds; count the relays' CPU over their own rounds."""
     connector = aiohttp.TCPConnector(limit=0)
+    chat = {k: url + "/v1/chat/completions" for k, url in urls.items()}
     async with aiohttp.ClientSession(connector=connector, trust_env=False) as session:
-        for url in (direct, proxied):  # warm connections and code paths
+        for url in chat.values():  # warm connections and code paths
             for _ in range(200):
-                await one(session, url + "/v1/chat/completions", CHAT)
-        rss_before = helixd.memory_info().rss
-        lat: dict[str, list[float]] = {"direct": [], "helixd": []}
-        ttft: dict[str, list[float]] = {"direct": [], "helixd": []}
+                await one(session, url, CHAT)
+        rss_before = relays["helixd"].memory_info().rss
+        lat: dict[str, list[float]] = {k: [] for k in PATHS}
+        ttft: dict[str, list[float]] = {k: [] for k in PATHS}
+        cpu_s = dict.fromkeys(relays, 0.0)
         rounds = 20
-        cpu_s = 0.0
-        counted = 0
+        per_round = n // rounds
         for _ in range(rounds):
-            for _ in range(n // rounds):
-                lat["direct"].append(await one(session, direct + "/v1/chat/completions", CHAT))
-            before = sum(helixd.cpu_times()[:2])
-            for _ in range(n // rounds):
-                lat["helixd"].append(await one(session, proxied + "/v1/chat/completions", CHAT))
-            cpu_s += sum(helixd.cpu_times()[:2]) - before
-            counted += n // rounds
+            for path in PATHS:
+                process = relays.get(path)
+                before = sum(process.cpu_times()[:2]) if process else 0.0
+                for _ in range(per_round):
+                    lat[path].append(await one(session, chat[path], CHAT))
+                if process:
+                    cpu_s[path] += sum(process.cpu_times()[:2]) - before
             for _ in range(5):
-                ttft["direct"].append(await first_chunk(session, direct + "/v1/chat/completions"))
-                ttft["helixd"].append(await first_chunk(session, proxied + "/v1/chat/completions"))
-        throughput = {
-            "direct": await concurrent(session, direct + "/v1/chat/completions", n, 32),
-            "helixd": await concurrent(session, proxied + "/v1/chat/completions", n, 32),
-        }
-        rss_after = helixd.memory_info().rss
-    p50 = {k: pct(v, 0.5) for k, v in lat.items()}
-    p99 = {k: pct(v, 0.99) for k, v in lat.items()}
-    first = {k: statistics.median(v) * 1000 for k, v in ttft.items()}
-    print(f"{'':34} {'direct':>10} {'helixd':>10} {'added':>9} {'ratio':>7}")
+                for path in PATHS:
+                    ttft[path].append(await first_chunk(session, chat[path]))
+        throughput = {k: await concurrent(session, chat[k], n, 32) for k in PATHS}
+        rss_after = relays["helixd"].memory_info().rss
+    counted = per_round * rounds
     rows = [
-        ("latency p50, concurrency 1 (ms)", p50),
-        ("latency p99, concurrency 1 (ms)", p99),
-        ("first chunk, streaming (ms)", first),
+        ("latency p50, concurrency 1 (ms)", {k: pct(v, 0.5) for k, v in lat.items()}),
+        ("latency p99, concurrency 1 (ms)", {k: pct(v, 0.99) for k, v in lat.items()}),
+        ("first chunk, streaming (ms)", {k: statistics.median(v) * 1000 for k, v in ttft.items()}),
     ]
-    for name, values in rows:
-        added = values["helixd"] - values["direct"]
-        ratio = values["helixd"] / values["direct"]
+    print(
+        f"{'':34} {'direct':>8} {'bare':>8} {'helixd':>8} {'added':>7} {'ratio':>6} {'vs bare':>8}"
+    )
+    for name, v in rows:
         print(
-            f"{name:34} {values['direct']:10.3f} {values['helixd']:10.3f} {added:9.3f} {ratio:7.2f}"
+            f"{name:34} {v['direct']:8.3f} {v['bare']:8.3f} {v['helixd']:8.3f} "
+            f"{v['helixd'] - v['direct']:7.3f} {v['helixd'] / v['direct']:6.2f} "
+            f"{v['helixd'] / v['bare']:8.2f}"
         )
     t = throughput
     print(
-        f"{'throughput, concurrency 32 (req/s)':34} {t['direct']:10.0f} {t['helixd']:10.0f} "
-        f"{'':9} {t['helixd'] / t['direct']:7.2f}"
+        f"{'throughput, concurrency 32 (req/s)':34} {t['direct']:8.0f} {t['bare']:8.0f} "
+        f"{t['helixd']:8.0f} {'':7} {t['helixd'] / t['direct']:6.2f} "
+        f"{t['helixd'] / t['bare']:8.2f}"
     )
-    print(f"helixd CPU per proxied request: {cpu_s / counted * 1e6:.0f} us ({counted} requests)")
+    cpu = {k: v / counted * 1e6 for k, v in cpu_s.items()}
+    print(
+        f"CPU per proxied request: helixd {cpu['helixd']:.0f} us, bare aiohttp relay "
+        f"{cpu['bare']:.0f} us (ratio {cpu['helixd'] / cpu['bare']:.2f}; {counted} requests each)"
+    )
     print(
         f"helixd RSS: {rss_before / 2**20:.1f} MiB before, {rss_after / 2**20:.1f} MiB after "
         f"{n * 2 + 200 + rounds * 5} proxied requests"
@@ -164,32 +171,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=2000)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        (root / "helixd.toml").write_text(config(root))
-        env = dict(os.environ, HELIXD_SOCKET=str(root / "helixd.sock"))
-        daemon = subprocess.Popen(
-            [str(BIN / "helixd"), "--user", "--config", str(root / "helixd.toml")], env=env
+    with running_helixd(config) as (daemon, env):
+        model = ctl(env, "load", "m")["model"]
+        status = ctl(env, "status")
+        direct = str(model["upstream"])  # type: ignore[index]
+        bare = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("bare_relay.py")), direct],
+            stdout=subprocess.PIPE,
+            text=True,
         )
         try:
-            deadline = time.monotonic() + 30
-            while (
-                subprocess.run(
-                    [str(BIN / "helixctl"), "status"], env=env, capture_output=True
-                ).returncode
-                != 0
-            ):
-                if time.monotonic() > deadline:
-                    sys.exit("helixd did not come up")
-                time.sleep(0.1)
-            model = ctl(env, "load", "m")["model"]
-            status = ctl(env, "status")
-            direct = str(model["upstream"])  # type: ignore[index]
-            proxied = str(status["proxy"]["url"])  # type: ignore[index]
-            asyncio.run(measure(direct, proxied, psutil.Process(daemon.pid), args.requests))
+            assert bare.stdout is not None
+            urls = {
+                "direct": direct,
+                "bare": bare.stdout.readline().strip(),
+                "helixd": str(status["proxy"]["url"]),  # type: ignore[index]
+            }
+            relays = {"bare": psutil.Process(bare.pid), "helixd": psutil.Process(daemon.pid)}
+            asyncio.run(measure(urls, relays, args.requests))
         finally:
-            daemon.terminate()
-            daemon.wait(30)
+            bare.terminate()
+            bare.wait(30)
 
 
 if __name__ == "__main__":

@@ -62,7 +62,7 @@ def translate(path: str, body: Mapping[str, Any]) -> Translation:
             raise BadOllamaRequest("'messages' must be a list of {role, content}")
         return Translation(
             "/v1/chat/completions",
-            {**common, "messages": [_message(m) for m in messages], "stream": stream},
+            {**common, "messages": [_message(m) for m in messages], **_streaming(stream)},
             "chat",
             stream,
         )
@@ -73,7 +73,10 @@ def translate(path: str, body: Mapping[str, Any]) -> Translation:
         if isinstance(body.get("system"), str):
             prompt = f"{body['system']}\n\n{prompt}"
         return Translation(
-            "/v1/completions", {**common, "prompt": prompt, "stream": stream}, "generate", stream
+            "/v1/completions",
+            {**common, "prompt": prompt, **_streaming(stream)},
+            "generate",
+            stream,
         )
     texts = body.get("input")
     if isinstance(texts, str):
@@ -81,6 +84,14 @@ def translate(path: str, body: Mapping[str, Any]) -> Translation:
     if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
         raise BadOllamaRequest("'input' must be a string or a list of strings")
     return Translation("/v1/embeddings", {**common, "input": texts}, "embed", False)
+
+
+def _streaming(stream: bool) -> dict[str, Any]:
+    # Ollama's last object carries token counts; OpenAI servers send usage in a stream
+    # only when asked (those that do not know the option ignore it).
+    if stream:
+        return {"stream": True, "stream_options": {"include_usage": True}}
+    return {"stream": False}
 
 
 def _message(message: Any) -> dict[str, Any]:
@@ -114,16 +125,22 @@ class _Answer:
 
     def final(self, text: str, reason: str | None, usage: Mapping[str, Any]) -> dict[str, Any]:
         took = time.monotonic_ns() - self.started
-        return {
+        final = {
             **self.piece(text),
             "done": True,
             "done_reason": reason or "stop",
             "total_duration": took,
             "load_duration": 0,
-            "prompt_eval_count": usage.get("prompt_tokens", 0),
-            "eval_count": usage.get("completion_tokens", 0),
             "eval_duration": took,
         }
+        # Counts only when the upstream reported them: a 0 would be a made-up figure.
+        for ours, theirs in (
+            ("prompt_eval_count", "prompt_tokens"),
+            ("eval_count", "completion_tokens"),
+        ):
+            if isinstance(usage.get(theirs), int):
+                final[ours] = usage[theirs]
+        return final
 
 
 def _delta(kind: str, choice: Mapping[str, Any]) -> str:
@@ -187,6 +204,8 @@ async def relay_ollama(
                 if data == b"[DONE]":
                     break
                 chunk = json.loads(data)
+                if not isinstance(chunk, dict):
+                    raise ValueError(f"an event that is not a JSON object: {data[:80]!r}")
                 if isinstance(chunk.get("usage"), dict):
                     usage = chunk["usage"]
                 for choice in chunk.get("choices") or []:
@@ -196,7 +215,12 @@ async def relay_ollama(
                         if result.first_byte_s is None:
                             result.first_byte_s = clock() - started
                         await stream.write((json.dumps(answer.piece(piece)) + "\n").encode())
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
+        except (
+            aiohttp.ClientPayloadError,
+            aiohttp.ClientConnectionError,
+            TimeoutError,
+            ValueError,  # a malformed event: the answer cannot go on
+        ) as exc:
             result.failed_mid_stream = True
             error = {"error": f"the model's server failed mid-answer: {exc or type(exc).__name__}"}
             await stream.write((json.dumps(error) + "\n").encode())

@@ -345,6 +345,8 @@ def test_the_ollama_client_chats_generates_embeds_and_lists_through_helixd(helix
         c.chat(model="coder", messages=[{"role": "user", "content": "one two"}], stream=True)
     )
     assert len(pieces) > 2 and pieces[-1].done and pieces[-1].done_reason == "stop"
+    # Token counts from the usage the upstream was asked to stream.
+    assert (pieces[-1].prompt_eval_count, pieces[-1].eval_count) == (2, 3)
     assert "".join(p.message.content for p in pieces).startswith("echo:")
     generated = "".join(p.response for p in c.generate(model="coder", prompt="abc", stream=True))
     assert generated.startswith("echo:")

@@ -107,7 +107,12 @@ def ollama_error(status: int, message: str, headers: dict[str, str] | None = Non
 
 def now_rfc3339() -> str:
     """Ollama's timestamps."""
-    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    return rfc3339(time.time())
+
+
+def rfc3339(epoch_s: float) -> str:
+    """A wall-clock time in Ollama's format."""
+    return datetime.fromtimestamp(epoch_s, UTC).isoformat().replace("+00:00", "Z")
 
 
 class _Answer:

@@ -8,6 +8,7 @@ dialect (``/api/chat``, ``/api/generate``, ``/api/embed``, ``/api/tags``, ``/api
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -15,12 +16,18 @@ from aiohttp import web
 
 from helixd import __version__
 from helixd.proxy.attempt import RESIDENCY_STATUS, Outcome, Refused
-from helixd.proxy.ollama import BadOllamaRequest, now_rfc3339, ollama_error, translate
+from helixd.proxy.ollama import BadOllamaRequest, now_rfc3339, ollama_error, rfc3339, translate
 from helixd.proxy.routing import Attempts
+from helixd.scheduler.entry import ModelEntry
 from helixd.scheduler.residency import ResidencyError
 
 if TYPE_CHECKING:
     from helixd.proxy.server import ProxyServer
+
+
+# A model kept for ever expires in the far future, as in Ollama (its -1 keep_alive is
+# now plus Go's longest duration, some 292 years).
+_NEVER = "2318-08-01T00:00:00Z"
 
 
 class OllamaFront:
@@ -60,9 +67,16 @@ class OllamaFront:
                 card = self._card(name)
                 card["size"] = entry.accounted_vram + entry.accounted_ram
                 card["size_vram"] = entry.accounted_vram
-                card["expires_at"] = "2999-01-01T00:00:00Z" if entry.pinned else now_rfc3339()
+                card["expires_at"] = self._expires_at(entry)
                 cards.append(card)
         return web.json_response({"models": cards})
+
+    def _expires_at(self, entry: ModelEntry) -> str:
+        # When keep_alive will unload it if nothing uses it; Ollama's far future if never.
+        keep = entry.config.keep_alive or self.server.residency.scheduler.keep_alive
+        if entry.pinned or math.isinf(keep):
+            return _NEVER
+        return rfc3339((entry.last_used_wall or time.time()) + keep)
 
     def _card(self, name: str) -> dict[str, Any]:
         model = self.server.router.model_of(name) or name

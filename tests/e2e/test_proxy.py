@@ -352,7 +352,12 @@ def test_the_ollama_client_chats_generates_embeds_and_lists_through_helixd(helix
     assert generated.startswith("echo:")
     embedded = c.embed(model="coder", input=["a", "b"])
     assert len(embedded.embeddings) == 2
-    assert [m.model for m in c.ps().models] == ["coder"]
+    resident = c.ps().models
+    assert [m.model for m in resident] == ["coder"]
+    # keep_alive is helixd's default of 600 s: it expires about that long after its use.
+    assert resident[0].expires_at is not None
+    left = resident[0].expires_at.timestamp() - time.time()
+    assert 500 < left <= 600
     # An empty generate loads, keep_alive 0 unloads, as with Ollama itself.
     assert c.generate(model="coder", keep_alive=0).done_reason == "unload"
     assert c.ps().models == []

@@ -16,11 +16,16 @@ _TYPES = {
 }
 
 
+def error_type(status: int) -> str:
+    """The OpenAI error type for a status: a client's mistake below 500, else the server's."""
+    return _TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
+
+
 def openai_error(
     status: int, message: str, code: str, headers: dict[str, str] | None = None
 ) -> web.Response:
     """``{"error": {"message", "type", "code"}}`` with ``status``."""
-    body = {"error": {"message": message, "type": _TYPES.get(status, "server_error"), "code": code}}
+    body = {"error": {"message": message, "type": error_type(status), "code": code}}
     return web.Response(
         status=status,
         text=json.dumps(body),

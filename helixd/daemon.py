@@ -26,6 +26,8 @@ from helixd.control.models_api import add_model_routes
 from helixd.control.sockets import bind_control_socket
 from helixd.notify import Notifier
 from helixd.providers.base import ModelAdapter
+from helixd.providers.ollama import OllamaAdapter
+from helixd.providers.ollama import server_env as ollama_server_env
 from helixd.proxy.server import ProxyServer
 from helixd.resources.gpu import GpuSelectionError
 from helixd.resources.monitor import ResourceMonitor
@@ -194,7 +196,9 @@ class Daemon:
         self, loaded: LoadedConfig, previous: dict[str, ModelAdapter] | None
     ) -> dict[str, ModelEntry]:
         assert self.record is not None
-        adapters = build_adapters(loaded.config, self.paths, self.registry, previous)
+        adapters = build_adapters(
+            loaded.config, self.paths, self.registry, self.supervisor.processes.get, previous
+        )
         self._adapters = adapters
         return await build_entries(
             loaded.config, adapters, self.record, gpus_present=self.monitor.mode == "nvml"
@@ -312,7 +316,13 @@ class Daemon:
             old = previous.get(name) if previous else None
             # Keep an auto port across reloads so an unchanged provider stays unchanged.
             port = old.spec.port if old is not None and provider.port == "auto" else None
-            specs[name] = build_spec(name, provider, self.paths, port=port)
+            extra_env = None
+            if provider.kind == "ollama":
+                models = [m for m in loaded.config.models.values() if m.provider == name]
+                # The provider's own env wins over what helixd works out.
+                wanted = ollama_server_env(models).items()
+                extra_env = {k: v for k, v in wanted if k not in provider.env}
+            specs[name] = build_spec(name, provider, self.paths, port=port, extra_env=extra_env)
         return specs
 
     # -- status ------------------------------------------------------------------------
@@ -388,6 +398,9 @@ class Daemon:
 
     def _process_changed(self, process: ManagedProcess) -> None:
         self._status_dirty.set()
+        adapter = self._adapters.get(process.spec.name)
+        if isinstance(adapter, OllamaAdapter):
+            adapter.server_changed(process)  # its models live and die with the server
 
     async def _publish_status(self) -> None:
         while True:

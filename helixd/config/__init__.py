@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from helixd.config.providers import (
     MODEL_PLACEHOLDERS,
+    MULTI_MODEL_KINDS,
     PROCESS_PLACEHOLDERS,
     PROVIDER_KINDS,
     HealthConfig,
@@ -271,11 +272,12 @@ def _check_models(config: HelixConfig) -> list[str]:
             problems.append(
                 f"{key}.provider: no provider named {model.provider!r}; providers: {known}"
             )
-        elif not provider.is_model_template and provider.kind != "remote":
+        elif not provider.is_model_template and provider.kind not in MULTI_MODEL_KINDS:
             problems.append(
                 f"{key}.provider: {model.provider!r} (kind {provider.kind}) runs one server "
-                "for all its models, which this version cannot load or unload; use a provider "
-                "whose command is a per-model template (with {model_path} or {model})"
+                "for all its models, which this version cannot load or unload for that kind; "
+                "use a provider whose command is a per-model template (with {model_path} or "
+                "{model}), or one of kind " + " or ".join(MULTI_MODEL_KINDS)
             )
         elif "model_path" in provider.placeholders and model.path is None:
             problems.append(

@@ -103,8 +103,17 @@ class ModelAdapter(abc.ABC):
         """Processes whose trees hold exactly this model's memory (per-model processes)."""
         return []
 
+    async def size_hint(self, model_id: str) -> tuple[int, str] | None:
+        """Bytes the model will need, as the provider can tell before loading it, and how
+        that was worked out; None when it cannot (the scheduler then knows no size)."""
+        return None
+
     async def reported_memory(self, model: str) -> tuple[int, int] | None:
         """``(vram, ram)`` bytes as the provider itself reports them, if it does."""
+        return None
+
+    def memory_note(self, model: str) -> str | None:
+        """A word on where the provider put the model (e.g. partly on CPU), if it says."""
         return None
 
     def log_process(self, model: str) -> ManagedProcess | None:

@@ -8,17 +8,20 @@ it is still disk I/O.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from helixd.config import DaemonPaths, HelixConfig, ModelConfig, ProviderConfig
 from helixd.providers.base import ModelAdapter
 from helixd.providers.estimate import EstimateError, estimate_path
+from helixd.providers.ollama import OllamaAdapter
 from helixd.providers.per_model import ProcessPerModelAdapter
 from helixd.providers.remote import RemoteAdapter
 from helixd.scheduler.residency import ModelEntry
 from helixd.scheduler.sizing import memory_figure, size_key
 from helixd.state import ResidencyRecord
+from helixd.supervisor.process import ManagedProcess
 from helixd.supervisor.registry import ChildRegistry
 
 log = logging.getLogger("helixd.scheduler")
@@ -28,21 +31,31 @@ def build_adapters(
     config: HelixConfig,
     paths: DaemonPaths,
     registry: ChildRegistry,
+    servers: Callable[[str], ManagedProcess | None],
     previous: Mapping[str, ModelAdapter] | None = None,
 ) -> dict[str, ModelAdapter]:
-    """An adapter per provider that has models; an unchanged provider keeps its adapter."""
+    """An adapter per provider that has models; an unchanged provider keeps its adapter.
+
+    ``servers(name)``: the supervised process of a one-server provider (Ollama), looked
+    up on each use, since a reload may replace it.
+    """
     adapters: dict[str, ModelAdapter] = {}
     used = {m.provider for m in config.models.values()}
     for name in sorted(used):
         provider = config.providers[name]
         old = (previous or {}).get(name)
-        if isinstance(old, ProcessPerModelAdapter | RemoteAdapter) and old.config == provider:
+        if isinstance(old, _CONFIGURED) and old.config == provider:
             adapters[name] = old
         elif provider.kind == "remote":
             adapters[name] = RemoteAdapter(name, provider)
-        else:
+        elif provider.is_model_template:
             adapters[name] = ProcessPerModelAdapter(name, provider, paths, registry)
+        else:  # kind ollama: config refuses models on any other one-server provider
+            adapters[name] = OllamaAdapter(name, provider, functools.partial(servers, name))
     return adapters
+
+
+_CONFIGURED = (ProcessPerModelAdapter, RemoteAdapter, OllamaAdapter)
 
 
 def _estimate(model: ModelConfig) -> tuple[int | None, str]:

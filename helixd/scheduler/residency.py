@@ -169,6 +169,8 @@ class Residency(ResidencyMaintenance):
             raise ResidencyError(f"{entry.name}: still loading; gave up waiting", "timeout", 504)
 
     async def _plan(self, entry: ModelEntry) -> Ready | Join | Load | Wait | Refuse:
+        if entry.figure.source == "unknown" and entry.state != ModelState.LOADING:
+            await self._ask_size(entry)
         async with self._plan_lock:
             if entry.state == ModelState.LOADING:
                 return Join(entry.name)
@@ -179,6 +181,17 @@ class Residency(ResidencyMaintenance):
             if isinstance(plan, Load):
                 self._begin(entry, plan, request)
             return plan
+
+    async def _ask_size(self, entry: ModelEntry) -> None:
+        """A model with no size known: the provider may know it (Ollama's /api/tags)."""
+        hint = await entry.adapter.size_hint(entry.config.id or entry.name)
+        if hint is None or entry.figure.source != "unknown":
+            return
+        size, detail = hint
+        sample = self.last_sample or await self._sample()
+        on_gpu = bool(sample.gpus) and entry.config.gpu_layers != 0
+        vram, ram = (size, 0) if on_gpu else (0, size)
+        entry.figure = MemoryFigure(vram, ram, "estimated", detail)
 
     def _request(self, entry: ModelEntry, sample: ResourceSample) -> LoadRequest:
         on_gpu = bool(sample.gpus) and entry.config.gpu_layers != 0 and entry.adapter.holds_memory
@@ -407,7 +420,8 @@ class Residency(ResidencyMaintenance):
             vram = 0
         entry.accounted_vram, entry.accounted_ram = vram, ram
         if entry.figure.source != "declared":
-            entry.figure = MemoryFigure(vram, ram, "measured", "measured while loaded")
+            note = entry.adapter.memory_note(entry.name) or "measured while loaded"
+            entry.figure = MemoryFigure(vram, ram, "measured", note)
         if self.remember is not None:
             try:
                 self.remember(entry.size_key, vram, ram)

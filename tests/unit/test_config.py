@@ -170,10 +170,12 @@ def test_residency_sections_parse_with_defaults(tmp_path: Path) -> None:
             "helixd.toml: models.x.provider: no provider named 'nope'; providers: llama, ollama",
         ),
         (
-            '[models.x]\nprovider = "ollama"\n',
-            "helixd.toml: models.x.provider: 'ollama' (kind ollama) runs one server for all "
-            "its models, which this version cannot load or unload; use a provider whose "
-            "command is a per-model template (with {model_path} or {model})",
+            '[providers.lai]\nkind = "localai"\ncommand = ["local-ai", "run"]\n'
+            '[models.x]\nprovider = "lai"\n',
+            "helixd.toml: models.x.provider: 'lai' (kind localai) runs one server for all "
+            "its models, which this version cannot load or unload for that kind; use a "
+            "provider whose command is a per-model template (with {model_path} or {model}), "
+            "or one of kind remote or ollama",
         ),
         (
             '[models.x]\nprovider = "llama"\nctx = 4096\n',

@@ -66,6 +66,9 @@ class ModelAdapter(abc.ABC):
     shape: ClassVar[Literal["process-per-model", "multi-model"]]
     # False for remote providers: their models take no memory here.
     holds_memory: ClassVar[bool] = True
+    # "ollama" when the upstream speaks Ollama's own API: Ollama requests then pass
+    # through untouched instead of being translated to the OpenAI dialect.
+    native_dialect: ClassVar[str | None] = None
 
     def __init__(self, provider: str) -> None:
         self.provider = provider

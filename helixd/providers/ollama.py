@@ -56,6 +56,7 @@ class OllamaAdapter(ModelAdapter):
     """The models of one supervised ``ollama serve``."""
 
     shape = "multi-model"
+    native_dialect = "ollama"
 
     def __init__(self, provider: str, config: ProviderConfig, server: ServerLookup) -> None:
         super().__init__(provider)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -107,6 +108,7 @@ async def relay(
     upstream = await open_upstream(session, url, payload, upstream_headers, may_retry)
     async with upstream:
         result = RelayResult(upstream.status, None)
+        ndjson = upstream.headers.get("Content-Type", "").startswith("application/x-ndjson")
         if prepared is not None:
             response = prepared
             event_stream = True
@@ -140,9 +142,11 @@ async def relay(
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
             result.failed_mid_stream = True
             log.warning("upstream %s failed mid-answer: %s", url, exc or type(exc).__name__)
+            message = f"the model's server failed mid-answer: {exc or type(exc).__name__}"
             if event_stream:
-                message = f"the model's server failed mid-answer: {exc or type(exc).__name__}"
                 await response.write(sse_error(message, "upstream_failed"))
+            elif ndjson:  # Ollama's own stream: its in-band error line
+                await response.write(json.dumps({"error": message}).encode() + b"\n")
         await response.write_eof()
         if sniffer is not None:
             result.usage = sniffer.usage()

@@ -417,8 +417,13 @@ class ProxyServer:
                 if base is None:
                     why = f"{model}: its server is gone"
                     raise Failed("error", error(502, why, "upstream_unreachable"))
+                native = translation is not None and entry.adapter.native_dialect == "ollama"
+                if native:
+                    # Ollama to Ollama: untouched but for its name there, and a keep-alive
+                    # that leaves the model's lifetime to helixd.
+                    payload = json.dumps({**body, "model": upstream_id, "keep_alive": -1}).encode()
                 try:
-                    if translation is None:
+                    if translation is None or native:
                         response, result = await relay(
                             self._session_or_fail(),
                             request,
@@ -430,7 +435,7 @@ class ProxyServer:
                             may_retry=not last and prepared is None,
                             prepared=prepared,
                             upstream_headers=auth,
-                            sniffer=UsageSniffer(),
+                            sniffer=None if native else UsageSniffer(),
                         )
                     else:
                         to_send = dataclasses.replace(

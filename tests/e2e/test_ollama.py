@@ -18,7 +18,7 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.conftest import wait_for_sync
+from tests.conftest import import_real_provider, wait_for_sync
 from tests.e2e.gpu_host import FAKES, REPO, FakeGpuHost, MiB
 
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -208,3 +208,33 @@ def test_a_model_ollama_drops_on_its_own_is_reported_lost(helix: Any, tmp_path: 
         pass
     wait_for_sync(lambda: models(h)["tiny"]["state"] == "unloaded", 20, what="tiny reported lost")
     assert "no longer lists it in /api/ps" in models(h)["tiny"]["message"]
+
+
+def test_the_ollama_client_talks_natively_to_ollama_hosted_models(
+    helix: Any, tmp_path: Path
+) -> None:
+    ollama_client = import_real_provider("ollama")
+    ollama = FakeOllama(tmp_path, None)
+    ollama.install("qwen2.5-coder:7b", 512)
+    h = helix(ollama.provider() + model("coder", "qwen2.5-coder:7b"))
+    c = ollama_client.Client(host=h.proxy_url)
+    # Passed through untouched: the answer names the model as Ollama knows it.
+    pieces = list(
+        c.chat(
+            model="coder",
+            messages=[{"role": "user", "content": "one two"}],
+            stream=True,
+            keep_alive=0,  # a client's keep-alive must not make Ollama unload on its own
+        )
+    )
+    assert pieces[-1].done and pieces[0].model == "qwen2.5-coder:7b"
+    assert "".join(p.message.content for p in pieces) == "echo: one two"
+    assert (pieces[-1].prompt_eval_count, pieces[-1].eval_count) == (2, 3)
+    assert c.generate(model="coder", prompt="abc", stream=False).response == "echo: abc"
+    assert len(c.embed(model="coder", input=["a", "b"]).embeddings) == 2
+    assert set(ollama_ps(h)) == {"qwen2.5-coder:7b"}
+    assert ollama_ps(h)["qwen2.5-coder:7b"]["expires_at"] > "2100"  # kept for ever
+    assert models(h)["coder"]["state"] == "loaded"
+    # A load/unload through helixd's Ollama API goes through the scheduler.
+    assert c.generate(model="coder", keep_alive=0).done_reason == "unload"
+    assert ollama_ps(h) == {}

@@ -54,6 +54,7 @@ from helixd.providers.echo import (
     EchoConfig,
     EchoError,
     EchoServer,
+    embed,
     error_middleware,
     parse_keep_alive,
     read_body,
@@ -221,6 +222,18 @@ class FakeOllama(EchoServer):
         response: web.StreamResponse = await handler(request)
         return response
 
+    async def api_embed(self, request: web.Request) -> web.StreamResponse:
+        return await self._with_model(request, self._embed_ollama)
+
+    async def _embed_ollama(self, request: web.Request) -> web.Response:
+        body = await read_body(request)
+        texts = body.get("input")
+        texts = [texts] if isinstance(texts, str) else texts
+        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+            raise EchoError(400, "invalid input type")
+        vectors = [embed(t, self.config.embedding_dim) for t in texts]
+        return web.json_response({"model": body["model"], "embeddings": vectors})
+
     # -- pull ----------------------------------------------------------------------------
 
     async def pull(self, request: web.Request) -> web.StreamResponse:
@@ -310,6 +323,7 @@ def create_app(server: FakeOllama, loopback: bool) -> web.Application:
             web.post("/api/generate", server.generate),
             web.post("/api/chat", server.chat),
             web.post("/api/pull", server.pull),
+            web.post("/api/embed", server.api_embed),
             web.post("/v1/chat/completions", server.chat_completions),
             web.post("/v1/completions", server.completions),
             web.post("/v1/embeddings", server.embeddings),

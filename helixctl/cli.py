@@ -181,6 +181,62 @@ def logs(ctx: Context, provider: str, follow: bool, lines: int) -> None:
         response.close()
 
 
+@cli.command()
+@click.argument("model")
+@click.option("--provider", help="the Ollama provider to pull into (default: the only one)")
+@pass_ctx
+def pull(ctx: Context, model: str, provider: str | None) -> None:
+    """Download MODEL into an Ollama provider, showing its progress."""
+    from helixctl.progress import PullProgress
+
+    if provider is None:
+        ollamas = [
+            p["name"]
+            for p in ctx.call("GET", "/v1/providers")["providers"]
+            if p.get("kind") == "ollama"
+        ]
+        if len(ollamas) != 1:
+            found = ", ".join(ollamas) or "none configured"
+            fail(f"name the Ollama provider with --provider (Ollama providers: {found})", 2)
+        provider = ollamas[0]
+    path = f"/v1/providers/{quote(provider, safe='')}/pull?model={quote(model, safe='')}"
+    try:
+        response = ctx.client.request("POST", path, timeout=None)
+    except Unreachable as exc:
+        fail(str(exc), EXIT_UNREACHABLE)
+    if response.status >= 400:
+        ctx.api_error(response.json())
+    progress, tty = PullProgress(), sys.stdout.isatty()
+    last, step = "", None
+    try:
+        for raw in response.iter_lines():
+            update = json.loads(raw)
+            if ctx.as_json:
+                echo(raw.decode())
+            if "error" in update:
+                if tty and last:
+                    echo("")
+                fail(f"{provider}: pull {model}: {update['error']}", EXIT_FAILED)
+            if ctx.as_json:
+                continue
+            text, new_step = progress.line(update), update.get("status")
+            finished = update.get("total") and update.get("completed") == update.get("total")
+            if tty:  # redraw the step's line; a new step starts a new one
+                lead = "\r" if new_step == step else ("\n" if last else "")
+                echo(lead + text.ljust(len(last) if new_step == step else 0), nl=False)
+            elif new_step != step or finished:
+                echo(text)  # a log, not a terminal: a line per step and per finished part
+            last, step = text, new_step
+    except (ProtocolError, OSError):
+        fail(f"helixd closed the pull of {model} early (it stopped or restarted)", EXIT_FAILED)
+    finally:
+        response.close()
+    if tty and last:
+        echo("")
+    if step != "success" and not ctx.as_json:
+        fail(f"{provider}: the pull of {model} ended without success", EXIT_FAILED)
+
+
 def _log_text(line: dict[str, Any]) -> str:
     import time
 

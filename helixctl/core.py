@@ -17,11 +17,11 @@ from typing import Any, NoReturn
 from helixctl.transport import DEFAULT, Client, ProtocolError, Timeout, Unreachable, find_socket
 
 
-def echo(text: str, err: bool = False) -> None:
+def echo(text: str, err: bool = False, nl: bool = True) -> None:
     """Print a line; a closed pipe (``helixctl status | head -1``) is not an error."""
     stream = sys.stderr if err else sys.stdout
     try:
-        stream.write(text + "\n")
+        stream.write(text + "\n" if nl else text)
         stream.flush()
     except BrokenPipeError:
         # Point stdout at devnull so the interpreter's own flush at exit stays quiet.

@@ -83,6 +83,7 @@ class ControlAPI:
         app.router.add_get("/v1/status", self.get_status)
         app.router.add_get("/v1/providers", self.list_providers)
         app.router.add_get("/v1/providers/{name}", self.get_provider)
+        app.router.add_post("/v1/providers/{name}/pull", self.provider_pull)
         app.router.add_post("/v1/providers/{name}/{action}", self.provider_action)
         app.router.add_get("/v1/providers/{name}/logs", self.provider_logs)
         app.router.add_post("/v1/reload", self.reload)
@@ -129,6 +130,15 @@ class ControlAPI:
         """``GET /v1/providers/{name}``."""
         process = self.backend.supervisor.get(request.match_info["name"])
         return web.json_response({"provider": process.info()}, dumps=_dumps)
+
+    async def provider_pull(self, request: web.Request) -> web.StreamResponse:
+        """``POST /v1/providers/{name}/pull?model=NAME``: Ollama's progress, as NDJSON."""
+        from helixd.control.pull import pull
+
+        self._audit(
+            request, f"pull {request.query.get('model', '')!r} into {request.match_info['name']}"
+        )
+        return await pull(request, self.backend.supervisor)
 
     async def provider_action(self, request: web.Request) -> web.Response:
         """``POST /v1/providers/{name}/start|stop|restart[?wait=1&timeout=S]``."""

@@ -238,3 +238,31 @@ def test_the_ollama_client_talks_natively_to_ollama_hosted_models(
     # A load/unload through helixd's Ollama API goes through the scheduler.
     assert c.generate(model="coder", keep_alive=0).done_reason == "unload"
     assert ollama_ps(h) == {}
+
+
+def test_helixctl_pull_shows_progress_and_fails_clearly_on_an_unknown_model(
+    helix: Any, tmp_path: Path
+) -> None:
+    ollama = FakeOllama(tmp_path, None)
+    ollama.offer("llama3.2:3b", 2048)
+    h = helix(ollama.provider() + model("small", "llama3.2:3b"))
+    wait_for_sync(lambda: h.provider("ollama")["state"] == "ready", 30, what="ollama ready")
+    # Not installed yet: loading it says how to get it.
+    assert "helixctl pull llama3.2:3b" in h.ctl("load", "small").stderr
+    pulled = h.ctl("pull", "llama3.2:3b", timeout=60)
+    assert pulled.returncode == 0, pulled.stderr
+    lines = pulled.stdout.splitlines()
+    assert lines[0] == "pulling manifest"
+    assert any("100%" in line and "2.0 GiB/2.0 GiB" in line for line in lines), lines
+    assert lines[-1] == "success"
+    assert h.ctl("load", "small").returncode == 0  # installed now
+    as_json = h.ctl("--json", "pull", "llama3.2:3b", timeout=60)
+    assert json.loads(as_json.stdout.splitlines()[-1]) == {"status": "success"}
+    unknown = h.ctl("pull", "no-such-model:1b", timeout=60)
+    assert unknown.returncode == 1
+    assert unknown.stderr.strip().endswith(
+        "helixctl: ollama: pull no-such-model:1b: pull model manifest: file does not exist"
+    )
+    hostile = h.ctl("pull", "../../etc/passwd")
+    assert hostile.returncode == 1
+    assert "model must be an Ollama model name like qwen2.5:7b" in hostile.stderr

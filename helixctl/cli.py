@@ -330,24 +330,36 @@ def _running_config(ctx: Context) -> Any:
 @click.option("--system", "mode", flag_value="system", help="write the system config")
 @click.option("--user", "mode", flag_value="user", help="write the user config")
 @click.option("--force", is_flag=True, help="overwrite an existing file")
+@click.option(
+    "--models-dir",
+    "models_dirs",
+    multiple=True,
+    type=click.Path(file_okay=False),
+    help="look for GGUF files here instead of the usual folders (repeatable)",
+)
 @pass_ctx
-def init(ctx: Context, output: str | None, mode: str | None, force: bool) -> None:
-    """Write a config for the providers found on this host (echo, Ollama, vLLM, llama-server)."""
+def init(
+    ctx: Context, output: str | None, mode: str | None, force: bool, models_dirs: tuple[str, ...]
+) -> None:
+    """Write a config for the providers and models found on this host."""
     from pathlib import Path
 
     from helixctl.initcfg import write_initial_config
 
+    dirs = [Path(d) for d in models_dirs] or None
     try:
-        path, found = write_initial_config(Path(output) if output else None, mode, force)
+        path, found, todo = write_initial_config(
+            Path(output) if output else None, mode, force, dirs
+        )
     except FileExistsError as exc:
         fail(f"{exc.args[0]} already exists; pass --force to overwrite it", EXIT_FAILED)
     except OSError as exc:
         fail(f"cannot write {exc.filename}: {exc.strerror}", EXIT_FAILED)
-    ctx.emit(
-        {"file": str(path), "found": found},
-        f"wrote {path} (providers: {', '.join(found)})\ncheck it with: helixctl config check "
-        f"{path}",
-    )
+    human = [f"wrote {path}", "found:", *(f"  {line}" for line in found)]
+    if todo:
+        human += ["to do:", *(f"  {line}" for line in todo)]
+    human.append(f"check it with: helixctl config check {path}")
+    ctx.emit({"file": str(path), "found": found, "todo": todo}, "\n".join(human))
 
 
 def main() -> None:

@@ -46,36 +46,27 @@ def host_with_ollama(tmp_path: Path) -> Any:
     running.wait(10)
 
 
+def helixctl(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "helixctl"), *args], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
 def test_init_writes_a_config_that_checks_and_starts(
     helix: Any, host_with_ollama: Any, tmp_path: Path
 ) -> None:
     env, models = host_with_ollama
     target = tmp_path / "helixd.toml"
-    init = subprocess.run(
-        [str(BIN / "helixctl"), "init", "--output", str(target), "--models-dir", str(models)],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    init = helixctl(env, "init", "--output", str(target), "--models-dir", str(models))
     assert init.returncode == 0, init.stderr
     assert "found:" in init.stdout and "(qwen2.5:7b, team/odd:1b)" in init.stdout
     assert "Tiny-Chat.Q8_0.gguf" in init.stdout
     assert "to do:" in init.stdout and "stop the Ollama already running" in init.stdout
     text = target.read_text()
     assert "# Installed in Ollama: team/odd:1b." in text
-    again = subprocess.run(
-        [str(BIN / "helixctl"), "init", "--output", str(target)],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    again = helixctl(env, "init", "--output", str(target))
     assert again.returncode == 1 and "already exists; pass --force" in again.stderr
-    check = subprocess.run(
-        [str(BIN / "helixctl"), "config", "check", str(target)],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    check = helixctl(env, "config", "check", str(target))
     assert check.returncode == 0, check.stderr
     assert "models: " in check.stdout and "team-odd:1b" in check.stdout
     assert "tiny-chat.q8_0" in check.stdout

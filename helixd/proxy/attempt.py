@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
 from helixd.config.routes import FailureClass
+from helixd.proxy.ollama import Translation
+from helixd.proxy.routing import Attempts
 
 # Residency's refusals, as an API client should see them, and as a route escalates them.
 RESIDENCY_STATUS = {"queue_full": 429, "does_not_fit": 507, "timeout": 504, "model_failed": 503}
@@ -45,3 +48,19 @@ class Outcome:
     model: str | None = None
     attempts: int = 0
     first_byte_s: float | None = None
+
+
+@dataclass
+class Exchange:
+    """One client request on its way through the endpoint, and what became of it.
+
+    ``translation``: set for an Ollama-dialect request (how to speak OpenAI upstream).
+    """
+
+    request: web.Request
+    body: dict[str, Any]
+    raw: bytes
+    plan: Attempts
+    started: float
+    translation: Translation | None = None
+    outcome: Outcome = field(default_factory=lambda: Outcome(status=500))

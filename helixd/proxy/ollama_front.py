@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from helixd import __version__
-from helixd.proxy.attempt import RESIDENCY_STATUS, Outcome, Refused
+from helixd.proxy.attempt import RESIDENCY_STATUS, Exchange, Refused
 from helixd.proxy.ollama import BadOllamaRequest, now_rfc3339, ollama_error, rfc3339, translate
 from helixd.proxy.routing import Attempts
 from helixd.scheduler.entry import ModelEntry
@@ -109,13 +109,11 @@ class OllamaFront:
             return ollama_error(refused.status, refused.message)
         except BadOllamaRequest as exc:
             return ollama_error(400, str(exc))
-        outcome = Outcome(status=500)
+        exchange = Exchange(request, body, raw, plan, started, translation)
         try:
-            return await self.server.attempt_in_order(
-                request, plan, body, raw, started, outcome, translation
-            )
+            return await self.server.attempt_in_order(exchange)
         finally:
-            self.server.access_log(request, asked, plan, outcome, started)
+            self.server.access_log(exchange)
 
     async def _load_or_unload(
         self, asked: str, plan: Attempts, body: dict[str, Any]

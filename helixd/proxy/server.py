@@ -24,13 +24,13 @@ from aiohttp import web
 from helixd.config import ProviderConfig, ProxyConfig, RouteConfig
 from helixd.config.proxy import split_listen
 from helixd.config.routes import FailureClass
-from helixd.proxy.attempt import FAILURE_OF, RESIDENCY_STATUS, Failed, Outcome, Refused
+from helixd.proxy.attempt import FAILURE_OF, RESIDENCY_STATUS, Exchange, Failed, Outcome, Refused
 from helixd.proxy.classify import classify
 from helixd.proxy.errors import openai_error, sse_error
 from helixd.proxy.health import ModelHealth
 from helixd.proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from helixd.proxy.metrics import Metrics
-from helixd.proxy.ollama import Translation, ollama_error, relay_ollama
+from helixd.proxy.ollama import ollama_error, relay_ollama
 from helixd.proxy.ollama_front import OllamaFront
 from helixd.proxy.relay import EarlyStream, UpstreamRejected, UpstreamUnreachable, relay
 from helixd.proxy.routing import Attempts, Router
@@ -216,12 +216,11 @@ class ProxyServer:
             plan = await self.plan(body)
         except Refused as refused:
             return openai_error(refused.status, refused.message, refused.code)
-        outcome = Outcome(status=500)
+        exchange = Exchange(request, body, raw, plan, started)
         try:
-            response = await self.attempt_in_order(request, plan, body, raw, started, outcome)
-            return response
+            return await self.attempt_in_order(exchange)
         finally:
-            self.access_log(request, body["model"], plan, outcome, started)
+            self.access_log(exchange)
 
     async def read_body(self, request: web.Request) -> tuple[bytes, dict[str, Any]]:
         """The request's JSON object, which names a ``model``; :class:`Refused` if not."""
@@ -257,17 +256,9 @@ class ProxyServer:
             raise Refused(429, blocked, "budget_exceeded")
         return plan
 
-    async def attempt_in_order(
-        self,
-        request: web.Request,
-        plan: Attempts,
-        body: dict[str, Any],
-        raw: bytes,
-        started: float,
-        outcome: Outcome,
-        translation: Translation | None = None,
-    ) -> web.StreamResponse:
+    async def attempt_in_order(self, x: Exchange) -> web.StreamResponse:
         """Try each candidate (with its retries) until one answers or the limit is hit."""
+        plan, outcome = x.plan, x.outcome
         failure: web.Response | None = None
         tries = [m for m in plan.order for _ in range(plan.retries + 1)][: plan.max_attempts]
         attempt = 0
@@ -281,9 +272,7 @@ class ProxyServer:
             attempt += 1
             outcome.model, outcome.attempts = model, attempt
             try:
-                response = await self._serve(
-                    request, plan, model, body, raw, started, outcome, last, translation
-                )
+                response = await self._serve(x, model, last)
             except Failed as failed:
                 self.metrics.errors.labels(model, failed.kind).inc()
                 # Busy is not unhealthy: only errors and timeouts count towards a cooldown.
@@ -308,31 +297,19 @@ class ProxyServer:
         assert failure is not None
         return failure
 
-    async def _serve(
-        self,
-        request: web.Request,
-        plan: Attempts,
-        model: str,
-        body: dict[str, Any],
-        raw: bytes,
-        started: float,
-        outcome: Outcome,
-        last: bool,
-        translation: Translation | None,
-    ) -> web.StreamResponse:
+    async def _serve(self, x: Exchange, model: str, last: bool) -> web.StreamResponse:
         """One attempt on one model: acquire it, relay, release. Raise :class:`Failed`."""
+        plan = x.plan
         headers = {"x-helix-model": model}
         if plan.route is not None:
             headers["x-helix-route"] = plan.route
         if plan.label is not None:
             headers["x-helix-label"] = plan.label
         early = None
-        if translation is None and body.get("stream") is True and self._must_wait(model):
-            early = EarlyStream(request, self.config.sse_keepalive_s, headers)
+        if x.translation is None and x.body.get("stream") is True and self._must_wait(model):
+            early = EarlyStream(x.request, self.config.sse_keepalive_s, headers)
         try:
-            return await self._serve_acquired(
-                request, model, body, raw, started, outcome, last, translation, headers, early
-            )
+            return await self._serve_acquired(x, model, last, headers, early)
         finally:
             if early is not None:
                 await early.stop()
@@ -386,17 +363,14 @@ class ProxyServer:
 
     async def _serve_acquired(
         self,
-        request: web.Request,
+        x: Exchange,
         model: str,
-        body: dict[str, Any],
-        raw: bytes,
-        started: float,
-        outcome: Outcome,
         last: bool,
-        translation: Translation | None,
         headers: dict[str, str],
         early: EarlyStream | None,
     ) -> web.StreamResponse:
+        request, body, raw, started = x.request, x.body, x.raw, x.started
+        outcome, translation = x.outcome, x.translation
         error = openai_error if translation is None else _as_ollama_error
         try:
             async with self.residency.use(model) as entry:
@@ -493,12 +467,12 @@ class ProxyServer:
                 raise Failed("final", response) from None
             raise Failed(residency_kind, response) from None
 
-    def access_log(
-        self, request: web.Request, asked: str, plan: Attempts | None, o: Outcome, started: float
-    ) -> None:
-        elapsed = time.perf_counter() - started
+    def access_log(self, x: Exchange) -> None:
+        """Metrics and one access-log line for a finished request."""
+        request, asked, plan, o = x.request, x.body["model"], x.plan, x.outcome
+        elapsed = time.perf_counter() - x.started
         model = o.model or "-"
-        route = plan.route if plan is not None and plan.route else "-"
+        route = plan.route or "-"
         self.metrics.requests.labels(model, route, str(o.status)).inc()
         self.metrics.latency.labels(model).observe(elapsed)
         if o.first_byte_s is not None:

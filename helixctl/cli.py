@@ -210,7 +210,14 @@ def pull(ctx: Context, model: str, provider: str | None) -> None:
     last, step = "", None
     try:
         for raw in response.iter_lines():
-            update = json.loads(raw)
+            try:
+                update = json.loads(raw)
+            except ValueError:
+                update = None
+            if not isinstance(update, dict):
+                fail(
+                    f"{provider}: pull {model}: unexpected progress line {raw[:80]!r}", EXIT_FAILED
+                )
             if ctx.as_json:
                 echo(raw.decode())
             if "error" in update:

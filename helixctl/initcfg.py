@@ -95,7 +95,8 @@ def _running_ollama() -> tuple[str | None, list[str]]:
             data = json.load(response)
     except (OSError, ValueError):
         return None, []
-    models = [m.get("name") for m in data.get("models") or [] if isinstance(m, dict)]
+    listed = data.get("models") if isinstance(data, dict) else None
+    models = [m.get("name") for m in listed or [] if isinstance(m, dict)]
     return url.rstrip("/"), [m for m in models if isinstance(m, str)]
 
 

@@ -6,6 +6,7 @@ line on failure) is streamed to the client as it comes; ``helixctl pull`` draws 
 
 from __future__ import annotations
 
+import json
 import re
 
 import aiohttp
@@ -59,9 +60,7 @@ async def pull(request: web.Request, supervisor: Supervisor) -> web.StreamRespon
                 async for line in upstream.content:
                     await response.write(line if line.endswith(b"\n") else line + b"\n")
             except (aiohttp.ClientError, TimeoutError) as exc:
-                await response.write(
-                    b'{"error": "%s stopped answering mid-pull: %s"}\n'
-                    % (name.encode(), str(exc or type(exc).__name__).encode())
-                )
+                why = f"{name} stopped answering mid-pull: {exc or type(exc).__name__}"
+                await response.write(json.dumps({"error": why}).encode() + b"\n")
             await response.write_eof()
             return response

@@ -40,6 +40,9 @@ log = logging.getLogger("helixd.providers")
 
 # How long an unloaded model may take to leave /api/ps (Ollama stops its runner).
 UNLOAD_WAIT_S = 30.0
+# A load that has not answered by then never will: Ollama's own stall timer
+# (OLLAMA_LOAD_TIMEOUT) defaults to 5 minutes.
+LOAD_TIMEOUT_S = 330.0
 API_TIMEOUT_S = 10.0
 _SERVING = frozenset({ProcessState.READY, ProcessState.UNHEALTHY})
 
@@ -97,9 +100,7 @@ class OllamaAdapter(ModelAdapter):
             self._session = aiohttp.ClientSession(trust_env=False)
         return self._session
 
-    async def _post(
-        self, base: str, path: str, body: dict[str, Any], timeout: float | None
-    ) -> None:
+    async def _post(self, base: str, path: str, body: dict[str, Any], timeout: float) -> None:
         """POST JSON; :class:`LoadError` with Ollama's own words unless it answers 200."""
         try:
             async with self._http().post(
@@ -142,8 +143,11 @@ class OllamaAdapter(ModelAdapter):
     async def load(self, target: ModelTarget) -> None:
         """Ask Ollama to load the model for ever (helixd decides when it goes)."""
         base = await self._ready_base()
+        # Booked before asking: a load that fails or is cancelled half way is then unloaded
+        # by the scheduler's clean-up instead of staying in Ollama unseen.
+        self._ids[target.name] = target.model_id
         await self._post(
-            base, "/api/generate", {"model": target.model_id, "keep_alive": -1}, timeout=None
+            base, "/api/generate", {"model": target.model_id, "keep_alive": -1}, LOAD_TIMEOUT_S
         )
         try:
             shown = (await self.loaded_models(base)).get(target.model_id)
@@ -154,7 +158,6 @@ class OllamaAdapter(ModelAdapter):
                 f"{self.provider} answered the load of {target.model_id!r} but /api/ps "
                 "does not list it"
             )
-        self._ids[target.name] = target.model_id
         self._sizes[target.name] = _sizes(shown)
         if self._watch is None or self._watch.done():
             self._watch = asyncio.create_task(self._watch_loaded(), name=f"{self.provider}:ps")

@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import ipaddress
 import json
 import os
@@ -255,7 +256,7 @@ class FakeOllama(EchoServer):
             return response
         spec = available[model]
         total = int((spec.get("mib", 0) + spec.get("cpu_mib", 0)) * MIB)
-        digest = "sha256:" + f"{abs(hash(model)):064x}"[-64:]
+        digest = "sha256:" + hashlib.sha256(model.encode()).hexdigest()
         for step in range(PULL_CHUNKS + 1):
             completed = total * step // PULL_CHUNKS
             await send(

@@ -181,10 +181,7 @@ def _check_semantics(config: HelixConfig) -> list[str]:
     for name, provider in config.providers.items():
         key = f"providers.{name}"
         if not NAME_RE.match(name):
-            problems.append(
-                f"{key}: provider names use letters, digits, '.', '_', ':' and '-' "
-                "and start with a letter or digit"
-            )
+            problems.append(_name_problem(key, "provider"))
         defaults = kind_defaults(provider.kind)
         if provider.command is None and defaults.command is None and provider.kind != "remote":
             problems.append(
@@ -255,6 +252,13 @@ def _check_routes(config: HelixConfig) -> list[str]:
     return problems
 
 
+def _name_problem(key: str, what: str) -> str:
+    return (
+        f"{key}: {what} names use letters, digits, '.', '_', ':' and '-' "
+        "and start with a letter or digit"
+    )
+
+
 def _check_models(config: HelixConfig) -> list[str]:
     """Models must name a provider that can load them; names and aliases must be unique."""
     problems: list[str] = []
@@ -262,10 +266,7 @@ def _check_models(config: HelixConfig) -> list[str]:
     for name, model in config.models.items():
         key = f"models.{name}"
         if not NAME_RE.match(name):
-            problems.append(
-                f"{key}: model names use letters, digits, '.', '_', ':' and '-' "
-                "and start with a letter or digit"
-            )
+            problems.append(_name_problem(key, "model"))
         provider = config.providers.get(model.provider)
         if provider is None:
             known = ", ".join(sorted(config.providers)) or "none defined"

@@ -242,12 +242,18 @@ def test_a_client_that_stalls_mid_body_times_out_with_408(helix: Any) -> None:
     assert "request body not received within 0.5 s" in answer
 
 
-ROUTES = """
+# A provider whose every answer is an injected HTTP 500.
+FAILING_PROVIDER = """
 [providers.bad]
 kind = "openai"
 command = ["{python}", "-m", "helixd.providers.echo", "--host", "{host}", "--port", "{port}",
            "--model", "{model}", "--fail-rate", "1"]
 health = { path = "/health", interval_s = 1 }
+"""
+
+ROUTES = (
+    FAILING_PROVIDER
+    + """
 
 [models.broken-a]
 provider = "bad"
@@ -265,6 +271,7 @@ max_attempts = 2
 candidates = ["coder"]
 rules = [{ match = "(?i)\\\\b(integral|derivative|equation)\\\\b", model = "maths" }]
 """
+)
 
 
 def test_routes_fall_back_stop_at_their_limit_and_route_tasks_by_rule(helix: Any) -> None:
@@ -484,13 +491,9 @@ labels = { math = "maths", code = "coder" }
 default = "coder"
 # Braces in a prompt are text (a JSON example); only {labels} is replaced.
 prompt = 'One of {labels}, as JSON: {"label": "code"}'
-
-[providers.bad]
-kind = "openai"
-command = ["{python}", "-m", "helixd.providers.echo", "--host", "{host}", "--port", "{port}",
-           "--model", "{model}", "--fail-rate", "1"]
-health = { path = "/health", interval_s = 1 }
-
+"""
+        + FAILING_PROVIDER
+        + """
 [models.broken-classifier]
 provider = "bad"
 

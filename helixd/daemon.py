@@ -26,7 +26,6 @@ from helixd.control.models_api import add_model_routes
 from helixd.control.sockets import bind_control_socket
 from helixd.notify import Notifier
 from helixd.providers.base import ModelAdapter
-from helixd.providers.ollama import OllamaAdapter
 from helixd.providers.ollama import server_env as ollama_server_env
 from helixd.proxy.server import ProxyServer
 from helixd.resources.gpu import GpuSelectionError
@@ -399,8 +398,8 @@ class Daemon:
     def _process_changed(self, process: ManagedProcess) -> None:
         self._status_dirty.set()
         adapter = self._adapters.get(process.spec.name)
-        if isinstance(adapter, OllamaAdapter):
-            adapter.server_changed(process)  # its models live and die with the server
+        if adapter is not None:
+            adapter.server_changed(process)  # a one-server provider's models go with it
 
     async def _publish_status(self) -> None:
         while True:

@@ -115,6 +115,10 @@ class ModelAdapter(abc.ABC):
         """``(vram, ram)`` bytes as the provider itself reports them, if it does."""
         return None
 
+    def server_changed(self, process: ManagedProcess) -> None:
+        """The provider's own supervised server changed state (one-server providers)."""
+        return None  # process-per-model adapters watch their own processes
+
     def memory_note(self, model: str) -> str | None:
         """A word on where the provider put the model (e.g. partly on CPU), if it says."""
         return None

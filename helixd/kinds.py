@@ -17,6 +17,8 @@ class KindDefaults:
     health_path: str | None
     health_tcp: bool = False
     env: dict[str, str] = field(default_factory=dict)
+    # Replaces the provider default of 60 s unless the provider sets start_seconds.
+    start_seconds: float | None = None
     example: str = "['my-server', '--port', '{port}']"
 
 
@@ -55,6 +57,8 @@ _KINDS: dict[str, KindDefaults] = {
     "vllm": KindDefaults(
         command=None,
         health_path="/health",
+        # A first start downloads, compiles and captures CUDA graphs: minutes, not seconds.
+        start_seconds=600.0,
         example=(
             "['vllm', 'serve', '{model_id}', '--served-model-name', '{model}', '--host', "
             "'{host}', '--port', '{port}', '--gpu-memory-utilization', "

@@ -278,12 +278,20 @@ def _check_models(config: HelixConfig) -> list[str]:
                 f"{key}.provider: {model.provider!r} (kind {provider.kind}) runs one server "
                 "for all its models, which this version cannot load or unload for that kind; "
                 "use a provider whose command is a per-model template (with {model_path} or "
-                "{model}), or one of kind " + " or ".join(MULTI_MODEL_KINDS)
+                "{model}), or one of kind "
+                + ", ".join(MULTI_MODEL_KINDS[:-1])
+                + " or "
+                + MULTI_MODEL_KINDS[-1]
             )
         elif "model_path" in provider.placeholders and model.path is None:
             problems.append(
                 f"{key}.path: required, because providers.{model.provider}.command uses "
                 "{model_path}; e.g. path = '/models/qwen2.5-7b-instruct-q4_k_m.gguf'"
+            )
+        if model.sleep_mode and provider is not None and provider.kind != "vllm":
+            problems.append(
+                f"{key}.sleep_mode: only vLLM has a sleep mode; providers.{model.provider} "
+                f"is kind {provider.kind}; remove sleep_mode"
             )
         if provider is not None and "ctx" in provider.placeholders and model.ctx is None:
             problems.append(

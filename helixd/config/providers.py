@@ -19,7 +19,7 @@ ProviderKind = Literal[
 
 # Kinds whose one server loads and unloads many models through its API (an adapter
 # drives them); any other provider-level command serves no configured models.
-MULTI_MODEL_KINDS = ("remote", "ollama")
+MULTI_MODEL_KINDS = ("remote", "ollama", "localai", "tabbyapi")
 
 # Placeholders a provider-level command may use; model placeholders mark a per-model template.
 PROCESS_PLACEHOLDERS = frozenset({"port", "host", "name", "state_dir", "log_dir", "python"})

@@ -85,3 +85,6 @@ class ModelConfig(Strict):
     ram_mib: int | None = Field(default=None, ge=0)
     # Extra arguments appended to a process-per-model provider's command for this model.
     args: list[str] = Field(default_factory=list)
+    # vLLM only: unloading puts the model to sleep (weights to host RAM, GPU freed) and the
+    # next load wakes it in seconds; needs a vLLM with sleep mode (0.7.3 or later).
+    sleep_mode: bool = False

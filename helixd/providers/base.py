@@ -44,6 +44,7 @@ class ModelTarget:
     args: tuple[str, ...]
     gpu_index: int | None  # None: keep it off every GPU
     gpu_memory_utilization: float
+    sleep_mode: bool = False
 
 
 class LoadError(Exception):
@@ -69,6 +70,9 @@ class ModelAdapter(abc.ABC):
     # "ollama" when the upstream speaks Ollama's own API: Ollama requests then pass
     # through untouched instead of being translated to the OpenAI dialect.
     native_dialect: ClassVar[str | None] = None
+    # True when the server holds one model at a time (TabbyAPI): loading another of its
+    # models means the scheduler must first evict the one it holds.
+    one_model_at_a_time: ClassVar[bool] = False
 
     def __init__(self, provider: str) -> None:
         self.provider = provider
@@ -114,6 +118,15 @@ class ModelAdapter(abc.ABC):
     async def reported_memory(self, model: str) -> tuple[int, int] | None:
         """``(vram, ram)`` bytes as the provider itself reports them, if it does."""
         return None
+
+    def can_sleep(self, model: str) -> bool:
+        """True when ``model`` is awake and can be put to sleep instead of stopped."""
+        return False
+
+    async def sleep(self, model: str) -> None:
+        """Free the model's GPU memory but keep its process (weights in host RAM); the
+        next :meth:`load` wakes it. :class:`LoadError` when it did not fall asleep."""
+        raise LoadError(f"{self.provider}: {model} has no sleep mode")
 
     def server_changed(self, process: ManagedProcess) -> None:
         """The provider's own supervised server changed state (one-server providers)."""

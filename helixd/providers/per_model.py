@@ -67,18 +67,27 @@ class ProcessPerModelAdapter(ModelAdapter):
         # NVML's, so pin the order before choosing one.
         env = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
         env["CUDA_VISIBLE_DEVICES"] = "" if target.gpu_index is None else str(target.gpu_index)
+        kind_args, kind_env = self.launch_extras(target)
         spec = build_spec(
             process_name(self.provider, target.name),
             self.config,
             self._paths,
             provider_name=self.provider,
             model_values=values,
-            extra_args=target.args,
-            extra_env=env,
+            extra_args=(*kind_args, *target.args),
+            extra_env={**kind_env, **env},
         )
         # The scheduler, not the supervisor, brings a dead model back (it must re-check
         # memory first); one failed start is a failed load.
         return dataclasses.replace(spec, restart="never", start_retries=0, autostart=False)
+
+    def launch_extras(self, target: ModelTarget) -> tuple[tuple[str, ...], dict[str, str]]:
+        """Arguments and environment a provider kind adds for this model (vLLM's sleep)."""
+        return (), {}
+
+    def _watched(self, model: str) -> bool:
+        """Whether the death of the model's process is news (it was serving)."""
+        return model in self._serving
 
     async def load(self, target: ModelTarget) -> None:
         """Start the model's process and wait until its health probe passes."""
@@ -122,8 +131,12 @@ class ProcessPerModelAdapter(ModelAdapter):
 
     def upstream(self, model: str) -> str | None:
         """``http://127.0.0.1:PORT`` of the model's own server."""
+        return self._address(model) if model in self._serving else None
+
+    def _address(self, model: str) -> str | None:
+        """The model's server address while its process exists (serving or not)."""
         process = self._processes.get(model)
-        if process is None or model not in self._serving:
+        if process is None:
             return None
         return f"http://{process.spec.host}:{process.spec.port}"
 
@@ -145,6 +158,10 @@ class ProcessPerModelAdapter(ModelAdapter):
         process = self._processes.get(model)
         return process.info() if process is not None else None
 
+    def _process_lost(self, model: str) -> None:
+        """Forget what a kind keeps of a model whose process died (vLLM: asleep)."""
+        return None
+
     async def close(self) -> None:
         """Stop every model process of this provider."""
         for model in list(self._processes):
@@ -152,10 +169,11 @@ class ProcessPerModelAdapter(ModelAdapter):
 
     def _changed(self, process: ManagedProcess) -> None:
         model = next((m for m, p in self._processes.items() if p is process), None)
-        if model is None or model in self._leaving or model not in self._serving:
+        if model is None or model in self._leaving or not self._watched(model):
             return
         if process.state not in _SERVING:
             self._serving.discard(model)
+            self._process_lost(model)
             why = process.message or f"its process is {process.state}"
             log.warning("%s: model %s lost: %s", self.provider, model, why)
             self._lost(model, why)

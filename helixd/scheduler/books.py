@@ -108,7 +108,12 @@ class ResidencyBooks(ABC):
             )
         entry.state = state
         entry.message = message
-        if state in (ModelState.LOADED, ModelState.UNLOADED, ModelState.FAILED):
+        if state in (
+            ModelState.LOADED,
+            ModelState.UNLOADED,
+            ModelState.FAILED,
+            ModelState.SLEEPING,
+        ):
             self._figures_moved = True
         if state in (ModelState.UNLOADED, ModelState.FAILED):
             entry.device = None

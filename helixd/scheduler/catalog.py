@@ -18,6 +18,7 @@ from helixd.providers.estimate import EstimateError, estimate_path
 from helixd.providers.ollama import OllamaAdapter
 from helixd.providers.per_model import ProcessPerModelAdapter
 from helixd.providers.remote import RemoteAdapter
+from helixd.providers.vllm import VllmAdapter
 from helixd.scheduler.residency import ModelEntry
 from helixd.scheduler.sizing import memory_figure, size_key
 from helixd.state import ResidencyRecord
@@ -48,6 +49,8 @@ def build_adapters(
             adapters[name] = old
         elif provider.kind == "remote":
             adapters[name] = RemoteAdapter(name, provider)
+        elif provider.is_model_template and provider.kind == "vllm":
+            adapters[name] = VllmAdapter(name, provider, paths, registry)
         elif provider.is_model_template:
             adapters[name] = ProcessPerModelAdapter(name, provider, paths, registry)
         else:  # kind ollama: config refuses models on any other one-server provider

@@ -25,10 +25,17 @@ class ModelState(enum.StrEnum):
     LOADED = "loaded"
     UNLOADING = "unloading"
     FAILED = "failed"
+    # vLLM's sleep mode: the process lives on with its weights in host RAM and almost
+    # nothing on the GPU; waking it takes seconds where a cold start takes minutes.
+    SLEEPING = "sleeping"
 
 
 # States whose memory is (or is about to be) taken.
-HOLDING = frozenset({ModelState.LOADING, ModelState.LOADED, ModelState.UNLOADING})
+HOLDING = frozenset(
+    {ModelState.LOADING, ModelState.LOADED, ModelState.UNLOADING, ModelState.SLEEPING}
+)
+# States counted against ``max_loaded_models`` (a sleeping model serves nothing).
+RESIDENT = frozenset({ModelState.LOADING, ModelState.LOADED})
 
 
 @dataclass(frozen=True)
@@ -74,12 +81,20 @@ class Snapshot:
 
 @dataclass(frozen=True)
 class LoadRequest:
-    """Make ``model`` resident; it needs ``vram_bytes`` on one GPU (if ``gpu``) and RAM."""
+    """Make ``model`` resident; it needs ``vram_bytes`` on one GPU (if ``gpu``) and RAM.
+
+    ``device``: only there (a sleeping model wakes on the GPU it sleeps on; its request
+    asks only for what waking adds). ``exclusive``: models that cannot stay resident
+    beside it (a server that holds one model at a time, such as TabbyAPI); they are
+    evicted first whatever their age, and a pinned or busy one blocks the load.
+    """
 
     model: str
     vram_bytes: int
     ram_bytes: int
     gpu: bool
+    device: str | None = None
+    exclusive: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -155,7 +170,7 @@ def free_bytes(snapshot: Snapshot, device: DeviceView) -> int:
 
 def resident_count(snapshot: Snapshot) -> int:
     """Models counted against ``max_loaded_models`` (those leaving are not)."""
-    return sum(m.state in (ModelState.LOADING, ModelState.LOADED) for m in snapshot.models.values())
+    return sum(m.state in RESIDENT for m in snapshot.models.values())
 
 
 def plan_load(snapshot: Snapshot, request: LoadRequest) -> Plan:
@@ -171,6 +186,8 @@ def plan_load(snapshot: Snapshot, request: LoadRequest) -> Plan:
     if request.gpu and not snapshot.gpus:
         return Refuse(request.model, f"{request.model} needs a GPU and helixd has none to use")
     devices = snapshot.gpus if request.gpu else (snapshot.ram,)
+    if request.device is not None:
+        devices = tuple(d for d in devices if d.id == request.device)
     options = [_option(snapshot, request, d, idle_only=True) for d in devices]
     workable = [o for o in options if o is not None]
     if workable:
@@ -217,14 +234,19 @@ def _option(
         count_short = resident_count(snapshot) + 1 - snapshot.max_loaded_models
     victims: list[str] = []
     freed_ram = freed_vram = 0
-    for m in _eligible(snapshot, idle_only):
-        if vram_short <= 0 and ram_short <= 0 and count_short <= 0:
+    forced = _exclusive_holders(snapshot, request)
+    if any(m.pinned or (idle_only and not _evictable_now(m)) for m in forced):
+        return None
+    eligible = [m for m in _eligible(snapshot, idle_only) if m.name != request.model]
+    for m in [*forced, *(e for e in eligible if e not in forced)]:
+        if vram_short <= 0 and ram_short <= 0 and count_short <= 0 and m not in forced:
             break
         frees_vram = gpu is not None and m.device == gpu and m.vram_bytes > 0
         frees_ram = m.ram_bytes > 0
-        counts = m.state != ModelState.UNLOADING
+        counts = m.state in RESIDENT
         if (
-            (vram_short > 0 and frees_vram)
+            m in forced
+            or (vram_short > 0 and frees_vram)
             or (ram_short > 0 and frees_ram)
             or (count_short > 0 and counts)
         ):
@@ -243,9 +265,23 @@ def _option(
     return _Option(device.id, tuple(victims), free_bytes(snapshot, device) + freed_vram)
 
 
+def _evictable_now(m: ModelView) -> bool:
+    return m.state in (ModelState.LOADED, ModelState.SLEEPING) and m.idle
+
+
+def _exclusive_holders(snapshot: Snapshot, request: LoadRequest) -> list[ModelView]:
+    """Models that must leave before ``request.model`` loads, oldest first."""
+    found = [
+        m
+        for name in request.exclusive
+        if (m := snapshot.models.get(name)) is not None and m.state in HOLDING
+    ]
+    return sorted(found, key=lambda m: (m.last_used, m.name))
+
+
 def _eligible(snapshot: Snapshot, idle_only: bool) -> list[ModelView]:
     """Unpinned models that hold memory, least recently used first."""
-    allowed = (ModelState.LOADED,) if idle_only else tuple(HOLDING)
+    allowed = (ModelState.LOADED, ModelState.SLEEPING) if idle_only else tuple(HOLDING)
     found = [
         m
         for m in snapshot.models.values()
@@ -260,7 +296,7 @@ def _busy_or_moving(snapshot: Snapshot) -> list[str]:
         for m in snapshot.models.values()
         if not m.pinned
         and (
-            (m.state == ModelState.LOADED and not m.idle)
+            (m.state in (ModelState.LOADED, ModelState.SLEEPING) and not m.idle)
             or m.state in (ModelState.LOADING, ModelState.UNLOADING)
         )
     )
@@ -308,4 +344,9 @@ def _refusal(snapshot: Snapshot, request: LoadRequest, devices: Iterable[DeviceV
         parts.append(text)
     if snapshot.max_loaded_models and resident_count(snapshot) >= snapshot.max_loaded_models:
         parts.append(f"max_loaded_models = {snapshot.max_loaded_models} reached, all pinned")
+    pinned_beside = [m.name for m in _exclusive_holders(snapshot, request) if m.pinned]
+    if pinned_beside:
+        parts.append(
+            f"its server holds one model at a time and {', '.join(pinned_beside)} is pinned"
+        )
     return f"{request.model} " + " · ".join(parts)

@@ -49,12 +49,21 @@ class ResidencyMaintenance(ResidencyBooks):
                 elif not math.isinf(keep):
                     left = entry.last_used + keep - now
                     if left <= 0:
-                        self._start_unload(entry, f"idle for {keep:g} s (keep_alive)")
+                        why = f"idle for {keep:g} s (keep_alive)"
+                        self._start_unload(entry, why, sleep=True)
                     else:
                         due = min(due, left)
+            if entry.stale and entry.state == ModelState.SLEEPING and entry.idle:
+                entry.stale = False
+                why = "removed from the config" if entry.removed else "config changed"
+                self._start_unload(entry, f"{why} (it was asleep)")
             if entry.removed:
                 continue
-            if entry.pinned and entry.state in (ModelState.UNLOADED, ModelState.FAILED):
+            if entry.pinned and entry.state in (
+                ModelState.UNLOADED,
+                ModelState.FAILED,
+                ModelState.SLEEPING,
+            ):
                 left = entry.failed_until - now
                 if left > 0:
                     due = min(due, left)
@@ -66,10 +75,15 @@ class ResidencyMaintenance(ResidencyBooks):
             await self._sample()
         return max(due, 0.05)
 
-    def _start_unload(self, entry: ModelEntry, why: str, process_gone: bool = False) -> None:
-        """Unload in a task (a pass must not wait for a process to stop); booked at once."""
+    def _start_unload(
+        self, entry: ModelEntry, why: str, process_gone: bool = False, sleep: bool = False
+    ) -> None:
+        """Unload in a task (a pass must not wait for a process to stop); booked at once.
+
+        ``sleep``: a model that can sleep (vLLM) sleeps instead of stopping.
+        """
         self._set(entry, ModelState.UNLOADING, why)
-        self._spawn(self._unload(entry, why, process_gone), f"unload:{entry.name}")
+        self._spawn(self._unload(entry, why, process_gone, sleep), f"unload:{entry.name}")
 
     async def _keep_pinned(self, entry: ModelEntry) -> None:
         try:
@@ -96,7 +110,9 @@ class ResidencyMaintenance(ResidencyBooks):
         """Make ``name`` resident."""
 
     @abstractmethod
-    async def _unload(self, entry: ModelEntry, why: str, process_gone: bool = False) -> None:
+    async def _unload(
+        self, entry: ModelEntry, why: str, process_gone: bool = False, sleep: bool = False
+    ) -> None:
         """Stop the model, wait for its memory to show up free, then book it unloaded."""
 
     @abstractmethod

@@ -34,6 +34,7 @@ from helixd.scheduler.core import (
     Ready,
     Refuse,
     Wait,
+    format_bytes,
     free_bytes,
     plan_load,
 )
@@ -195,20 +196,42 @@ class Residency(ResidencyMaintenance):
 
     def _request(self, entry: ModelEntry, sample: ResourceSample) -> LoadRequest:
         on_gpu = bool(sample.gpus) and entry.config.gpu_layers != 0 and entry.adapter.holds_memory
-        return LoadRequest(entry.name, entry.figure.vram_bytes, entry.figure.ram_bytes, on_gpu)
+        exclusive: frozenset[str] = frozenset()
+        if entry.adapter.one_model_at_a_time:
+            exclusive = frozenset(
+                n for n, e in self.models.items() if e.adapter is entry.adapter and n != entry.name
+            )
+        figure = entry.figure
+        if entry.state == ModelState.SLEEPING and entry.device not in (None, RAM):
+            # Waking happens where the process sleeps and adds only what it does not hold.
+            return LoadRequest(
+                entry.name,
+                max(0, figure.vram_bytes - entry.accounted_vram),
+                max(0, figure.ram_bytes - entry.accounted_ram),
+                gpu=True,
+                device=entry.device,
+                exclusive=exclusive,
+            )
+        return LoadRequest(
+            entry.name, figure.vram_bytes, figure.ram_bytes, on_gpu, exclusive=exclusive
+        )
 
     def _begin(self, entry: ModelEntry, plan: Load, request: LoadRequest) -> None:
         """Book the plan at once, so the next plan sees it, then act in a task."""
         for victim in plan.evict:
             self._set(self.models[victim], ModelState.UNLOADING, f"evicted for {entry.name}")
-        entry.device = plan.device
-        if plan.device == RAM:
+        waking = entry.state == ModelState.SLEEPING
+        if waking:  # what it holds asleep stays booked until it is measured awake
+            entry.accounted_vram += request.vram_bytes
+            entry.accounted_ram += request.ram_bytes
+        elif plan.device == RAM:
             entry.accounted_vram, entry.accounted_ram = 0, request.vram_bytes + request.ram_bytes
         else:
             entry.accounted_vram, entry.accounted_ram = request.vram_bytes, request.ram_bytes
+        entry.device = plan.device
         self._loading_devices.add(plan.device)
         where = "host RAM" if plan.device == RAM else plan.device.upper()
-        self._set(entry, ModelState.LOADING, f"on {where}")
+        self._set(entry, ModelState.LOADING, f"{'waking' if waking else 'loading'} on {where}")
         task = self._spawn(self._carry_out(entry, plan, request), f"load:{entry.name}")
         task.add_done_callback(lambda t: self._load_task_ended(entry, plan, t))
         entry.load_task = task
@@ -334,7 +357,8 @@ class Residency(ResidencyMaintenance):
         for name in victims:
             victim = self.models.get(name)
             if victim is not None and victim.state == ModelState.UNLOADING:
-                await self._unload(victim, f"evicted for a load on {device}")
+                # Asleep, a model gives its GPU memory back but takes host RAM.
+                await self._unload(victim, f"evicted for a load on {device}", sleep=device != RAM)
                 if self.on_evict is not None:
                     self.on_evict(name)
 
@@ -356,13 +380,23 @@ class Residency(ResidencyMaintenance):
             self.scheduler.memory_return_s,
         )
 
-    async def _unload(self, entry: ModelEntry, why: str, process_gone: bool = False) -> None:
+    async def _unload(
+        self, entry: ModelEntry, why: str, process_gone: bool = False, sleep: bool = False
+    ) -> None:
         """Stop the model, wait for its memory to show up free, then book it unloaded.
 
         It stays ``unloading`` until then, so a plan that needs the room waits for it
         rather than refusing on a stale NVML figure. The process is stopped even if the
         caller is cancelled meanwhile: the books never say unloaded while it runs.
+        With ``sleep``, a model that can sleep (vLLM's sleep mode) is put to sleep
+        instead, unless host RAM is too short to keep its weights.
         """
+        if sleep and not process_gone and entry.adapter.can_sleep(entry.name):
+            why_not = await self._put_to_sleep(entry, why)
+            if why_not is None:
+                return
+            log.info("model %s: stopping it instead of sleeping: %s", entry.name, why_not)
+            why = f"{why}; stopped, not asleep: {why_not}"
         device = entry.device or RAM
         # Only GPU drivers free lazily; host RAM is back when the process is gone. A lost
         # model's process is gone already: its memory was freed before we could look.
@@ -391,6 +425,37 @@ class Residency(ResidencyMaintenance):
             return
         self._unloaded(entry, why)
 
+    async def _put_to_sleep(self, entry: ModelEntry, why: str) -> str | None:
+        """Sleep instead of stopping; None once asleep, else why it stays awake."""
+        sample = await self._sample()
+        snapshot = self.snapshot(sample)
+        room = free_bytes(snapshot, snapshot.ram)
+        # Asleep, the weights live in host RAM: at most what the model holds on the GPU.
+        need = max(entry.accounted_vram, entry.figure.vram_bytes)
+        if need > room:
+            return (
+                f"host RAM too short to hold it asleep ({format_bytes(room)} free, "
+                f"up to {format_bytes(need)} needed)"
+            )
+        self._set(entry, ModelState.UNLOADING, why)
+        self._unloading.add(entry.name)
+        try:
+            await _uncancellable(entry.adapter.sleep(entry.name))
+        except LoadError as exc:
+            self._unloading.discard(entry.name)
+            return f"it did not fall asleep: {exc}"
+        except asyncio.CancelledError:
+            self._unloading.discard(entry.name)
+            awake = entry.adapter.can_sleep(entry.name)
+            self._set(entry, ModelState.LOADED if awake else ModelState.SLEEPING, why)
+            raise
+        figures = await self._tree_figures(entry)
+        if figures is not None:
+            entry.accounted_vram, entry.accounted_ram = figures
+        self._unloading.discard(entry.name)
+        self._set(entry, ModelState.SLEEPING, f"{why}; asleep, weights in host RAM")
+        return None
+
     def _unloaded(self, entry: ModelEntry, why: str) -> None:
         self._unloading.discard(entry.name)
         if entry.next_adapter is not None:
@@ -404,18 +469,11 @@ class Residency(ResidencyMaintenance):
 
     async def _measure(self, entry: ModelEntry) -> None:
         """Measure the model's processes; remember the figure for its next load."""
-        pids = entry.adapter.memory_pids(entry.name)
         reported = await entry.adapter.reported_memory(entry.name)
-        if reported is not None:
-            vram, ram = reported
-        elif pids:
-            vram = ram = 0
-            for pid in pids:
-                rss, per_gpu = await self.monitor.tree_usage(pid)
-                ram += rss
-                vram += sum(per_gpu.values())
-        else:
+        figures = reported if reported is not None else await self._tree_figures(entry)
+        if figures is None:
             return
+        vram, ram = figures
         if entry.device == RAM:
             vram = 0
         entry.accounted_vram, entry.accounted_ram = vram, ram
@@ -428,11 +486,23 @@ class Residency(ResidencyMaintenance):
             except OSError as exc:
                 log.warning("cannot remember the size of %s: %s", entry.name, exc)
 
+    async def _tree_figures(self, entry: ModelEntry) -> tuple[int, int] | None:
+        """``(vram, ram)`` held by the model's own process trees, if it has any."""
+        pids = entry.adapter.memory_pids(entry.name)
+        if not pids:
+            return None
+        vram = ram = 0
+        for pid in pids:
+            rss, per_gpu = await self.monitor.tree_usage(pid)
+            ram += rss
+            vram += sum(per_gpu.values())
+        return vram, ram
+
     def _lost(self, name: str, why: str) -> None:
         if self._closed:
             return  # helixd is stopping: the adapters are stopping every model anyway
         entry = self.models.get(name)
-        if entry is None or entry.state != ModelState.LOADED:
+        if entry is None or entry.state not in (ModelState.LOADED, ModelState.SLEEPING):
             return
         self._start_unload(entry, f"lost: {why}", process_gone=True)
 
@@ -456,8 +526,11 @@ class Residency(ResidencyMaintenance):
             entry.load_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await entry.load_task
-        if entry.state in (ModelState.LOADED, ModelState.FAILED):
-            await self._unload(entry, "unloaded on request")
+        if entry.state == ModelState.SLEEPING:
+            await self._unload(entry, "stopped on request (it was asleep)")
+        elif entry.state in (ModelState.LOADED, ModelState.FAILED):
+            # A sleep-mode model sleeps; a second unload stops it.
+            await self._unload(entry, "unloaded on request", sleep=entry.state == ModelState.LOADED)
         return entry
 
     def set_pin(self, name: str, pinned: bool) -> ModelEntry:

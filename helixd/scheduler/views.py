@@ -151,14 +151,19 @@ def model_target(
 ) -> ModelTarget:
     """What to ask the adapter to load: ``entry`` placed on ``device`` for ``request``.
 
-    ``sample`` is the last one taken; it gives the GPU's size for the memory share.
+    ``sample`` is the last one taken; it gives the GPU's size for the memory share
+    (vLLM's ``--gpu-memory-utilization``: the model's whole GPU figure over the card's
+    total, rounded down to the hundredth vLLM is given, so that the shares of models on
+    one card never add up to more than the budgets the scheduler gave them).
     """
     gpu_index = None if device == RAM else int(device.removeprefix("gpu"))
     utilization = 0.9
+    need = max(request.vram_bytes, entry.figure.vram_bytes)
     if gpu_index is not None and sample is not None:
         total = next((g.total_bytes for g in sample.gpus if g.index == gpu_index), 0)
-        if total and request.vram_bytes:
-            utilization = min(0.95, max(0.05, request.vram_bytes / total))
+        if total and need:
+            # (+1e-6: a share measured from vLLM itself must not drift down a hundredth a load)
+            utilization = min(0.95, max(0.05, math.floor(need * 100 / total + 1e-6) / 100))
     c = entry.config
     return ModelTarget(
         name=entry.name,
@@ -169,4 +174,5 @@ def model_target(
         args=tuple(c.args),
         gpu_index=gpu_index,
         gpu_memory_utilization=utilization,
+        sleep_mode=c.sleep_mode,
     )

@@ -131,7 +131,12 @@ def build_spec(
         port=port,
         autostart=provider.autostart,
         restart=provider.restart,
-        start_seconds=provider.start_seconds,
+        start_seconds=(
+            defaults.start_seconds
+            if defaults.start_seconds is not None
+            and "start_seconds" not in provider.model_fields_set
+            else provider.start_seconds
+        ),
         start_retries=provider.start_retries,
         backoff_initial_s=provider.backoff_initial_s,
         backoff_max_s=provider.backoff_max_s,

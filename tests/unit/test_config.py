@@ -170,12 +170,17 @@ def test_residency_sections_parse_with_defaults(tmp_path: Path) -> None:
             "helixd.toml: models.x.provider: no provider named 'nope'; providers: llama, ollama",
         ),
         (
-            '[providers.lai]\nkind = "localai"\ncommand = ["local-ai", "run"]\n'
-            '[models.x]\nprovider = "lai"\n',
-            "helixd.toml: models.x.provider: 'lai' (kind localai) runs one server for all "
+            '[providers.srv]\nkind = "openai"\ncommand = ["my-server", "--port", "{port}"]\n'
+            '[models.x]\nprovider = "srv"\n',
+            "helixd.toml: models.x.provider: 'srv' (kind openai) runs one server for all "
             "its models, which this version cannot load or unload for that kind; use a "
             "provider whose command is a per-model template (with {model_path} or {model}), "
-            "or one of kind remote or ollama",
+            "or one of kind remote, ollama, localai or tabbyapi",
+        ),
+        (
+            '[models.x]\nprovider = "ollama"\nsleep_mode = true\n',
+            "helixd.toml: models.x.sleep_mode: only vLLM has a sleep mode; providers.ollama "
+            "is kind ollama; remove sleep_mode",
         ),
         (
             '[models.x]\nprovider = "llama"\nctx = 4096\n',
@@ -206,7 +211,7 @@ def test_residency_sections_parse_with_defaults(tmp_path: Path) -> None:
             '[models.x]\nprovider = "llama"\npath = "/a"\nctx = 512\nvram = 4096\n',
             "helixd.toml: models.x.vram: unknown key; allowed keys here: aliases, args, ctx, "
             "gpu_layers, id, keep_alive, max_concurrency, max_queue, path, pinned, provider, "
-            "ram_mib, vram_mib",
+            "ram_mib, sleep_mode, vram_mib",
         ),
         (
             "[resources]\ngpus = [0, 0]\n",

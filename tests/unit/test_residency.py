@@ -465,3 +465,154 @@ async def test_bounded_waits_answer_504_and_a_full_queue_503() -> None:
         await waiter
     assert waited.value.status == 504 and "waited for room" in str(waited.value)
     await holder.release()
+
+
+# -- sleep mode (vLLM) and one-model servers (TabbyAPI) ---------------------------------
+
+RESIDUAL = GiB // 2
+
+
+class SleepyAdapter(FakeAdapter):
+    """vLLM's sleep mode in miniature: asleep, a model keeps RESIDUAL on the GPU and its
+    weights in host RAM (its process tree's RSS); waking takes the GPU memory back."""
+
+    def __init__(self, gpu: FakeGpu) -> None:
+        super().__init__(gpu)
+        self.asleep: dict[str, int] = {}  # model → host bytes its weights take
+        self.sleeps: list[str] = []
+        self.wakes: list[str] = []
+
+    async def load(self, target: ModelTarget) -> None:
+        if target.name in self.asleep:
+            self.wakes.append(target.name)
+            del self.asleep[target.name]
+            self.gpu.held[target.name] = (target.gpu_index or 0, self.gpu.sizes[target.name])
+            return
+        await super().load(target)
+
+    def can_sleep(self, model: str) -> bool:
+        return model in self.gpu.held and model not in self.asleep
+
+    async def sleep(self, model: str) -> None:
+        self.sleeps.append(model)
+        device, size = self.gpu.held[model]
+        self.gpu.held[model] = (device, RESIDUAL)
+        self.asleep[model] = size
+
+    async def unload(self, model: str) -> None:
+        self.asleep.pop(model, None)
+        await super().unload(model)
+
+    def upstream(self, model: str) -> str | None:
+        return None if model in self.asleep else super().upstream(model)
+
+    def memory_pids(self, model: str) -> list[int]:
+        return [hash(model) % 30000 + 2] if model in self.gpu.held else []
+
+    async def reported_memory(self, model: str) -> tuple[int, int] | None:
+        return None  # measured from its process, like vLLM
+
+    def usage(self, pid: int) -> tuple[int, dict[int, int]]:
+        for model, (device, held) in self.gpu.held.items():
+            if self.memory_pids(model) == [pid]:
+                return self.asleep.get(model, 0), {device: held}
+        return 0, {}
+
+
+def make_sleepy(
+    sizes: dict[str, float], ram_reserve_mib: int = 0, **scheduler: Any
+) -> tuple[Residency, SleepyAdapter, FakeGpu, FakeClock]:
+    residency, plain, gpu, clock = make(sizes, **scheduler)
+    adapter = SleepyAdapter(gpu)
+    for entry in residency.models.values():
+        entry.adapter = adapter
+    adapter.on_lost(plain._on_lost or (lambda m, w: None))
+    residency.resources = ResourcesConfig(vram_reserve_mib=0, ram_reserve_mib=ram_reserve_mib)
+
+    async def tree_usage(pid: int) -> tuple[int, dict[int, int]]:
+        return adapter.usage(pid)
+
+    gpu.tree_usage = tree_usage  # type: ignore[method-assign]
+    return residency, adapter, gpu, clock
+
+
+async def test_an_evicted_sleep_mode_model_sleeps_and_wakes_instead_of_a_cold_start() -> None:
+    residency, adapter, _, clock = make_sleepy({"a": 10, "b": 10, "c": 10})
+    await use_once(residency, "a", clock)
+    await use_once(residency, "b", clock)
+    await use_once(residency, "c", clock)  # a, the least recently used, goes to sleep
+    a = residency.models["a"]
+    assert (a.state, adapter.sleeps, adapter.unloads) == (ModelState.SLEEPING, ["a"], [])
+    assert (a.device, a.accounted_vram, a.accounted_ram) == ("gpu0", RESIDUAL, 10 * GiB)
+    assert residency.info(a)["state"] == "sleeping"
+    await use_once(residency, "a", clock)  # wakes: only b (LRU now) must make room
+    assert adapter.wakes == ["a"]
+    assert [name for name, _ in adapter.loads] == ["a", "b", "c"]  # no second cold start
+    assert (a.state, a.accounted_vram, a.accounted_ram) == (ModelState.LOADED, 10 * GiB, 0)
+    assert residency.models["b"].state == ModelState.SLEEPING
+
+
+async def test_a_sleep_mode_model_is_stopped_instead_when_host_ram_is_short() -> None:
+    # FakeGpu reports 60 GiB of host RAM available: a 58 GiB reserve leaves 2 GiB.
+    residency, adapter, _, clock = make_sleepy({"a": 10, "b": 20}, ram_reserve_mib=58 * 1024)
+    await use_once(residency, "a", clock)
+    await use_once(residency, "b", clock)
+    a = residency.models["a"]
+    assert (a.state, adapter.sleeps, adapter.unloads) == (ModelState.UNLOADED, [], ["a"])
+    assert "stopped, not asleep: host RAM too short to hold it asleep" in a.message
+
+
+async def test_unload_puts_to_sleep_then_stops_and_keep_alive_sleeps() -> None:
+    residency, adapter, _, clock = make_sleepy({"a": 4, "t": 4}, keep_alive="60s")
+    await use_once(residency, "a", clock)
+    await residency.unload("a")
+    assert residency.models["a"].state == ModelState.SLEEPING
+    await residency.unload("a")
+    assert residency.models["a"].state == ModelState.UNLOADED
+    assert (adapter.sleeps, adapter.unloads) == (["a"], ["a"])
+    await use_once(residency, "t", clock)
+    clock.now += 61
+    await residency.tick()
+    await settled(residency, "t", ModelState.SLEEPING)
+    assert (
+        residency.models["t"].message == "idle for 60 s (keep_alive); asleep, weights in host RAM"
+    )
+
+
+async def test_a_sleeping_model_whose_process_dies_is_unloaded_and_a_pin_wakes_it() -> None:
+    residency, adapter, gpu, clock = make_sleepy({"a": 4, "b": 4})
+    await use_once(residency, "a", clock)
+    await use_once(residency, "b", clock)
+    await residency.unload("a")
+    await residency.unload("b")
+    residency.set_pin("a", True)
+    await residency.tick()
+    await settled(residency, "a", ModelState.LOADED)
+    assert adapter.wakes == ["a"]
+    del adapter.asleep["b"], gpu.held["b"]
+    adapter._lost("b", "exited with code 1")
+    await settled(residency, "b", ModelState.UNLOADED)
+    assert residency.models["b"].message == "lost: exited with code 1"
+
+
+class OneModelAdapter(FakeAdapter):
+    """A server that holds one model at a time (TabbyAPI)."""
+
+    one_model_at_a_time = True
+
+
+async def test_a_one_model_server_swaps_its_model_and_a_busy_one_is_waited_for() -> None:
+    residency, _, gpu, clock = make({"t1": 4, "t2": 4}, busy_wait_s=60)
+    adapter = OneModelAdapter(gpu)
+    for entry in residency.models.values():
+        entry.adapter = adapter
+    await use_once(residency, "t1", clock)
+    held = await holding(residency, "t1")
+    swap = asyncio.create_task(use_once(residency, "t2", clock))
+    while residency.models["t2"].queued == 0:
+        await residency.wait_changed(1)
+    assert not swap.done() and adapter.unloads == []  # t1 is busy: the swap waits
+    await held.release()
+    await swap
+    assert adapter.unloads == ["t1"]  # though 20 GiB were free
+    assert residency.models["t2"].state == ModelState.LOADED

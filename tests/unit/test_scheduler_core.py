@@ -26,6 +26,12 @@ from helixd.scheduler.core import (
 
 GiB = 1024**3
 MiB = 1024**2
+HOLDING_STATES = (
+    ModelState.LOADED,
+    ModelState.LOADING,
+    ModelState.UNLOADING,
+    ModelState.SLEEPING,
+)
 
 
 def gpu(index: int = 0, total: int = 24 * GiB, used: int = 0, reserve: int = 0) -> DeviceView:
@@ -156,9 +162,45 @@ def test_ram_only_mode_charges_the_whole_model_to_host_memory() -> None:
     assert isinstance(plan_load(s, LoadRequest("x", 1, 0, gpu=True)), Refuse)
 
 
+def test_a_sleeping_model_wakes_on_its_own_gpu_asking_only_for_what_waking_adds() -> None:
+    asleep = loaded("deep", 0.5, 1.0, state=ModelState.SLEEPING, device="gpu1", ram_bytes=8 * GiB)
+    gpus = (gpu(0), gpu(1, used=int(23.5 * GiB)))
+    s = snap(asleep, loaded("other", 23, 0.0, device="gpu1"), gpus=gpus)
+    wake = LoadRequest("deep", int(7.5 * GiB), 0, gpu=True, device="gpu1")
+    # gpu0 is empty, but the sleeping process lives on gpu1: it wakes there.
+    assert plan_load(s, wake) == Load("deep", "gpu1", ("other",))
+
+
+def test_sleeping_models_are_evicted_for_room_but_not_counted_as_loaded() -> None:
+    asleep = ModelView("nap", ModelState.SLEEPING, "gpu0", GiB // 2, 30 * GiB, last_used=5.0)
+    s = Snapshot((gpu(used=GiB // 2),), ram(total=40 * GiB), {"nap": asleep}, max_loaded_models=1)
+    assert plan_load(s, want("x", 4)) == Load("x", "gpu0")  # sleeping: not counted
+    big_ram = LoadRequest("y", 0, 20 * GiB, gpu=False)
+    assert plan_load(s, big_ram) == Load("y", RAM, ("nap",))  # its host RAM is taken back
+
+
+def test_a_one_model_server_swaps_its_model_and_a_pinned_one_blocks_the_swap() -> None:
+    s = snap(loaded("t1", 4, 9.0), loaded("old", 4, 1.0))
+    swap = LoadRequest("t2", 4 * GiB, 0, gpu=True, exclusive=frozenset({"t1"}))
+    assert plan_load(s, swap) == Load("t2", "gpu0", ("t1",))  # not the older "old"
+    busy = snap(loaded("t1", 4, 9.0, in_flight=1))
+    plan = plan_load(busy, swap)
+    assert isinstance(plan, Wait) and plan.busy
+    pinned = snap(loaded("t1", 4, 9.0, pinned=True))
+    refused = plan_load(pinned, swap)
+    assert isinstance(refused, Refuse)
+    assert "holds one model at a time and t1 is pinned" in refused.reason
+
+
 # -- properties --------------------------------------------------------------------------
 
-STATES = [ModelState.LOADED] * 4 + [ModelState.LOADING, ModelState.UNLOADING, ModelState.UNLOADED]
+STATES = [ModelState.LOADED] * 4 + [
+    ModelState.LOADING,
+    ModelState.UNLOADING,
+    ModelState.UNLOADED,
+    ModelState.SLEEPING,
+]
+HELD = (ModelState.LOADED, ModelState.UNLOADING, ModelState.SLEEPING)
 
 
 @st.composite
@@ -185,25 +227,39 @@ def snapshots(draw: st.DrawFn) -> tuple[Snapshot, LoadRequest]:
     gpus = []
     for i in range(n_gpus):
         held = sum(
-            m.vram_bytes
-            for m in models.values()
-            if m.device == f"gpu{i}" and m.state in (ModelState.LOADED, ModelState.UNLOADING)
+            m.vram_bytes for m in models.values() if m.device == f"gpu{i}" and m.state in HELD
         )
         gpus.append(DeviceView(f"gpu{i}", totals[i], reserves[i], totals[i] - held - others[i]))
     ram_total = draw(st.integers(8, 64)) * GiB
-    ram_used = sum(m.ram_bytes for m in models.values() if m.state == ModelState.LOADED)
+    ram_used = sum(m.ram_bytes for m in models.values() if m.state in HELD)
     host = DeviceView(RAM, ram_total, GiB, ram_total - ram_used - GiB)
     max_loaded = draw(st.sampled_from([0, 0, 2, 4]))
     device_ids = [g.id for g in gpus] + [RAM]
     loading = frozenset(draw(st.lists(st.sampled_from(device_ids), max_size=2)))
     snapshot = Snapshot(tuple(gpus), host, models, max_loaded, loading)
+    name = draw(st.sampled_from(["new", *models])) if models else "new"
+    own = models.get(name)
+    others = sorted(set(models) - {name})
+    exclusive = frozenset(draw(st.lists(st.sampled_from(others), max_size=2))) if others else None
     request = LoadRequest(
-        model=draw(st.sampled_from(["new", *models])) if models else "new",
+        model=name,
         vram_bytes=draw(st.integers(0, 30)) * GiB,
         ram_bytes=draw(st.integers(0, 4)) * GiB,
         gpu=draw(st.sampled_from([True, True, True, False])),
+        exclusive=exclusive or frozenset(),
     )
+    if own is not None and own.state == ModelState.SLEEPING:  # wakes where it sleeps
+        request = dataclasses.replace(request, gpu=True, device=own.device)
     return snapshot, request
+
+
+def _forced(snapshot: Snapshot, request: LoadRequest) -> set[str]:
+    """The exclusive models that hold memory: they must all leave first."""
+    return {
+        n
+        for n in request.exclusive
+        if n in snapshot.models and snapshot.models[n].state in HOLDING_STATES
+    }
 
 
 def _after_evicting(snapshot: Snapshot, victims: tuple[str, ...]) -> Snapshot:
@@ -240,7 +296,8 @@ def _fits(snapshot: Snapshot, request: LoadRequest, device: str) -> bool:
 
 
 def _devices_for(snapshot: Snapshot, request: LoadRequest) -> list[str]:
-    return [g.id for g in snapshot.gpus] if request.gpu else [RAM]
+    found = [g.id for g in snapshot.gpus] if request.gpu else [RAM]
+    return [d for d in found if request.device in (None, d)]
 
 
 @settings(max_examples=400, deadline=None)
@@ -253,11 +310,15 @@ def test_victims_are_idle_unpinned_loaded_models_in_lru_order(
     if not isinstance(plan, Load):
         return
     victims = [snapshot.models[v] for v in plan.evict]
+    forced = _forced(snapshot, request)
+    assert request.model not in plan.evict
     for v in victims:
         assert not v.pinned, f"evicted pinned {v.name}"
         assert v.idle, f"evicted busy {v.name}"
-        assert v.state == ModelState.LOADED, f"evicted {v.state} {v.name}"
-    assert [v.last_used for v in victims] == sorted(v.last_used for v in victims)
+        assert v.state in (ModelState.LOADED, ModelState.SLEEPING), f"evicted {v.state} {v.name}"
+    assert forced <= set(plan.evict), "a model its server cannot hold beside it stays"
+    chosen = [v.last_used for v in victims if v.name not in forced]
+    assert chosen == sorted(chosen)
 
 
 @settings(max_examples=400, deadline=None)
@@ -270,7 +331,7 @@ def test_plans_never_exceed_a_budget_and_evict_no_more_than_needed(
     if not isinstance(plan, Load):
         return
     assert _fits(_after_evicting(snapshot, plan.evict), request, plan.device)
-    if plan.evict:
+    if plan.evict and plan.evict[-1] not in _forced(snapshot, request):
         assert not _fits(_after_evicting(snapshot, plan.evict[:-1]), request, plan.device)
 
 
@@ -284,16 +345,17 @@ def test_refuse_only_when_no_unpinned_model_could_make_room(
     unpinned = tuple(
         m.name
         for m in snapshot.models.values()
-        if not m.pinned and m.state in (ModelState.LOADED, ModelState.LOADING, ModelState.UNLOADING)
+        if not m.pinned and m.state in HOLDING_STATES and m.name != request.model
     )
     everything_gone = _after_evicting(snapshot, unpinned)
     could_fit = any(_fits(everything_gone, request, d) for d in _devices_for(snapshot, request))
+    pinned_beside = any(snapshot.models[n].pinned for n in _forced(snapshot, request))
     if isinstance(plan, Refuse):
-        assert not could_fit, plan.reason
+        assert not could_fit or pinned_beside, plan.reason
     own = snapshot.models.get(request.model)
     waits_for_itself = own is not None and own.state == ModelState.UNLOADING
     if isinstance(plan, Load | Wait) and not waits_for_itself:
-        assert could_fit, plan
+        assert could_fit and not pinned_beside, plan
 
 
 @settings(max_examples=300, deadline=None)

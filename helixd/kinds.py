@@ -66,14 +66,27 @@ _KINDS: dict[str, KindDefaults] = {
         ),
     ),
     "localai": KindDefaults(
-        command=None,
+        command=("local-ai", "run"),
         health_path="/readyz",
+        # One scheduler decides for every provider: LocalAI's own idle/busy watchdogs
+        # and its LRU limit stay off (they are off by default; set so a LocalAI config
+        # file or environment cannot turn them on behind helixd).
+        env={
+            "LOCALAI_ADDRESS": "{host}:{port}",
+            "LOCALAI_WATCHDOG_IDLE": "false",
+            "LOCALAI_WATCHDOG_BUSY": "false",
+            "LOCALAI_SINGLE_ACTIVE_BACKEND": "false",
+            "LOCALAI_MAX_ACTIVE_BACKENDS": "0",
+        },
         example="['local-ai', 'run', '--address', '{host}:{port}']",
     ),
     "tabbyapi": KindDefaults(
         command=None,
         health_path="/health",
-        example="['python', 'main.py', '--host', '{host}', '--port', '{port}']",
+        example=(
+            "['/opt/tabbyAPI/venv/bin/python', 'main.py', '--host', '{host}', '--port', "
+            "'{port}'] with cwd = '/opt/tabbyAPI'"
+        ),
     ),
     "openai": KindDefaults(command=None, health_path=None, health_tcp=True),
     "remote": KindDefaults(command=None, health_path=None, health_tcp=True),

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from helixd.config.providers import (
+    KEYED_KINDS,
     MODEL_PLACEHOLDERS,
     MULTI_MODEL_KINDS,
     PROCESS_PLACEHOLDERS,
@@ -204,10 +205,12 @@ def _check_semantics(config: HelixConfig) -> list[str]:
             problems.append(f"{key}.url: required for kind 'remote', e.g. 'http://10.0.0.5:8000'")
         if provider.kind != "remote" and provider.url:
             problems.append(f"{key}.url: only kind 'remote' takes a url; helixd runs the others")
-        remote_only = ("api_key_env", "price_input_per_mtok", "price_output_per_mtok")
-        for field in (*remote_only, "daily_budget"):
+        remote_only = ("price_input_per_mtok", "price_output_per_mtok", "daily_budget")
+        for field in remote_only:
             if provider.kind != "remote" and field in provider.model_fields_set:
                 problems.append(f"{key}.{field}: only kind 'remote' takes it")
+        if provider.kind not in KEYED_KINDS and "api_key_env" in provider.model_fields_set:
+            problems.append(f"{key}.api_key_env: only kinds {', '.join(KEYED_KINDS)} take it")
         if isinstance(provider.port, int):
             other = fixed_ports.get(provider.port)
             if other is not None:

@@ -20,6 +20,8 @@ ProviderKind = Literal[
 # Kinds whose one server loads and unloads many models through its API (an adapter
 # drives them); any other provider-level command serves no configured models.
 MULTI_MODEL_KINDS = ("remote", "ollama", "localai", "tabbyapi")
+# Kinds whose server may want an API key (``api_key_env``).
+KEYED_KINDS = ("remote", "localai", "tabbyapi")
 
 # Placeholders a provider-level command may use; model placeholders mark a per-model template.
 PROCESS_PLACEHOLDERS = frozenset({"port", "host", "name", "state_dir", "log_dir", "python"})

@@ -22,19 +22,16 @@ installed on the machine the tests run on.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
-import aiohttp
-
-from helixd.config import ModelConfig, ProviderConfig
-from helixd.providers.base import LoadError, ModelAdapter, ModelTarget, says_out_of_memory
+from helixd.config import ModelConfig
+from helixd.providers.base import LoadError, ModelTarget, says_out_of_memory
 from helixd.providers.estimate import OVERHEAD_FIXED_BYTES, OVERHEAD_FRACTION
-from helixd.supervisor.process import ManagedProcess, ProcessState
+from helixd.providers.http import error_text
+from helixd.providers.one_server import OneServerAdapter
 
 log = logging.getLogger("helixd.providers")
 
@@ -43,10 +40,6 @@ UNLOAD_WAIT_S = 30.0
 # A load that has not answered by then never will: Ollama's own stall timer
 # (OLLAMA_LOAD_TIMEOUT) defaults to 5 minutes.
 LOAD_TIMEOUT_S = 330.0
-API_TIMEOUT_S = 10.0
-_SERVING = frozenset({ProcessState.READY, ProcessState.UNHEALTHY})
-
-ServerLookup = Callable[[], ManagedProcess | None]
 
 
 def server_env(models: Iterable[ModelConfig]) -> dict[str, str]:
@@ -55,103 +48,56 @@ def server_env(models: Iterable[ModelConfig]) -> dict[str, str]:
     return {"OLLAMA_NUM_PARALLEL": str(parallel)}
 
 
-class OllamaAdapter(ModelAdapter):
+class OllamaAdapter(OneServerAdapter):
     """The models of one supervised ``ollama serve``."""
 
-    shape = "multi-model"
     native_dialect = "ollama"
+    loaded_list = "/api/ps"
 
-    def __init__(self, provider: str, config: ProviderConfig, server: ServerLookup) -> None:
-        super().__init__(provider)
-        self.config = config
-        self._server = server
-        self._ids: dict[str, str] = {}  # loaded model → Ollama's name for it
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self._sizes: dict[str, tuple[int, int]] = {}
-        self._session: aiohttp.ClientSession | None = None
-        self._watch: asyncio.Task[None] | None = None
-
-    # -- the server ----------------------------------------------------------------------
-
-    def _base(self) -> str | None:
-        process = self._server()
-        if process is None or process.state not in _SERVING:
-            return None
-        return f"http://{process.spec.host}:{process.spec.port}"
-
-    async def _ready_base(self) -> str:
-        """The server's URL once it is ready; :class:`LoadError` if it will not be."""
-        process = self._server()
-        if process is None:
-            raise LoadError(f"provider {self.provider} is not running (removed by a reload?)")
-        if process.state not in _SERVING:
-            await process.wait_settled(process.spec.start_seconds + 5)
-        base = self._base()
-        if base is None:
-            why = process.message or str(process.state)
-            raise LoadError(
-                f"provider {self.provider} is {process.state} ({why}); "
-                f"see helixctl logs {self.provider}, start it with helixctl start {self.provider}"
-            )
-        return base
-
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            # trust_env off: a proxy from the environment must never see local traffic.
-            self._session = aiohttp.ClientSession(trust_env=False)
-        return self._session
 
     async def _post(self, base: str, path: str, body: dict[str, Any], timeout: float) -> None:
         """POST JSON; :class:`LoadError` with Ollama's own words unless it answers 200."""
-        try:
-            async with self._http().post(
-                base + path, json=body, timeout=aiohttp.ClientTimeout(total=timeout)
-            ) as response:
-                text = await response.text()
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise LoadError(
-                f"{self.provider} did not answer {path}: {exc or type(exc).__name__}"
-            ) from None
-        if response.status == 404:
+        status, text = await self.http.call("POST", base + path, body=body, timeout=timeout)
+        if status == 404:
             name = body.get("model")
             raise LoadError(
                 f"{self.provider} has no model {name!r}; pull it with: helixctl pull {name}"
             )
-        if response.status != 200:
-            message = _error_text(text)
+        if status != 200:
+            message = error_text(text)
             raise LoadError(
-                f"{self.provider} refused to load {body.get('model')!r}: "
-                f"HTTP {response.status}: {message}",
+                f"{self.provider} refused to load {body.get('model')!r}: HTTP {status}: {message}",
                 out_of_memory=says_out_of_memory([message]),
                 log_tail=[message],
             )
-        return None
 
     async def loaded_models(self, base: str) -> dict[str, dict[str, Any]]:
         """``GET /api/ps``: Ollama's loaded models by name."""
-        async with self._http().get(
-            base + "/api/ps", timeout=aiohttp.ClientTimeout(total=API_TIMEOUT_S)
-        ) as response:
-            response.raise_for_status()
-            data = await response.json(content_type=None)
+        data = await self.http.get_json(base + "/api/ps")
         models = data.get("models") if isinstance(data, dict) else None
         return {
             str(m.get("name") or m.get("model")): m for m in models or [] if isinstance(m, dict)
         }
+
+    async def loaded_ids(self, base: str) -> set[str]:
+        """The names /api/ps lists."""
+        return set(await self.loaded_models(base))
 
     # -- the adapter interface -----------------------------------------------------------
 
     async def load(self, target: ModelTarget) -> None:
         """Ask Ollama to load the model for ever (helixd decides when it goes)."""
         base = await self._ready_base()
-        # Booked before asking: a load that fails or is cancelled half way is then unloaded
-        # by the scheduler's clean-up instead of staying in Ollama unseen.
-        self._ids[target.name] = target.model_id
+        self._book(target.name, target.model_id)
         await self._post(
             base, "/api/generate", {"model": target.model_id, "keep_alive": -1}, LOAD_TIMEOUT_S
         )
         try:
             shown = (await self.loaded_models(base)).get(target.model_id)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        except LoadError as exc:
             raise LoadError(f"{self.provider}: /api/ps failed after a load: {exc}") from None
         if shown is None:
             raise LoadError(
@@ -159,43 +105,21 @@ class OllamaAdapter(ModelAdapter):
                 "does not list it"
             )
         self._sizes[target.name] = _sizes(shown)
-        if self._watch is None or self._watch.done():
-            self._watch = asyncio.create_task(self._watch_loaded(), name=f"{self.provider}:ps")
 
     async def unload(self, model: str) -> None:
         """Ask Ollama to unload now; wait until /api/ps no longer lists it."""
-        model_id = self._ids.pop(model, None)
-        self._sizes.pop(model, None)
+        model_id = self._ids.get(model)
+        self._forget(model)
         base = self._base()
         if model_id is None or base is None:
             return  # not loaded by us, or the server is gone (and its models with it)
         with contextlib.suppress(LoadError):
-            await self._post(
-                base, "/api/generate", {"model": model_id, "keep_alive": 0}, API_TIMEOUT_S
-            )
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + UNLOAD_WAIT_S
-        while loop.time() < deadline:
-            try:
-                if model_id not in await self.loaded_models(base):
-                    return
-            except (aiohttp.ClientError, TimeoutError, ValueError):
-                return  # the server went away: nothing is loaded in it any more
-            await asyncio.sleep(0.1)  # a poll interval; the loop re-checks /api/ps
-        log.warning(
-            "%s: %s still listed in /api/ps %g s after its unload",
-            self.provider,
-            model_id,
-            UNLOAD_WAIT_S,
-        )
+            await self._post(base, "/api/generate", {"model": model_id, "keep_alive": 0}, 10.0)
+        await self._until_gone(base, model_id, UNLOAD_WAIT_S)
 
-    def upstream(self, model: str) -> str | None:
-        """The server's URL while the model is loaded there."""
-        return self._base() if model in self._ids else None
-
-    def upstream_model(self, model: str) -> str:
-        """Ollama's name of the model (its ``id``, e.g. ``qwen2.5-coder:7b``)."""
-        return self._ids.get(model, model)
+    def _forget(self, model: str) -> None:
+        super()._forget(model)
+        self._sizes.pop(model, None)
 
     async def size_hint(self, model_id: str) -> tuple[int, str] | None:
         """The model file's size from ``/api/tags``, plus the usual runtime overhead."""
@@ -203,12 +127,8 @@ class OllamaAdapter(ModelAdapter):
         if base is None:
             return None
         try:
-            async with self._http().get(
-                base + "/api/tags", timeout=aiohttp.ClientTimeout(total=API_TIMEOUT_S)
-            ) as response:
-                response.raise_for_status()
-                data = await response.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError, ValueError):
+            data = await self.http.get_json(base + "/api/tags")
+        except LoadError:
             return None
         for card in data.get("models") or [] if isinstance(data, dict) else []:
             if isinstance(card, dict) and model_id in (card.get("name"), card.get("model")):
@@ -223,7 +143,7 @@ class OllamaAdapter(ModelAdapter):
         base = self._base()
         model_id = self._ids.get(model)
         if base is not None and model_id is not None:
-            with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):
+            with contextlib.suppress(LoadError):
                 shown = (await self.loaded_models(base)).get(model_id)
                 if shown is not None:
                     self._sizes[model] = _sizes(shown)
@@ -237,57 +157,8 @@ class OllamaAdapter(ModelAdapter):
             return f"partly on CPU: {share:.0%} of it in host RAM (Ollama's /api/ps)"
         return None
 
-    def server_changed(self, process: ManagedProcess) -> None:
-        """The server left ``ready``: every model it held is gone."""
-        if process.state in _SERVING or not self._ids:
-            return
-        why = process.message or f"{self.provider} is {process.state}"
-        for model in list(self._ids):
-            self._ids.pop(model, None)
-            self._sizes.pop(model, None)
-            log.warning("%s: model %s lost: %s", self.provider, model, why)
-            self._lost(model, why)
-
-    async def close(self) -> None:
-        """Unload every model we loaded; close the HTTP session."""
-        if self._watch is not None:
-            self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
-        for model in list(self._ids):
-            await self.unload(model)
-        if self._session is not None:
-            await self._session.close()
-
-    async def _watch_loaded(self) -> None:
-        """Every health interval: a model missing from /api/ps has been lost."""
-        while self._ids:
-            await asyncio.sleep(self.config.health.interval_s)
-            base = self._base()
-            if base is None:
-                continue  # the server's own state change reports the loss
-            try:
-                shown = await self.loaded_models(base)
-            except (aiohttp.ClientError, TimeoutError, ValueError):
-                continue
-            for model, model_id in list(self._ids.items()):
-                if model_id not in shown:
-                    self._ids.pop(model, None)
-                    self._sizes.pop(model, None)
-                    why = f"{self.provider} no longer lists it in /api/ps"
-                    log.warning("%s: model %s lost: %s", self.provider, model, why)
-                    self._lost(model, why)
-
 
 def _sizes(shown: dict[str, Any]) -> tuple[int, int]:
     size = int(shown.get("size") or 0)
     vram = min(size, int(shown.get("size_vram") or 0))
     return vram, size - vram
-
-
-def _error_text(text: str) -> str:
-    with contextlib.suppress(ValueError):
-        data = json.loads(text)
-        if isinstance(data, dict) and isinstance(data.get("error"), str):
-            return str(data["error"])
-    return text.strip()[:300]

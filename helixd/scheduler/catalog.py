@@ -15,9 +15,12 @@ from collections.abc import Callable, Mapping
 from helixd.config import DaemonPaths, HelixConfig, ModelConfig, ProviderConfig
 from helixd.providers.base import ModelAdapter
 from helixd.providers.estimate import EstimateError, estimate_path
+from helixd.providers.localai import LocalAIAdapter
 from helixd.providers.ollama import OllamaAdapter
+from helixd.providers.one_server import OneServerAdapter
 from helixd.providers.per_model import ProcessPerModelAdapter
 from helixd.providers.remote import RemoteAdapter
+from helixd.providers.tabby import TabbyAdapter
 from helixd.providers.vllm import VllmAdapter
 from helixd.scheduler.residency import ModelEntry
 from helixd.scheduler.sizing import memory_figure, size_key
@@ -53,12 +56,18 @@ def build_adapters(
             adapters[name] = VllmAdapter(name, provider, paths, registry)
         elif provider.is_model_template:
             adapters[name] = ProcessPerModelAdapter(name, provider, paths, registry)
-        else:  # kind ollama: config refuses models on any other one-server provider
-            adapters[name] = OllamaAdapter(name, provider, functools.partial(servers, name))
+        else:  # config refuses models on any other one-server provider
+            one_server = _ONE_SERVER[provider.kind]
+            adapters[name] = one_server(name, provider, functools.partial(servers, name))
     return adapters
 
 
-_CONFIGURED = (ProcessPerModelAdapter, RemoteAdapter, OllamaAdapter)
+_ONE_SERVER: dict[str, type[OneServerAdapter]] = {
+    "ollama": OllamaAdapter,
+    "localai": LocalAIAdapter,
+    "tabbyapi": TabbyAdapter,
+}
+_CONFIGURED = (ProcessPerModelAdapter, RemoteAdapter, OneServerAdapter)
 
 
 def _estimate(model: ModelConfig) -> tuple[int | None, str]:

@@ -1,0 +1,149 @@
+"""One long-lived server, many models: what Ollama, LocalAI and TabbyAPI adapters share.
+
+The provider's server process is supervised like any other (restart with backoff, logs,
+probe); the adapter looks it up on each use (a reload may replace it) and drives its
+models through its HTTP API. What the kinds share lives here: waiting for the server,
+the models booked as loaded (helixd's name → the server's id), losing them all when the
+server leaves ``ready``, and a periodic check that each is still loaded there.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import ClassVar
+
+from helixd.config import ProviderConfig
+from helixd.providers.base import LoadError, ModelAdapter
+from helixd.providers.http import ProviderHttp
+from helixd.supervisor.process import ManagedProcess, ProcessState
+
+log = logging.getLogger("helixd.providers")
+
+_SERVING = frozenset({ProcessState.READY, ProcessState.UNHEALTHY})
+
+ServerLookup = Callable[[], ManagedProcess | None]
+
+
+class OneServerAdapter(ModelAdapter):
+    """The models of one supervised server that loads and unloads them through its API."""
+
+    shape = "multi-model"
+    # The API call that lists what the server holds, for messages ("/api/ps").
+    loaded_list: ClassVar[str]
+
+    def __init__(self, provider: str, config: ProviderConfig, server: ServerLookup) -> None:
+        super().__init__(provider)
+        self.config = config
+        self._server = server
+        self.http = ProviderHttp(provider)
+        self._ids: dict[str, str] = {}  # loaded model → the server's name for it
+        self._watch: asyncio.Task[None] | None = None
+
+    # -- the server ----------------------------------------------------------------------
+
+    def _base(self) -> str | None:
+        process = self._server()
+        if process is None or process.state not in _SERVING:
+            return None
+        return f"http://{process.spec.host}:{process.spec.port}"
+
+    def _server_pid(self) -> int | None:
+        process = self._server()
+        return process.pid if process is not None and process.state in _SERVING else None
+
+    async def _ready_base(self) -> str:
+        """The server's URL once it is ready; :class:`LoadError` if it will not be."""
+        process = self._server()
+        if process is None:
+            raise LoadError(f"provider {self.provider} is not running (removed by a reload?)")
+        if process.state not in _SERVING:
+            await process.wait_settled(process.spec.start_seconds + 5)
+        base = self._base()
+        if base is None:
+            why = process.message or str(process.state)
+            raise LoadError(
+                f"provider {self.provider} is {process.state} ({why}); "
+                f"see helixctl logs {self.provider}, start it with helixctl start {self.provider}"
+            )
+        return base
+
+    # -- what every kind shares ----------------------------------------------------------
+
+    def upstream(self, model: str) -> str | None:
+        """The server's URL while the model is loaded there."""
+        return self._base() if model in self._ids else None
+
+    def upstream_model(self, model: str) -> str:
+        """The server's name of the model (its ``id``)."""
+        return self._ids.get(model, model)
+
+    def _book(self, model: str, model_id: str) -> None:
+        """Booked before asking the server: a load that fails or is cancelled half way is
+        then unloaded by the scheduler's clean-up instead of staying there unseen."""
+        self._ids[model] = model_id
+        if self._watch is None or self._watch.done():
+            self._watch = asyncio.create_task(self._watch_loaded(), name=f"{self.provider}:watch")
+
+    def _forget(self, model: str) -> None:
+        """Drop what the adapter keeps of a model that left the server."""
+        self._ids.pop(model, None)
+
+    def _lose(self, model: str, why: str) -> None:
+        self._forget(model)
+        log.warning("%s: model %s lost: %s", self.provider, model, why)
+        self._lost(model, why)
+
+    def server_changed(self, process: ManagedProcess) -> None:
+        """The server left ``ready``: every model it held is gone."""
+        if process.state in _SERVING or not self._ids:
+            return
+        why = process.message or f"{self.provider} is {process.state}"
+        for model in list(self._ids):
+            self._lose(model, why)
+
+    @abc.abstractmethod
+    async def loaded_ids(self, base: str) -> set[str]:
+        """The ids the server says it holds now (raises :class:`LoadError` if it cannot)."""
+
+    async def _watch_loaded(self) -> None:
+        """Every health interval: a model the server no longer holds has been lost."""
+        while self._ids:
+            await asyncio.sleep(self.config.health.interval_s)
+            base = self._base()
+            if base is None:
+                continue  # the server's own state change reports the loss
+            try:
+                shown = await self.loaded_ids(base)
+            except LoadError:
+                continue
+            for model, model_id in list(self._ids.items()):
+                if model_id not in shown:
+                    self._lose(model, f"{self.provider} no longer lists it in {self.loaded_list}")
+
+    async def close(self) -> None:
+        """Unload every model we loaded; close the HTTP session."""
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+        for model in list(self._ids):
+            await self.unload(model)
+        await self.http.close()
+
+    async def _until_gone(self, base: str, model_id: str, wait_s: float) -> bool:
+        """Poll until the server no longer lists ``model_id``; False if it still does."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        while loop.time() < deadline:
+            try:
+                if model_id not in await self.loaded_ids(base):
+                    return True
+            except LoadError:
+                return True  # the server went away: nothing is loaded in it any more
+            await asyncio.sleep(0.1)  # a poll interval; the loop re-checks the server
+        log.warning("%s: %s still loaded %g s after its unload", self.provider, model_id, wait_s)
+        return False

@@ -77,6 +77,9 @@ _KINDS: dict[str, KindDefaults] = {
             "LOCALAI_WATCHDOG_BUSY": "false",
             "LOCALAI_SINGLE_ACTIVE_BACKEND": "false",
             "LOCALAI_MAX_ACTIVE_BACKENDS": "0",
+            # Newer LocalAI refuses a model for a while after a failed load; helixd's
+            # failed_cooldown_s already decides when to try again.
+            "LOCALAI_MODEL_LOAD_FAILURE_COOLDOWN": "0s",
         },
         example="['local-ai', 'run', '--address', '{host}:{port}']",
     ),

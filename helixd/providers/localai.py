@@ -73,11 +73,9 @@ class LocalAIAdapter(OneServerAdapter):
             return {child.pid for child in psutil.Process(pid).children(recursive=True)}
         return set()
 
-    async def load(self, target: ModelTarget) -> None:
+    async def _load_on(self, base: str, target: ModelTarget) -> None:
         """``POST /backend/load``; the backend processes that appear are the model's."""
-        base = await self._ready_base()
         before = self._backend_pids()
-        self._book(target.name, target.model_id)
         status, text = await self.http.call(
             "POST",
             base + "/backend/load",

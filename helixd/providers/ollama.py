@@ -88,10 +88,8 @@ class OllamaAdapter(OneServerAdapter):
 
     # -- the adapter interface -----------------------------------------------------------
 
-    async def load(self, target: ModelTarget) -> None:
+    async def _load_on(self, base: str, target: ModelTarget) -> None:
         """Ask Ollama to load the model for ever (helixd decides when it goes)."""
-        base = await self._ready_base()
-        self._book(target.name, target.model_id)
         await self._post(
             base, "/api/generate", {"model": target.model_id, "keep_alive": -1}, LOAD_TIMEOUT_S
         )

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import ClassVar
 
 from helixd.config import ProviderConfig
-from helixd.providers.base import LoadError, ModelAdapter
+from helixd.providers.base import LoadError, ModelAdapter, ModelTarget
 from helixd.providers.http import ProviderHttp
 from helixd.supervisor.process import ManagedProcess, ProcessState
 
@@ -41,6 +41,7 @@ class OneServerAdapter(ModelAdapter):
         self._server = server
         self.http = ProviderHttp(provider)
         self._ids: dict[str, str] = {}  # loaded model → the server's name for it
+        self._loading: set[str] = set()
         self._watch: asyncio.Task[None] | None = None
 
     # -- the server ----------------------------------------------------------------------
@@ -81,12 +82,26 @@ class OneServerAdapter(ModelAdapter):
         """The server's name of the model (its ``id``)."""
         return self._ids.get(model, model)
 
-    def _book(self, model: str, model_id: str) -> None:
-        """Booked before asking the server: a load that fails or is cancelled half way is
-        then unloaded by the scheduler's clean-up instead of staying there unseen."""
-        self._ids[model] = model_id
+    async def load(self, target: ModelTarget) -> None:
+        """Wait for the server, book the model, then have the kind load it there.
+
+        Booked before asking the server: a load that fails or is cancelled half way is
+        then unloaded by the scheduler's clean-up instead of staying there unseen. Until
+        the load ends the periodic check leaves it alone (the server lists it only then).
+        """
+        base = await self._ready_base()
+        self._ids[target.name] = target.model_id
+        self._loading.add(target.name)
+        try:
+            await self._load_on(base, target)
+        finally:
+            self._loading.discard(target.name)
         if self._watch is None or self._watch.done():
             self._watch = asyncio.create_task(self._watch_loaded(), name=f"{self.provider}:watch")
+
+    @abc.abstractmethod
+    async def _load_on(self, base: str, target: ModelTarget) -> None:
+        """Load ``target`` on the server at ``base``; :class:`LoadError` saying why not."""
 
     def _forget(self, model: str) -> None:
         """Drop what the adapter keeps of a model that left the server."""
@@ -121,7 +136,7 @@ class OneServerAdapter(ModelAdapter):
             except LoadError:
                 continue
             for model, model_id in list(self._ids.items()):
-                if model_id not in shown:
+                if model_id not in shown and model not in self._loading:
                     self._lose(model, f"{self.provider} no longer lists it in {self.loaded_list}")
 
     async def close(self) -> None:

@@ -94,10 +94,8 @@ class TabbyAdapter(OneServerAdapter):
             raise LoadError(f"{self.provider}: /v1/model answered {text[:200]!r}") from None
         return {str(card["id"])} if isinstance(card, dict) and card.get("id") else set()
 
-    async def load(self, target: ModelTarget) -> None:
+    async def _load_on(self, base: str, target: ModelTarget) -> None:
         """Load through the admin API and read its progress stream to the end."""
-        base = await self._ready_base()
-        self._book(target.name, target.model_id)
         status, text = await self.http.call(
             "POST",
             base + "/v1/model/load",

@@ -53,6 +53,8 @@ OOM_RETRY_MIN_EXTRA = 1024 * MiB
 # An unload counts as done once this share of the model's memory shows up free again.
 MEMORY_BACK_SHARE = 0.8
 MEMORY_POLL_S = 0.1
+# Asleep, a model keeps its CUDA context and little else on the GPU.
+ASLEEP_MAX_SHARE = 0.5
 
 
 class Residency(ResidencyMaintenance):
@@ -450,9 +452,13 @@ class Residency(ResidencyMaintenance):
             self._set(entry, ModelState.LOADED if awake else ModelState.SLEEPING, why)
             raise
         figures = await self._tree_figures(entry)
-        if figures is not None:
-            entry.accounted_vram, entry.accounted_ram = figures
         self._unloading.discard(entry.name)
+        if figures is not None:
+            # vLLM answers a sleep even when it was started without sleep mode, and then
+            # frees nothing: trust the GPU, not the answer.
+            if entry.accounted_vram and figures[0] > entry.accounted_vram * ASLEEP_MAX_SHARE:
+                return f"it said it sleeps but still holds {format_bytes(figures[0])} of the GPU"
+            entry.accounted_vram, entry.accounted_ram = figures
         self._set(entry, ModelState.SLEEPING, f"{why}; asleep, weights in host RAM")
         return None
 

@@ -115,12 +115,16 @@ def free_bytes(index: int) -> tuple[int, int]:
         pynvml.nvmlShutdown()
 
 
-def allocate(procs: Path, index: int, target: int, load_seconds: float) -> None:
-    """Grow this process's allocation to ``target`` bytes; SystemExit(1) when out of memory."""
+def allocate(procs: Path, index: int, target: int, load_seconds: float, start: int = 0) -> None:
+    """Grow this process's allocation to ``target`` bytes; SystemExit(1) when out of memory.
+
+    ``start`` is what this process already holds (registered), so a server that shrank
+    (vLLM's sleep) can grow back and needs only the difference free.
+    """
     steps = LOAD_STEPS if load_seconds > 0 else 1
-    held = 0
+    held = start
     for step in range(1, steps + 1):
-        want = target * step // steps
+        want = start + (target - start) * step // steps
         with device_lock(procs):
             free, total = free_bytes(index)
             if want - held > free:

@@ -481,6 +481,7 @@ class SleepyAdapter(FakeAdapter):
         self.asleep: dict[str, int] = {}  # model → host bytes its weights take
         self.sleeps: list[str] = []
         self.wakes: list[str] = []
+        self.frees_on_sleep = True  # vLLM without --enable-sleep-mode "sleeps" holding all
 
     async def load(self, target: ModelTarget) -> None:
         if target.name in self.asleep:
@@ -496,7 +497,7 @@ class SleepyAdapter(FakeAdapter):
     async def sleep(self, model: str) -> None:
         self.sleeps.append(model)
         device, size = self.gpu.held[model]
-        self.gpu.held[model] = (device, RESIDUAL)
+        self.gpu.held[model] = (device, RESIDUAL if self.frees_on_sleep else size)
         self.asleep[model] = size
 
     async def unload(self, model: str) -> None:
@@ -560,6 +561,16 @@ async def test_a_sleep_mode_model_is_stopped_instead_when_host_ram_is_short() ->
     a = residency.models["a"]
     assert (a.state, adapter.sleeps, adapter.unloads) == (ModelState.UNLOADED, [], ["a"])
     assert "stopped, not asleep: host RAM too short to hold it asleep" in a.message
+
+
+async def test_a_sleep_that_frees_no_gpu_memory_is_not_believed() -> None:
+    residency, adapter, _, clock = make_sleepy({"a": 10})
+    adapter.frees_on_sleep = False
+    await use_once(residency, "a", clock)
+    await residency.unload("a")
+    a = residency.models["a"]
+    assert (a.state, adapter.sleeps, adapter.unloads) == (ModelState.UNLOADED, ["a"], ["a"])
+    assert "it said it sleeps but still holds 10.0 GiB of the GPU" in a.message
 
 
 async def test_unload_puts_to_sleep_then_stops_and_keep_alive_sleeps() -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import psutil
 
-from tests.conftest import wait_for_sync
+from tests.conftest import import_real_provider, wait_for_sync
 from tests.e2e.gpu_host import FAKES, REPO, FakeGpuHost, MiB
 from tests.e2e.test_ollama import FakeOllama, ollama_ps
 
@@ -179,3 +179,11 @@ def test_four_providers_share_one_card_under_one_scheduler(helix: Any, tmp_path:
     assert ollama_ps(h) == {}
     assert psutil.Process(deep_pid).is_running()
     wait_for_sync(lambda: gpu.used_mib() == 512 + 3000, 10, what="the card to be freed")
+
+    # The official ollama client works through helixd for llama.cpp- and vLLM-hosted
+    # models too (translated), waking the sleeping one on the way.
+    client = import_real_provider("ollama").Client(host=h.proxy_url)
+    for name in ("tiny", "deep"):
+        answer = client.chat(model=name, messages=[{"role": "user", "content": "hi there"}])
+        assert answer.message.content == "echo: hi there"
+    assert states(h)["deep"] == "loaded"

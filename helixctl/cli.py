@@ -107,9 +107,12 @@ def _model_action(ctx: Context, action: str, name: str, timeout: float) -> None:
         timeout=timeout + 30,
     )
     m = doc["model"]
-    where = f" on {m['device']}" if m.get("device") and m["state"] == "loaded" else ""
+    asleep = m["state"] == "sleeping"
+    where = f" on {m['device']}" if m.get("device") and (asleep or m["state"] == "loaded") else ""
     pinned = ", pinned" if m.get("pinned") else ""
-    ctx.emit(doc, f"{m['name']}: {m['state']}{where}{pinned}")
+    # vLLM's sleep mode: the first unload only frees the GPU; say how to stop it.
+    hint = " (weights in host RAM; unload again to stop it)" if asleep else ""
+    ctx.emit(doc, f"{m['name']}: {m['state']}{where}{pinned}{hint}")
 
 
 def _model_command(action: str, help_text: str) -> None:

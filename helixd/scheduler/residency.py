@@ -234,7 +234,7 @@ class Residency(ResidencyMaintenance):
         self._loading_devices.add(plan.device)
         where = "host RAM" if plan.device == RAM else plan.device.upper()
         self._set(entry, ModelState.LOADING, f"{'waking' if waking else 'loading'} on {where}")
-        task = self._spawn(self._carry_out(entry, plan, request), f"load:{entry.name}")
+        task = self._spawn(self._carry_out(entry, plan, request, waking), f"load:{entry.name}")
         task.add_done_callback(lambda t: self._load_task_ended(entry, plan, t))
         entry.load_task = task
 
@@ -258,7 +258,9 @@ class Residency(ResidencyMaintenance):
 
     # -- acting ------------------------------------------------------------------------
 
-    async def _carry_out(self, entry: ModelEntry, plan: Load, request: LoadRequest) -> None:
+    async def _carry_out(
+        self, entry: ModelEntry, plan: Load, request: LoadRequest, waking: bool = False
+    ) -> None:
         device = plan.device
         victims = list(plan.evict)
         began = self._clock()
@@ -288,7 +290,7 @@ class Residency(ResidencyMaintenance):
                 )
             entry.last_used = self._clock()
             entry.last_used_wall = self._wall()
-            self._set(entry, ModelState.LOADED, entry.message)
+            self._set(entry, ModelState.LOADED, "woken from sleep" if waking else "")
             if self.on_load is not None:
                 self.on_load(entry.name, True, self._clock() - began)
         except LoadError as exc:

@@ -162,6 +162,7 @@ def test_four_providers_share_one_card_under_one_scheduler(helix: Any, tmp_path:
         assert json.load(response)["choices"][0]["message"]["content"] == "echo: wake"
     deep = models(h)["deep"]
     assert (deep["state"], deep["process"]["pid"]) == ("loaded", deep_pid)
+    assert deep["message"] == "woken from sleep"
     assert deep["vram_bytes"] == deep_bytes  # its VRAM is counted back
     assert states(h)["coder"] == "unloaded"
     assert gpu.used_mib() == (deep_bytes + (9000 + 3000) * MiB) // MiB

@@ -191,10 +191,17 @@ def render_initial_config(found: Findings) -> tuple[str, list[str]]:
             '# command = ["vllm", "serve", "{model_id}", "--served-model-name", '
             '"{model}", "--host", "{host}", "--port", "{port}", '
             '"--gpu-memory-utilization", "{gpu_memory_utilization}"]\n'
+            '# [models.NAME]\n# provider = "vllm"\n# id = "Qwen/Qwen2.5-7B-Instruct"\n'
+            "# vram_mib = 12000       # its share of the card\n"
+            "# sleep_mode = true      # unload = sleep (weights to RAM), load = wake\n"
         )
     if found.localai:
         sections.append(
-            f"# Found {found.localai}: LocalAI is not managed by this helixd version yet.\n"
+            f"# Found {found.localai}. helixd runs one 'local-ai run' and loads its models\n"
+            "# through its API (LocalAI's own watchdogs and LRU off); to use it:\n"
+            '# [providers.localai]\n# kind = "localai"\n'
+            '# env = { LOCALAI_MODELS_PATH = "/path/to/localai/models" }\n'
+            '# [models.NAME]\n# provider = "localai"\n# id = "the name of its model config"\n'
         )
     return "\n".join(sections), todo
 

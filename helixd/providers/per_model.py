@@ -4,6 +4,14 @@ Covers llama.cpp's ``llama-server``, llama-cpp-python's server, vLLM and any
 OpenAI-compatible command. The provider's command is a template; each model's process
 is supervised like any other (own process group, logs, health probe, group stop) but is
 not restarted by the supervisor: when it dies the scheduler hears of it and decides.
+
+Checked against the real llama-cpp-python 0.3.36 server (``python -m llama_cpp.server``,
+which the end-to-end tests run with a tiny generated GGUF model: load, RAM measured from
+its process, chat, eviction, a broken file's own error), and against llama.cpp's
+``llama-server`` as its ``tools/server`` README describes it at 00dc805 (503 "Loading
+model" on every endpoint until the model is loaded, which the start probe waits out)
+through the protocol fake ``tests/fakes/llama_server.py``; ``llama-server`` itself is not
+built on the test machine. vLLM's specifics are in :mod:`helixd.providers.vllm`.
 """
 
 from __future__ import annotations

@@ -22,7 +22,8 @@ from helixd.supervisor.process import ManagedProcess
 _OUT_OF_MEMORY = re.compile(
     r"out of memory|CUDA_ERROR_OUT_OF_MEMORY|cudaMalloc failed|failed to allocate"
     r"|unable to allocate|OutOfMemoryError|No available memory for the cache blocks"
-    r"|insufficient memory|hipErrorOutOfMemory",
+    r"|insufficient memory|hipErrorOutOfMemory"
+    r"|less than desired GPU memory utilization",  # vLLM's start-up check
     re.IGNORECASE,
 )
 
@@ -121,6 +122,10 @@ class ModelAdapter(abc.ABC):
 
     def can_sleep(self, model: str) -> bool:
         """True when ``model`` is awake and can be put to sleep instead of stopped."""
+        return False
+
+    def is_asleep(self, model: str) -> bool:
+        """True while ``model`` sleeps (its process lives, its GPU memory is freed)."""
         return False
 
     async def sleep(self, model: str) -> None:

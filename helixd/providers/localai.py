@@ -89,7 +89,10 @@ class LocalAIAdapter(OneServerAdapter):
                 f"{self.provider} refused helixd's API key (HTTP {status}); set "
                 f"providers.{self.provider}.api_key_env to a variable holding one of its keys"
             )
-        if status == 404 or (status != 200 and "could not find" in message.lower()):
+        # "all backends returned error" also covers a backend that crashed: only these
+        # say the model itself is unknown (LocalAI's words come along either way).
+        unknown = ("could not find", "no model config or model file")
+        if status == 404 or (status != 200 and any(u in message.lower() for u in unknown)):
             raise LoadError(
                 f"{self.provider} has no model {target.model_id!r} ({message}); add its "
                 f"config to LocalAI's models path or install it: local-ai models install "

@@ -131,12 +131,15 @@ class OneServerAdapter(ModelAdapter):
             base = self._base()
             if base is None:
                 continue  # the server's own state change reports the loss
+            # Judge only what was loaded before asking: a load that ends while the
+            # answer is on its way is not in it.
+            settled = {m: i for m, i in self._ids.items() if m not in self._loading}
             try:
                 shown = await self.loaded_ids(base)
             except LoadError:
                 continue
-            for model, model_id in list(self._ids.items()):
-                if model_id not in shown and model not in self._loading:
+            for model, model_id in settled.items():
+                if model_id not in shown and self._ids.get(model) == model_id:
                     self._lose(model, f"{self.provider} no longer lists it in {self.loaded_list}")
 
     async def close(self) -> None:
@@ -146,19 +149,25 @@ class OneServerAdapter(ModelAdapter):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch
         for model in list(self._ids):
-            await self.unload(model)
+            try:
+                await self.unload(model)
+            except LoadError as exc:  # one stuck model must not keep the others loaded
+                log.warning("%s: %s", self.provider, exc)
         await self.http.close()
 
-    async def _until_gone(self, base: str, model_id: str, wait_s: float) -> bool:
-        """Poll until the server no longer lists ``model_id``; False if it still does."""
+    async def _until_gone(self, base: str, model_id: str, wait_s: float) -> None:
+        """Poll until the server no longer lists ``model_id``; :class:`LoadError` if it
+        still does after ``wait_s`` (the books must not say unloaded while it is there)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
         while loop.time() < deadline:
             try:
                 if model_id not in await self.loaded_ids(base):
-                    return True
+                    return
             except LoadError:
-                return True  # the server went away: nothing is loaded in it any more
+                return  # the server went away: nothing is loaded in it any more
             await asyncio.sleep(0.1)  # a poll interval; the loop re-checks the server
-        log.warning("%s: %s still loaded %g s after its unload", self.provider, model_id, wait_s)
-        return False
+        raise LoadError(
+            f"{self.provider} still lists {model_id!r} in {self.loaded_list} {wait_s:g} s "
+            "after it was asked to unload it"
+        )

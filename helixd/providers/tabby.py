@@ -86,8 +86,10 @@ class TabbyAdapter(OneServerAdapter):
         status, text = await self.http.call("GET", base + "/v1/model", headers=self._auth())
         if status in (401, 403):
             raise self._key_problem(status)
-        if status != 200:
+        if status in (400, 503):
             return set()  # "No models are currently loaded." (also while one loads)
+        if status != 200:
+            raise LoadError(f"{self.provider}: /v1/model answered HTTP {status}: {text[:200]}")
         try:
             card = json.loads(text)
         except ValueError:
@@ -126,9 +128,13 @@ class TabbyAdapter(OneServerAdapter):
         if model_id is None or base is None:
             return
         try:
-            await self.http.call("POST", base + "/v1/model/unload", headers=self._auth())
+            status, _ = await self.http.call(
+                "POST", base + "/v1/model/unload", headers=self._auth()
+            )
         except LoadError:
             return  # the server went away: nothing is loaded in it any more
+        if status in (401, 403):
+            raise self._key_problem(status)
         await self._until_gone(base, model_id, UNLOAD_WAIT_S)
 
     def memory_pids(self, model: str) -> list[int]:

@@ -77,6 +77,10 @@ class VllmAdapter(ProcessPerModelAdapter):
         """A sleep-mode model that is awake and serving."""
         return model in self._sleep_mode and model in self._serving
 
+    def is_asleep(self, model: str) -> bool:
+        """Asleep, and its process still there."""
+        return model in self._asleep
+
     async def sleep(self, model: str) -> None:
         """``POST /sleep?level=1``, then ``/is_sleeping`` must say so."""
         base = self._address(model)

@@ -260,6 +260,21 @@ def _option(
                 count_short -= 1
     if vram_short > 0 or ram_short > 0 or count_short > 0:
         return None
+    # A sleeping model wakes in seconds: keep those the later (awake) victims made
+    # unnecessary, rather than stop them for room already found.
+    for m in [v for v in snapshot.models.values() if v.name in victims]:
+        held_here = m.vram_bytes if gpu is not None and m.device == gpu else 0
+        if (
+            m.state == ModelState.SLEEPING
+            and m not in forced
+            and held_here <= -vram_short
+            and m.ram_bytes <= -ram_short
+        ):
+            victims.remove(m.name)
+            vram_short += held_here
+            ram_short += m.ram_bytes
+            freed_vram -= held_here
+            freed_ram -= m.ram_bytes
     if gpu is None:
         return _Option(device.id, tuple(victims), free_bytes(snapshot, device) + freed_ram)
     return _Option(device.id, tuple(victims), free_bytes(snapshot, device) + freed_vram)
@@ -336,7 +351,7 @@ def _refusal(snapshot: Snapshot, request: LoadRequest, devices: Iterable[DeviceV
             for m in snapshot.models.values()
             if not m.pinned
             and m.state in HOLDING
-            and (m.state != ModelState.LOADED or not m.idle)
+            and not _evictable_now(m)
             and (m.device == device.id or not on_gpu)
         ]
         if busy:

@@ -254,7 +254,12 @@ class Residency(ResidencyMaintenance):
                 and victim.state == ModelState.UNLOADING
                 and name not in self._unloading
             ):
-                self._set(victim, ModelState.LOADED, "")
+                self._set(victim, self._resident_state(victim), "")
+
+    @staticmethod
+    def _resident_state(entry: ModelEntry) -> ModelState:
+        """What a model that was never unloaded after all is: asleep, or loaded."""
+        return ModelState.SLEEPING if entry.adapter.is_asleep(entry.name) else ModelState.LOADED
 
     # -- acting ------------------------------------------------------------------------
 
@@ -396,7 +401,12 @@ class Residency(ResidencyMaintenance):
         instead, unless host RAM is too short to keep its weights.
         """
         if sleep and not process_gone and entry.adapter.can_sleep(entry.name):
-            why_not = await self._put_to_sleep(entry, why)
+            try:
+                why_not = await self._put_to_sleep(entry, why)
+            except asyncio.CancelledError:
+                if entry.state == ModelState.UNLOADING:  # asleep or not, it is resident
+                    self._set(entry, self._resident_state(entry), "")
+                raise
             if why_not is None:
                 return
             log.info("model %s: stopping it instead of sleeping: %s", entry.name, why_not)
@@ -420,7 +430,7 @@ class Residency(ResidencyMaintenance):
                 self._unloaded(entry, why)
             else:  # cancelled before anything was stopped: it is still resident
                 self._unloading.discard(entry.name)
-                self._set(entry, ModelState.LOADED, "")
+                self._set(entry, self._resident_state(entry), "")
             raise
         except Exception as exc:
             log.exception("model %s: unload failed", entry.name)
@@ -430,39 +440,53 @@ class Residency(ResidencyMaintenance):
         self._unloaded(entry, why)
 
     async def _put_to_sleep(self, entry: ModelEntry, why: str) -> str | None:
-        """Sleep instead of stopping; None once asleep, else why it stays awake."""
-        sample = await self._sample()
-        snapshot = self.snapshot(sample)
-        room = free_bytes(snapshot, snapshot.ram)
-        # Asleep, the weights live in host RAM: at most what the model holds on the GPU.
-        need = max(entry.accounted_vram, entry.figure.vram_bytes)
-        if need > room:
-            return (
-                f"host RAM too short to hold it asleep ({format_bytes(room)} free, "
-                f"up to {format_bytes(need)} needed)"
-            )
+        """Sleep instead of stopping; None once asleep, else why it stays awake.
+
+        Booked ``unloading`` before the first await (no request may take it meanwhile),
+        with the host RAM its weights will take booked too (a plan made during the sleep
+        must see it); on every way out the books match what the adapter says it is.
+        """
         self._set(entry, ModelState.UNLOADING, why)
         self._unloading.add(entry.name)
+        awake_ram = entry.accounted_ram
+        asleep = False
         try:
-            await _uncancellable(entry.adapter.sleep(entry.name))
-        except LoadError as exc:
+            async with self._plan_lock:
+                snapshot = self.snapshot(await self._sample())
+                room = free_bytes(snapshot, snapshot.ram)
+                # Asleep, the weights live in host RAM: at most what it holds on the GPU.
+                need = max(entry.accounted_vram, entry.figure.vram_bytes)
+                if need > room:
+                    return (
+                        f"host RAM too short to hold it asleep ({format_bytes(room)} free, "
+                        f"up to {format_bytes(need)} needed)"
+                    )
+                entry.accounted_ram = awake_ram + need
+            try:
+                await _uncancellable(entry.adapter.sleep(entry.name))
+            except LoadError as exc:
+                return f"it did not fall asleep: {exc}"
+            figures = await self._tree_figures(entry)
+            if figures is not None:
+                # vLLM answers a sleep even when it was started without sleep mode, and
+                # then frees nothing: trust the GPU, not the answer.
+                if entry.accounted_vram and figures[0] > entry.accounted_vram * ASLEEP_MAX_SHARE:
+                    return (
+                        f"it said it sleeps but still holds {format_bytes(figures[0])} of the GPU"
+                    )
+                entry.accounted_vram, entry.accounted_ram = figures
+            asleep = True
+            return None
+        finally:
             self._unloading.discard(entry.name)
-            return f"it did not fall asleep: {exc}"
-        except asyncio.CancelledError:
-            self._unloading.discard(entry.name)
-            awake = entry.adapter.can_sleep(entry.name)
-            self._set(entry, ModelState.LOADED if awake else ModelState.SLEEPING, why)
-            raise
-        figures = await self._tree_figures(entry)
-        self._unloading.discard(entry.name)
-        if figures is not None:
-            # vLLM answers a sleep even when it was started without sleep mode, and then
-            # frees nothing: trust the GPU, not the answer.
-            if entry.accounted_vram and figures[0] > entry.accounted_vram * ASLEEP_MAX_SHARE:
-                return f"it said it sleeps but still holds {format_bytes(figures[0])} of the GPU"
-            entry.accounted_vram, entry.accounted_ram = figures
-        self._set(entry, ModelState.SLEEPING, f"{why}; asleep, weights in host RAM")
-        return None
+            if not asleep:
+                entry.accounted_ram = awake_ram
+            elif entry.adapter.is_asleep(entry.name):
+                self._set(entry, ModelState.SLEEPING, f"{why}; asleep, weights in host RAM")
+            else:  # its process died while it fell asleep
+                self._unloaded(entry, f"{why}; its process ended while falling asleep")
+            # Otherwise it is still ``unloading``: the caller stops it, or, cancelled,
+            # books it as the adapter has it.
 
     def _unloaded(self, entry: ModelEntry, why: str) -> None:
         self._unloading.discard(entry.name)

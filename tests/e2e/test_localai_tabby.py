@@ -123,7 +123,8 @@ stop_timeout_s = 5
     assert h.ctl("reload").returncode == 0
     result = h.ctl("load", "ghost", timeout=60)
     assert result.returncode == 1
-    assert "localai failed to load 'no-such-model'" in result.stderr, result.stderr
+    assert "localai has no model 'no-such-model'" in result.stderr, result.stderr
+    assert "local-ai models install no-such-model" in result.stderr
 
 
 def test_tabby_swaps_its_one_model_and_a_pinned_one_blocks_the_swap(

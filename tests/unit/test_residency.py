@@ -494,6 +494,9 @@ class SleepyAdapter(FakeAdapter):
     def can_sleep(self, model: str) -> bool:
         return model in self.gpu.held and model not in self.asleep
 
+    def is_asleep(self, model: str) -> bool:
+        return model in self.asleep and model in self.gpu.held
+
     async def sleep(self, model: str) -> None:
         self.sleeps.append(model)
         device, size = self.gpu.held[model]
@@ -627,3 +630,13 @@ async def test_a_one_model_server_swaps_its_model_and_a_busy_one_is_waited_for()
     await swap
     assert adapter.unloads == ["t1"]  # though 20 GiB were free
     assert residency.models["t2"].state == ModelState.LOADED
+
+
+async def test_a_sleeping_victim_of_a_load_that_never_ran_is_restored_asleep() -> None:
+    residency, adapter, _, clock = make_sleepy({"a": 4})
+    await use_once(residency, "a", clock)
+    await residency.unload("a")
+    a = residency.models["a"]
+    residency._set(a, ModelState.UNLOADING, "evicted for c")  # as _begin books a victim
+    residency._restore_victims(["a"])  # the load was cancelled before reaching it
+    assert a.state == ModelState.SLEEPING and adapter.is_asleep("a")

@@ -390,3 +390,12 @@ def test_a_second_request_for_a_model_being_loaded_joins_that_load(
         snapshot, models=models, loading_devices=snapshot.loading_devices | {plan.device}
     )
     assert plan_load(after, request) == Join(request.model)
+
+
+def test_a_sleeping_model_is_kept_when_an_awake_victim_alone_makes_the_room() -> None:
+    asleep = loaded("nap", 0.5, 1.0, state=ModelState.SLEEPING, ram_bytes=8 * GiB)
+    s = snap(asleep, loaded("big", 20, 2.0))
+    assert plan_load(s, want("x", 20)) == Load("x", "gpu0", ("big",))
+    refusal = plan_load(snap(asleep, loaded("p", 22, 2.0, pinned=True)), want("x", 3))
+    assert isinstance(refusal, Refuse)
+    assert refusal.reason == "x needs 3.0 GiB on GPU0; 1.5 GiB free; pinned: p (22.0 GiB)"

@@ -18,18 +18,9 @@ import psutil
 
 from tests.conftest import wait_for_sync
 from tests.e2e.gpu_host import FAKES, REPO, FakeGpuHost, MiB
+from tests.e2e.views import models, states
 
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def models(helix: Any) -> dict[str, dict[str, Any]]:
-    result = helix.ctl("--json", "models")
-    assert result.returncode == 0, result.stderr
-    return {m["name"]: m for m in json.loads(result.stdout)["models"]}
-
-
-def states(helix: Any) -> dict[str, str]:
-    return {name: m["state"] for name, m in models(helix).items()}
 
 
 def get(url: str, headers: dict[str, str] | None = None) -> Any:

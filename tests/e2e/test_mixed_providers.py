@@ -20,19 +20,10 @@ import psutil
 from tests.conftest import import_real_provider, wait_for_sync
 from tests.e2e.gpu_host import FAKES, REPO, FakeGpuHost, MiB
 from tests.e2e.test_ollama import FakeOllama, ollama_ps
+from tests.e2e.views import models, states
 
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 CARD_MIB = 24576
-
-
-def models(helix: Any) -> dict[str, dict[str, Any]]:
-    result = helix.ctl("--json", "models")
-    assert result.returncode == 0, result.stderr
-    return {m["name"]: m for m in json.loads(result.stdout)["models"]}
-
-
-def states(helix: Any) -> dict[str, str]:
-    return {name: m["state"] for name, m in models(helix).items()}
 
 
 def load(helix: Any, name: str) -> None:

@@ -20,6 +20,7 @@ import pytest
 
 from tests.conftest import import_real_provider, wait_for_sync
 from tests.e2e.gpu_host import FAKES, REPO, FakeGpuHost, MiB
+from tests.e2e.views import models
 
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -68,12 +69,6 @@ def model(name: str, model_id: str, **keys: Any) -> str:
     lines = [f"[models.{name}]", 'provider = "ollama"', f'id = "{model_id}"']
     lines += [f"{k} = {json.dumps(v)}" for k, v in keys.items()]
     return "\n".join(lines) + "\n"
-
-
-def models(helix: Any) -> dict[str, dict[str, Any]]:
-    result = helix.ctl("--json", "models")
-    assert result.returncode == 0, result.stderr
-    return {m["name"]: m for m in json.loads(result.stdout)["models"]}
 
 
 def server_url(helix: Any) -> str:

@@ -21,6 +21,7 @@ import pytest
 from tests.conftest import wait_for_sync
 from tests.e2e.conftest import BIN
 from tests.e2e.gpu_host import FakeGpuHost, MiB
+from tests.e2e.views import models
 
 
 @pytest.fixture
@@ -30,12 +31,6 @@ def gpu_host(tmp_path: Path) -> FakeGpuHost:
 
 def gone(pid: int) -> bool:
     return not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
-
-
-def models(helix: Any) -> dict[str, dict[str, Any]]:
-    result = helix.ctl("--json", "models")
-    assert result.returncode == 0, result.stderr
-    return {m["name"]: m for m in json.loads(result.stdout)["models"]}
 
 
 def wait_model(helix: Any, name: str, state: str, timeout: float = 30) -> dict[str, Any]:

@@ -17,6 +17,7 @@ import psutil
 import pytest
 
 from tests.conftest import import_real_provider, wait_for_sync
+from tests.e2e.views import models
 
 import_real_provider("llama_cpp.server.app")
 openai = import_real_provider("openai")
@@ -56,12 +57,6 @@ provider = "llama"
 path = "{b}"
 ctx = 256
 """
-
-
-def models(helix: Any) -> dict[str, dict[str, Any]]:
-    result = helix.ctl("--json", "models")
-    assert result.returncode == 0, result.stderr
-    return {m["name"]: m for m in json.loads(result.stdout)["models"]}
 
 
 def tree_rss(pid: int) -> int:

@@ -8,7 +8,6 @@ allocation table. Every wait polls against a deadline.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -29,6 +28,7 @@ import pytest
 import yaml
 
 from tests.conftest import wait_for_sync
+from tests.process.fake_nvml import load_fake_nvml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FAKES = REPO_ROOT / "tests" / "fakes"
@@ -44,16 +44,6 @@ DEVICES = [
 ]
 DEADLINE_S = 15.0
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def load_fake_nvml() -> ModuleType:
-    name = "helixd_test_fake_pynvml_localai_tabby"
-    spec = importlib.util.spec_from_file_location(name, FAKE_NVML)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def free_port() -> int:
@@ -162,7 +152,7 @@ def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Lab]:
         servers.append(server)
         return server
 
-    yield Lab(root, load_fake_nvml(), start)
+    yield Lab(root, load_fake_nvml("localai_tabby"), start)
     for server in servers:
         if server.proc.poll() is None:
             server.proc.send_signal(signal.SIGTERM)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import importlib.util
 import json
 import math
 import os
@@ -24,7 +23,6 @@ import urllib.request
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -32,6 +30,7 @@ import pytest
 from helixd.resources.gpu import GpuReader
 from helixd.resources.monitor import ResourceMonitor
 from tests.conftest import wait_for_sync
+from tests.process.fake_nvml import load_fake_nvml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FAKES = REPO_ROOT / "tests" / "fakes"
@@ -46,16 +45,6 @@ DEVICE = {
 }
 DEADLINE_S = 15.0
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def load_fake_nvml() -> ModuleType:
-    name = "helixd_test_fake_pynvml_fakes"
-    spec = importlib.util.spec_from_file_location(name, FAKES / "nvml" / "pynvml.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def free_port() -> int:
@@ -187,7 +176,7 @@ async def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[
     (root / "devices.json").write_text(json.dumps([DEVICE]))
     monkeypatch.setenv("HELIXD_FAKE_NVML_DIR", str(root))
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    nvml = load_fake_nvml()
+    nvml = load_fake_nvml("fakes")
     monitor = ResourceMonitor("auto", reader_factory=lambda s: GpuReader(s, nvml=nvml))
     await monitor.open()
     the_lab = Lab(root, tmp_path, monitor)

@@ -8,7 +8,6 @@ Waits poll the monitor's samples against deadlines.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -19,13 +18,13 @@ import urllib.request
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 from helixd.resources.gpu import GpuReader
 from helixd.resources.monitor import ResourceMonitor, ResourceSample
 from tests.conftest import wait_for, wait_for_sync
+from tests.process.fake_nvml import load_fake_nvml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HOLDER = REPO_ROOT / "tests" / "fakes" / "gpu_holder.py"
@@ -43,16 +42,6 @@ DEVICES = [
 ]
 EXIT_DEADLINE_S = 30.0
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def load_fake_nvml() -> ModuleType:
-    name = "helixd_test_fake_pynvml_process"
-    spec = importlib.util.spec_from_file_location(name, FAKE_NVML)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @dataclass
@@ -86,7 +75,7 @@ async def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[
     (root / "procs").mkdir(parents=True)
     (root / "devices.json").write_text(json.dumps(DEVICES))
     monkeypatch.setenv("HELIXD_FAKE_NVML_DIR", str(root))
-    nvml = load_fake_nvml()
+    nvml = load_fake_nvml("process")
     holders: list[Holder] = []
 
     def start(mib: float, *flags: str, visible: str | None = None) -> Holder:

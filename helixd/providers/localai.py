@@ -33,13 +33,12 @@ from typing import Any
 
 import psutil
 
-from helixd.providers.base import LoadError, ModelTarget, says_out_of_memory
+from helixd.providers.base import LoadError, ModelTarget
 from helixd.providers.http import error_text
 from helixd.providers.one_server import OneServerAdapter
 
 # A backend may download and then load a model: far longer than an API call.
 LOAD_TIMEOUT_S = 600.0
-UNLOAD_WAIT_S = 30.0
 
 
 class LocalAIAdapter(OneServerAdapter):
@@ -99,31 +98,17 @@ class LocalAIAdapter(OneServerAdapter):
                 f"{target.model_id}"
             )
         if status != 200:
-            raise LoadError(
-                f"{self.provider} failed to load {target.model_id!r}: HTTP {status}: {message}",
-                out_of_memory=says_out_of_memory([message]),
-                log_tail=[message],
-            )
-        if target.model_id not in await self.loaded_ids(base):
-            raise LoadError(
-                f"{self.provider} answered the load of {target.model_id!r} but /system "
-                "does not list it"
-            )
+            raise self._load_failed(target.model_id, f"HTTP {status}: {message}")
+        await self._confirm_loaded(base, target.model_id)
         owned = {p for pids in self._pids.values() for p in pids}
         self._pids[target.name] = sorted(self._backend_pids() - before - owned)
 
-    async def unload(self, model: str) -> None:
-        """``POST /backend/shutdown``; wait until /system no longer lists it."""
-        model_id = self._ids.get(model)
-        self._forget(model)
-        base = self._base()
-        if model_id is None or base is None:
-            return
-        with contextlib.suppress(LoadError):
+    async def _unload_on(self, base: str, model_id: str) -> None:
+        """``POST /backend/shutdown`` (404 when it is not loaded: the wait then ends)."""
+        with contextlib.suppress(LoadError):  # the wait that follows tells
             await self.http.call(
                 "POST", base + "/backend/shutdown", body={"model": model_id}, headers=self._auth()
             )
-        await self._until_gone(base, model_id, UNLOAD_WAIT_S)
 
     def _forget(self, model: str) -> None:
         super()._forget(model)

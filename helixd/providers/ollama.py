@@ -35,8 +35,6 @@ from helixd.providers.one_server import OneServerAdapter
 
 log = logging.getLogger("helixd.providers")
 
-# How long an unloaded model may take to leave /api/ps (Ollama stops its runner).
-UNLOAD_WAIT_S = 30.0
 # A load that has not answered by then never will: Ollama's own stall timer
 # (OLLAMA_LOAD_TIMEOUT) defaults to 5 minutes.
 LOAD_TIMEOUT_S = 330.0
@@ -98,22 +96,13 @@ class OllamaAdapter(OneServerAdapter):
         except LoadError as exc:
             raise LoadError(f"{self.provider}: /api/ps failed after a load: {exc}") from None
         if shown is None:
-            raise LoadError(
-                f"{self.provider} answered the load of {target.model_id!r} but /api/ps "
-                "does not list it"
-            )
+            raise self._not_listed(target.model_id)
         self._sizes[target.name] = _sizes(shown)
 
-    async def unload(self, model: str) -> None:
-        """Ask Ollama to unload now; wait until /api/ps no longer lists it."""
-        model_id = self._ids.get(model)
-        self._forget(model)
-        base = self._base()
-        if model_id is None or base is None:
-            return  # not loaded by us, or the server is gone (and its models with it)
-        with contextlib.suppress(LoadError):
+    async def _unload_on(self, base: str, model_id: str) -> None:
+        """An empty generate with ``keep_alive: 0`` (Ollama's own unload)."""
+        with contextlib.suppress(LoadError):  # the wait that follows tells
             await self._post(base, "/api/generate", {"model": model_id, "keep_alive": 0}, 10.0)
-        await self._until_gone(base, model_id, UNLOAD_WAIT_S)
 
     def _forget(self, model: str) -> None:
         super()._forget(model)

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import ClassVar
 
 from helixd.config import ProviderConfig
-from helixd.providers.base import LoadError, ModelAdapter, ModelTarget
+from helixd.providers.base import LoadError, ModelAdapter, ModelTarget, says_out_of_memory
 from helixd.providers.http import ProviderHttp
 from helixd.supervisor.process import ManagedProcess, ProcessState
 
@@ -26,6 +26,9 @@ log = logging.getLogger("helixd.providers")
 _SERVING = frozenset({ProcessState.READY, ProcessState.UNHEALTHY})
 
 ServerLookup = Callable[[], ManagedProcess | None]
+
+# How long an unloaded model may take to leave the server's list (its process stops).
+UNLOAD_WAIT_S = 30.0
 
 
 class OneServerAdapter(ModelAdapter):
@@ -102,6 +105,39 @@ class OneServerAdapter(ModelAdapter):
     @abc.abstractmethod
     async def _load_on(self, base: str, target: ModelTarget) -> None:
         """Load ``target`` on the server at ``base``; :class:`LoadError` saying why not."""
+
+    async def unload(self, model: str) -> None:
+        """Ask the server to drop the model, then wait until it no longer lists it."""
+        model_id = self._ids.get(model)
+        self._forget(model)
+        base = self._base()
+        if model_id is None or base is None:
+            return  # not loaded by us, or the server is gone (and its models with it)
+        await self._unload_on(base, model_id)
+        await self._until_gone(base, model_id, UNLOAD_WAIT_S)
+
+    @abc.abstractmethod
+    async def _unload_on(self, base: str, model_id: str) -> None:
+        """Ask the server at ``base`` to drop ``model_id`` (the wait is the base's)."""
+
+    def _load_failed(self, model_id: str, message: str) -> LoadError:
+        """The server's own words on a failed load; out of memory when they say so."""
+        return LoadError(
+            f"{self.provider} failed to load {model_id!r}: {message}",
+            out_of_memory=says_out_of_memory([message]),
+            log_tail=[message],
+        )
+
+    async def _confirm_loaded(self, base: str, model_id: str) -> None:
+        """A load the server answered must show in what it lists as loaded."""
+        if model_id not in await self.loaded_ids(base):
+            raise self._not_listed(model_id)
+
+    def _not_listed(self, model_id: str) -> LoadError:
+        return LoadError(
+            f"{self.provider} answered the load of {model_id!r} but {self.loaded_list} "
+            "does not list it"
+        )
 
     def _forget(self, model: str) -> None:
         """Drop what the adapter keeps of a model that left the server."""

@@ -34,12 +34,11 @@ import re
 from pathlib import Path
 from typing import Any
 
-from helixd.providers.base import LoadError, ModelTarget, says_out_of_memory
+from helixd.providers.base import LoadError, ModelTarget
 from helixd.providers.http import error_text
 from helixd.providers.one_server import OneServerAdapter
 
 LOAD_TIMEOUT_S = 600.0
-UNLOAD_WAIT_S = 30.0
 TOKENS_FILE = "api_tokens.yml"
 
 
@@ -109,33 +108,19 @@ class TabbyAdapter(OneServerAdapter):
             raise self._key_problem(status)
         problem = error_text(text) if status != 200 else _stream_error(text)
         if problem is not None:
-            raise LoadError(
-                f"{self.provider} failed to load {target.model_id!r}: {problem}",
-                out_of_memory=says_out_of_memory([problem]),
-                log_tail=[problem],
-            )
-        if target.model_id not in await self.loaded_ids(base):
-            raise LoadError(
-                f"{self.provider} answered the load of {target.model_id!r} but /v1/model "
-                "does not name it"
-            )
+            raise self._load_failed(target.model_id, problem)
+        await self._confirm_loaded(base, target.model_id)
 
-    async def unload(self, model: str) -> None:
-        """``POST /v1/model/unload``; wait until /v1/model names no model."""
-        model_id = self._ids.get(model)
-        self._forget(model)
-        base = self._base()
-        if model_id is None or base is None:
-            return
+    async def _unload_on(self, base: str, model_id: str) -> None:
+        """``POST /v1/model/unload`` (admin)."""
         try:
             status, _ = await self.http.call(
                 "POST", base + "/v1/model/unload", headers=self._auth()
             )
         except LoadError:
-            return  # the server went away: nothing is loaded in it any more
+            return  # the server went away: the wait that follows ends at once
         if status in (401, 403):
             raise self._key_problem(status)
-        await self._until_gone(base, model_id, UNLOAD_WAIT_S)
 
     def memory_pids(self, model: str) -> list[int]:
         """The server itself holds the model."""

@@ -26,12 +26,11 @@ CUDA GPU and a multi-gigabyte wheel the test machine cannot run.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
-from helixd.config import DaemonPaths, ProviderConfig
 from helixd.providers.base import LoadError, ModelTarget, says_out_of_memory
 from helixd.providers.http import ProviderHttp, error_text
 from helixd.providers.per_model import ProcessPerModelAdapter
-from helixd.supervisor.registry import ChildRegistry
 
 log = logging.getLogger("helixd.providers")
 
@@ -43,15 +42,9 @@ WAKE_TIMEOUT_S = 120.0
 class VllmAdapter(ProcessPerModelAdapter):
     """vLLM models: one ``vllm serve`` each; asleep instead of stopped when allowed."""
 
-    def __init__(
-        self,
-        provider: str,
-        config: ProviderConfig,
-        paths: DaemonPaths,
-        registry: ChildRegistry,
-    ) -> None:
-        super().__init__(provider, config, paths, registry)
-        self._http = ProviderHttp(provider)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._http = ProviderHttp(self.provider)
         self._sleep_mode: set[str] = set()  # started with --enable-sleep-mode
         self._asleep: set[str] = set()
 

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
+from helixd.config.jobs import JOB_KINDS, JOB_MODELS, JobConfig, effective_jobs
 from helixd.config.providers import (
     KEYED_KINDS,
     MODEL_PLACEHOLDERS,
@@ -93,9 +94,13 @@ class HelixConfig(Strict):
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     models: dict[str, ModelConfig] = Field(default_factory=dict)
     proxy: ProxyConfig = Field(default_factory=ProxyConfig)
-    # Sections owned by later capabilities; parsed leniently until they land.
     routes: dict[str, RouteConfig] = Field(default_factory=dict)
-    jobs: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    jobs: dict[str, JobConfig] = Field(default_factory=dict)
+
+    @property
+    def all_jobs(self) -> dict[str, JobConfig]:
+        """The configured jobs and the built-in ones the config does not replace."""
+        return effective_jobs(self.jobs)
 
 
 @dataclass(frozen=True)
@@ -221,6 +226,49 @@ def _check_semantics(config: HelixConfig) -> list[str]:
             fixed_ports[provider.port] = name
     problems += _check_models(config)
     problems += _check_routes(config)
+    problems += _check_jobs(config)
+    return problems
+
+
+def _check_jobs(config: HelixConfig) -> list[str]:
+    """Jobs name models and providers that exist and can do what the job asks."""
+    problems: list[str] = []
+    models = ", ".join(sorted(config.models)) or "none defined"
+    for name, job in config.jobs.items():
+        key = f"jobs.{name}"
+        if not NAME_RE.match(name):
+            problems.append(_name_problem(key, "job"))
+        named: list[tuple[str, str]] = []
+        if job.kind == "rotation":
+            named = [("load", m) for m in job.load] + [("unload", m) for m in job.unload]
+        elif job.kind == "health":
+            named = [("models", m) for m in job.models]
+        for field, wanted in named:
+            if wanted not in config.models:
+                problems.append(f"{key}.{field}: no model named {wanted!r}; models: {models}")
+        if job.kind == "update":
+            for wanted in job.providers:
+                p = config.providers.get(wanted)
+                if p is None:
+                    known = ", ".join(sorted(config.providers)) or "none defined"
+                    problems.append(
+                        f"{key}.providers: no provider named {wanted!r}; providers: {known}"
+                    )
+                elif p.update is None:
+                    problems.append(
+                        f"{key}.providers: providers.{wanted} has no update commands; add "
+                        f"[providers.{wanted}.update] command = [...]"
+                    )
+    for name, provider in config.providers.items():
+        if provider.update is not None and provider.kind == "remote":
+            problems.append(f"providers.{name}.update: helixd does not run remote providers")
+    for name, model_config in config.models.items():
+        owner = config.providers.get(model_config.provider)
+        if model_config.refresh and owner is not None and owner.kind != "ollama":
+            problems.append(
+                f"models.{name}.refresh: only Ollama models can be re-pulled; "
+                f"providers.{model_config.provider} is kind {owner.kind}"
+            )
     return problems
 
 
@@ -312,6 +360,8 @@ def _check_models(config: HelixConfig) -> list[str]:
 def _describe(err: Any) -> str:
     """Turn one pydantic error into ``dotted.key: expected …; got …``."""
     loc = [str(p) for p in err["loc"] if not str(p).startswith(("function-", "literal["))]
+    if len(loc) > 2 and loc[0] == "jobs" and loc[2] in JOB_KINDS:
+        del loc[2]  # the discriminated union's tag: the user wrote it as kind = "..."
     # pydantic adds the union member tag to the location (e.g. ``int``); it means nothing to a user.
     loc = [p for p in loc if p not in {"int", "str", "float", "bool", "list[str]"}]
     key = ".".join(loc) if loc else "(top level)"
@@ -323,6 +373,11 @@ def _describe(err: Any) -> str:
         return f"{key}: unknown key{hint}"
     if kind == "missing":
         return f"{key}: required key is missing"
+    if kind in {"union_tag_not_found", "union_tag_invalid"}:
+        kinds = ", ".join(JOB_KINDS)
+        if kind == "union_tag_invalid":
+            return f"{key}.kind: expected one of {kinds}; got {ctx.get('tag')!r}"
+        return f"{key}.kind: required key is missing; one of {kinds}"
     if kind == "literal_error":
         expected = ctx.get("expected", "").replace("'", "").replace(" or ", ", ")
         return f"{key}: expected one of {expected}; got {got!r}"
@@ -350,6 +405,9 @@ def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
     for part in loc:
         if model is None:
             return []
+        if loc[0] == "jobs" and str(part) in JOB_KINDS:
+            model = JOB_MODELS[str(part)]  # the union's tag names the job's own table
+            continue
         field = model.model_fields.get(str(part))
         if field is None:
             # A dict level such as providers.<name>: the next part is a user-chosen name.

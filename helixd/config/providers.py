@@ -66,6 +66,29 @@ class LogConfig(Strict):
     backups: int = Field(default=5, ge=0, le=100)
 
 
+class UpdateCommands(Strict):
+    """``[providers.NAME.update]``: how the update job updates this provider (argv lists).
+
+    ``version`` prints the installed version; ``command`` updates; ``rollback`` puts the
+    previous version back when the updated provider fails its checks. They run with the
+    provider's ``env`` and ``cwd``, never through a shell.
+    """
+
+    command: list[str]
+    version: list[str] | None = None
+    rollback: list[str] | None = None
+    timeout_s: Seconds = 600.0
+
+    @field_validator("command", "version", "rollback")
+    @classmethod
+    def _argv(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and (not value or not value[0].strip()):
+            raise ValueError(
+                "expected a non-empty list of arguments, e.g. ['pip', 'install', '-U', 'vllm']"
+            )
+        return value
+
+
 class ProviderConfig(Strict):
     """``[providers.NAME]``: a kind of inference server and how to run it."""
 
@@ -95,6 +118,8 @@ class ProviderConfig(Strict):
     price_input_per_mtok: float = Field(default=0.0, ge=0)
     price_output_per_mtok: float = Field(default=0.0, ge=0)
     daily_budget: float | None = Field(default=None, gt=0)
+    # How the update job updates it (off when absent).
+    update: UpdateCommands | None = None
 
     @field_validator("url")
     @classmethod

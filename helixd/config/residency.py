@@ -88,3 +88,5 @@ class ModelConfig(Strict):
     # vLLM only: unloading puts the model to sleep (weights to host RAM, GPU freed) and the
     # next load wakes it in seconds; needs a vLLM with sleep mode (0.7.3 or later).
     sleep_mode: bool = False
+    # Ollama only: the update job re-pulls this model and reports what changed.
+    refresh: bool = False

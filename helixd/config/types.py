@@ -11,13 +11,15 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 
 
 def parse_duration_s(value: Any) -> Any:
-    """Accept ``30``, ``"30s"``, ``"10m"``, ``"1h"``; leave anything else to pydantic."""
+    """Accept ``30``, ``"30s"``, ``"10m"``, ``"1h"``, ``"7d"``; leave anything else to pydantic."""
     if isinstance(value, str):
-        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*", value)
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", value)
         if not match:
-            raise ValueError(f"expected a duration such as 30, '30s', '10m' or '1h'; got {value!r}")
+            raise ValueError(
+                f"expected a duration such as 30, '30s', '10m', '1h' or '7d'; got {value!r}"
+            )
         number, unit = float(match.group(1)), match.group(2) or "s"
-        return number * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[unit]
+        return number * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}[unit]
     return value
 
 

@@ -61,6 +61,8 @@ class ResidencyBooks(ABC):
         # Observers for metrics: a load ended (model, succeeded, seconds); a model evicted.
         self.on_load: Callable[[str, bool, float], None] | None = None
         self.on_evict: Callable[[str], None] | None = None
+        # For alerts: a load ended (model, why it failed or None, out of GPU memory).
+        self.on_load_outcome: Callable[[str, str | None, bool], None] | None = None
         self._state_changed = asyncio.Event()
 
     # -- books -------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import logging
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
-from helixd.providers.base import LoadError, ModelTarget
+from helixd.providers.base import LoadError, ModelTarget, says_out_of_memory
 from helixd.resources.monitor import ResourceSample
 from helixd.scheduler import views
 from helixd.scheduler.core import (
@@ -298,12 +298,17 @@ class Residency(ResidencyMaintenance):
             self._set(entry, ModelState.LOADED, "woken from sleep" if waking else "")
             if self.on_load is not None:
                 self.on_load(entry.name, True, self._clock() - began)
+            if self.on_load_outcome is not None:
+                self.on_load_outcome(entry.name, None, False)
         except LoadError as exc:
             entry.log_tail = exc.log_tail
             await self._discard_load(entry)
             self._fail(entry, str(exc))
             if self.on_load is not None:
                 self.on_load(entry.name, False, self._clock() - began)
+            if self.on_load_outcome is not None:
+                oom = exc.out_of_memory or says_out_of_memory([str(exc), *exc.log_tail])
+                self.on_load_outcome(entry.name, str(exc), oom)
         except asyncio.CancelledError:
             await self._discard_load(entry)
             self._set(entry, ModelState.UNLOADED, "load cancelled")
@@ -564,6 +569,22 @@ class Residency(ResidencyMaintenance):
             # A sleep-mode model sleeps; a second unload stops it.
             await self._unload(entry, "unloaded on request", sleep=entry.state == ModelState.LOADED)
         return entry
+
+    async def recycle(self, name: str, why: str, timeout: float | None = None) -> ModelEntry:
+        """Stop a resident model's server and load it again, pinned or busy.
+
+        For a server that no longer answers (the health job) or runs an old binary (the
+        update job): requests in flight on it fail, as they would on the broken server.
+        """
+        entry = self.entry(name)
+        if entry.state == ModelState.LOADING and entry.load_task is not None:
+            entry.load_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await entry.load_task
+        if entry.state in (ModelState.LOADED, ModelState.SLEEPING, ModelState.FAILED):
+            log.warning("model %s: restarting it: %s", name, why)
+            await self._unload(entry, why)
+        return await self.load(name, timeout)
 
     def set_pin(self, name: str, pinned: bool) -> ModelEntry:
         """Pin or unpin at run time; a pinned model is loaded by the next maintenance pass."""

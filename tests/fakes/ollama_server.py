@@ -23,7 +23,10 @@ documented in its ``docs/api.md`` and ``server/routes.go`` (ollama/ollama@fb3076
 - an empty generate/chat loads the model (or unloads it with ``keep_alive: 0``,
   answering ``done_reason: "unload"``);
 - ``/api/pull`` streams Ollama's NDJSON progress for a model of the ``--registry`` file
-  and installs it; an unknown one ends the stream with an ``{"error"}`` line;
+  and installs it (its entry, ``digest`` included); an unknown one ends the stream with an
+  ``{"error"}`` line;
+- ``/api/tags`` gives each model the ``digest`` of its library entry (default: the sha256 of
+  its name), so a registry entry with another digest is a new version of the model;
 - requests whose ``Host`` is not loopback, an IP or ``localhost`` get 403, as Ollama does
   when it listens on loopback;
 - answers are the echo provider's (``echo: …``), in Ollama's NDJSON and in the OpenAI
@@ -113,6 +116,7 @@ class FakeOllama(EchoServer):
         spec = self.library().get(name, {})
         card = super().ollama_model(name)
         card["size"] = int((spec.get("mib", 0) + spec.get("cpu_mib", 0)) * MIB)
+        card["digest"] = spec.get("digest") or card["digest"]
         card["details"] = {**card["details"], "format": "gguf", "family": "fake"}
         return card
 
@@ -256,7 +260,7 @@ class FakeOllama(EchoServer):
             return response
         spec = available[model]
         total = int((spec.get("mib", 0) + spec.get("cpu_mib", 0)) * MIB)
-        digest = "sha256:" + hashlib.sha256(model.encode()).hexdigest()
+        digest = "sha256:" + (spec.get("digest") or hashlib.sha256(model.encode()).hexdigest())
         for step in range(PULL_CHUNKS + 1):
             completed = total * step // PULL_CHUNKS
             await send(

@@ -199,8 +199,8 @@ def test_residency_sections_parse_with_defaults(tmp_path: Path) -> None:
         ),
         (
             '[models.x]\nprovider = "llama"\npath = "/a"\nctx = 512\nkeep_alive = "soon"\n',
-            "helixd.toml: models.x.keep_alive: expected a duration such as 30, '30s', '10m' "
-            "or '1h'; got 'soon'",
+            "helixd.toml: models.x.keep_alive: expected a duration such as 30, '30s', '10m', "
+            "'1h' or '7d'; got 'soon'",
         ),
         (
             '[resources]\ngpus = "all"\n',
@@ -211,7 +211,7 @@ def test_residency_sections_parse_with_defaults(tmp_path: Path) -> None:
             '[models.x]\nprovider = "llama"\npath = "/a"\nctx = 512\nvram = 4096\n',
             "helixd.toml: models.x.vram: unknown key; allowed keys here: aliases, args, ctx, "
             "gpu_layers, id, keep_alive, max_concurrency, max_queue, path, pinned, provider, "
-            "ram_mib, sleep_mode, vram_mib",
+            "ram_mib, refresh, sleep_mode, vram_mib",
         ),
         (
             "[resources]\ngpus = [0, 0]\n",

@@ -1,0 +1,103 @@
+"""The control API's operations routes: ``/v1/jobs``, ``/v1/backups`` and ``/v1/alerts``."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from helixd.control.api import ControlAPI, error
+from helixd.jobs.alerts import AlertBook
+from helixd.jobs.backup import BackupError
+from helixd.jobs.backup_ops import BackupOps, RestoreFailed
+from helixd.jobs.runner import JobRunner, UnknownJob
+
+
+class JobsBackend(Protocol):
+    """What the operations routes need from the daemon."""
+
+    jobs: JobRunner
+    alerts: AlertBook
+    backups: BackupOps
+    stopping: bool
+
+
+def add_jobs_routes(api: ControlAPI, app: web.Application, backend: JobsBackend) -> None:
+    """Register the jobs, backups and alerts routes on ``app``."""
+    routes = _JobsRoutes(api, backend)
+    app.router.add_get("/v1/jobs", routes.list_jobs)
+    app.router.add_post("/v1/jobs/{name}/run", routes.run_job)
+    app.router.add_get("/v1/backups", routes.list_backups)
+    app.router.add_post("/v1/backups", routes.create_backup)
+    app.router.add_post("/v1/backups/{id}/restore", routes.restore_backup)
+    app.router.add_get("/v1/alerts", routes.list_alerts)
+
+
+class _JobsRoutes:
+    def __init__(self, api: ControlAPI, backend: JobsBackend) -> None:
+        self.api = api
+        self.backend = backend
+
+    def _refuse_when_stopping(self) -> web.Response | None:
+        if self.backend.stopping:
+            return error(503, "stopping", "helixd is shutting down")
+        return None
+
+    async def list_jobs(self, request: web.Request) -> web.Response:
+        """``GET /v1/jobs``: each job's schedule, next run and last run."""
+        return web.json_response({"jobs": self.backend.jobs.info()})
+
+    async def run_job(self, request: web.Request) -> web.Response:
+        """``POST /v1/jobs/{name}/run``: run it now and answer with the finished run.
+
+        200 whatever the run's result (the request did what it asked); the run's
+        ``result`` says ``ok`` or ``failed``.
+        """
+        name = request.match_info["name"]
+        refused = self._refuse_when_stopping()
+        if refused is not None:
+            return refused
+        try:
+            self.backend.jobs.job(name)
+        except UnknownJob as exc:
+            return error(404, "unknown_job", exc.args[0])
+        self.api._audit(request, f"run job {name}")
+        run = await self.backend.jobs.run(name, "manual")
+        return web.json_response({"run": run.as_json()})
+
+    async def list_backups(self, request: web.Request) -> web.Response:
+        """``GET /v1/backups``: the backups on disk, newest first."""
+        return web.json_response(await self.backend.backups.listing())
+
+    async def create_backup(self, request: web.Request) -> web.Response:
+        """``POST /v1/backups``: take one now (retention is left to the backup job)."""
+        refused = self._refuse_when_stopping()
+        if refused is not None:
+            return refused
+        self.api._audit(request, "create backup")
+        try:
+            info = await self.backend.backups.create(label="manual")
+        except BackupError as exc:
+            return error(500, "backup_failed", str(exc))
+        return web.json_response({"backup": info.as_json()})
+
+    async def restore_backup(self, request: web.Request) -> web.Response:
+        """``POST /v1/backups/{id}/restore``: check it, keep a safety copy, swap, reload."""
+        backup_id = request.match_info["id"]
+        refused = self._refuse_when_stopping()
+        if refused is not None:
+            return refused
+        self.api._audit(request, f"restore backup {backup_id}")
+        try:
+            result: dict[str, Any] = await self.backend.backups.restore(backup_id)
+        except BackupError as exc:
+            code = "unknown_backup" if str(exc).startswith("no backup named") else "refused"
+            return error(404 if code == "unknown_backup" else 422, code, str(exc))
+        except RestoreFailed as exc:
+            return error(500, "restore_failed", str(exc))
+        return web.json_response(result)
+
+    async def list_alerts(self, request: web.Request) -> web.Response:
+        """``GET /v1/alerts[?all=1]``: active alerts (and recently resolved ones)."""
+        include = request.query.get("all", "0") not in ("0", "", "false")
+        return web.json_response(self.backend.alerts.info(include_resolved=include))

@@ -1,0 +1,223 @@
+"""The health job: ask each loaded model for one token, and restart what does not answer.
+
+A provider's own probe (``GET /`` or ``/health``) says its HTTP server is up; it does not
+say that the model behind it can still generate: a wedged CUDA context, a dead runner
+or a hung engine all answer the probe and fail every request. This job sends each
+loaded model the smallest real request there is, on the same path requests take, and
+never loads a model to do it (only models already loaded are asked).
+
+A model that fails ``failures`` runs in a row gets an ``inference:<model>`` alert, and
+(``recover = true``) its server is restarted: a one-server provider's process through
+the supervisor, then the failed models loaded back; a per-model server by stopping and
+starting that model. The alert resolves when the model answers again, or is unloaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from helixd.config.jobs import HealthJob
+from helixd.jobs.base import JobContext, JobOutcome
+from helixd.scheduler.core import ModelState
+from helixd.scheduler.entry import ModelEntry, ResidencyError
+from helixd.supervisor.process import ProcessState
+
+log = logging.getLogger("helixd.jobs.health")
+
+# How long a restarted one-server provider has to become ready again.
+RESTART_WAIT_S = 120.0
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What one model's one-token request came to."""
+
+    model: str
+    ok: bool
+    detail: str
+    seconds: float
+
+
+class InferenceCheck:
+    """The health job, with the count of consecutive failures per model between runs."""
+
+    def __init__(self) -> None:
+        self.failures: dict[str, int] = {}
+
+    async def __call__(self, ctx: JobContext, job: HealthJob) -> JobOutcome:
+        entries = _to_check(ctx, job)
+        session = aiohttp.ClientSession(trust_env=False)
+        try:
+            answers = await asyncio.gather(
+                *(ask(session, e, job.request_timeout_s) for e in entries)
+            )
+        finally:
+            await session.close()
+        failed: list[Answer] = []
+        for answer in answers:
+            if answer.ok:
+                self.failures.pop(answer.model, None)
+                ctx.alerts.resolve(f"inference:{answer.model}", "it answers again")
+            elif _still_serving(ctx, answer.model):
+                self.failures[answer.model] = self.failures.get(answer.model, 0) + 1
+                if self.failures[answer.model] >= job.failures:
+                    failed.append(answer)
+        self._forget_unloaded(ctx)
+        recovered = await _recover(ctx, failed) if failed and job.recover else {}
+        for answer in failed:
+            what = recovered.get(answer.model, "not restarted (recover = false)")
+            ctx.alerts.fire(
+                f"inference:{answer.model}",
+                "error",
+                f"model {answer.model} does not answer a one-token request: {answer.detail}; "
+                f"{what}",
+                source="health",
+            )
+            self.failures.pop(answer.model, None)
+        return _outcome(answers, failed, recovered)
+
+    def _forget_unloaded(self, ctx: JobContext) -> None:
+        for name, entry in ctx.residency.models.items():
+            if entry.state in (ModelState.UNLOADED, ModelState.SLEEPING) or entry.removed:
+                self.failures.pop(name, None)
+                ctx.alerts.resolve(f"inference:{name}", "it is no longer loaded")
+
+
+def _to_check(ctx: JobContext, job: HealthJob) -> list[ModelEntry]:
+    return [
+        entry
+        for entry in ctx.residency.models.values()
+        if entry.state == ModelState.LOADED
+        and entry.adapter.holds_memory  # a remote's health is its owner's business
+        and not entry.removed
+        and (not job.models or entry.name in job.models)
+        and entry.adapter.upstream(entry.name) is not None
+    ]
+
+
+def _still_serving(ctx: JobContext, model: str) -> bool:
+    """A model unloaded or evicted during its check did not fail it."""
+    entry = ctx.residency.models.get(model)
+    return entry is not None and entry.state == ModelState.LOADED
+
+
+async def ask(session: aiohttp.ClientSession, entry: ModelEntry, timeout: float) -> Answer:
+    """Send ``entry`` one generation of one token on its own server."""
+    adapter, name = entry.adapter, entry.name
+    base = adapter.upstream(name)
+    upstream_model = adapter.upstream_model(name)
+    if adapter.native_dialect == "ollama":
+        url = f"{base}/api/generate"
+        body: dict[str, Any] = {
+            "model": upstream_model,
+            "prompt": "ping",
+            "stream": False,
+            "options": {"num_predict": 1},
+        }
+    else:  # /v1/completions needs no chat template, which base models lack
+        url = f"{base}/v1/completions"
+        body = {"model": upstream_model, "prompt": "ping", "max_tokens": 1, "stream": False}
+    began = time.monotonic()
+    try:
+        async with session.post(
+            url,
+            json=body,
+            headers=adapter.upstream_headers(name),
+            timeout=aiohttp.ClientTimeout(total=timeout),
+        ) as response:
+            text = await response.text()
+    except TimeoutError:
+        return Answer(name, False, f"no answer in {timeout:g} s", timeout)
+    except aiohttp.ClientError as exc:
+        return Answer(name, False, f"{type(exc).__name__}: {exc}", time.monotonic() - began)
+    seconds = time.monotonic() - began
+    # A 4xx is the server answering (e.g. an embedding model refusing to generate); a
+    # 404 means the model is gone from a server that should hold it.
+    if response.status >= 500 or response.status == 404:
+        return Answer(name, False, f"HTTP {response.status}: {_error_text(text)}", seconds)
+    return Answer(name, True, f"HTTP {response.status}", seconds)
+
+
+def _error_text(text: str) -> str:
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return text.strip()[:200] or "(empty answer)"
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, dict):
+        error = error.get("message")
+    return str(error or text)[:200]
+
+
+async def _recover(ctx: JobContext, failed: list[Answer]) -> dict[str, str]:
+    """Restart the failed models' servers; what was done, per model."""
+    done: dict[str, str] = {}
+    by_server: dict[str, list[str]] = {}
+    for answer in failed:
+        entry = ctx.residency.models[answer.model]
+        server = entry.adapter.provider if entry.adapter.shape == "multi-model" else None
+        if server is not None and server in ctx.supervisor.processes:
+            by_server.setdefault(server, []).append(answer.model)
+        else:
+            done[answer.model] = await _recycle(ctx, answer.model)
+    for server, models in by_server.items():
+        result = await _restart_server(ctx, server, models)
+        done.update(dict.fromkeys(models, result))
+    return done
+
+
+async def _recycle(ctx: JobContext, model: str) -> str:
+    try:
+        await ctx.residency.recycle(model, "restarted: it did not answer the health check")
+    except ResidencyError as exc:
+        return f"restarting it failed: {exc}"
+    return "restarted it"
+
+
+async def _restart_server(ctx: JobContext, server: str, models: list[str]) -> str:
+    process = ctx.supervisor.processes[server]
+    log.warning("restarting %s: %s did not answer the health check", server, ", ".join(models))
+    async with ctx.supervisor.lock:
+        await process.restart()
+    state = await process.wait_settled(RESTART_WAIT_S)
+    if state != ProcessState.READY:
+        return f"restarted {server}, which is {state}: {process.message or 'see its log'}"
+    reloaded = []
+    for model in models:
+        try:
+            await ctx.residency.load(model)
+            reloaded.append(model)
+        except ResidencyError as exc:
+            return f"restarted {server}; loading {model} again failed: {exc}"
+    return f"restarted {server} and loaded {', '.join(reloaded)} again"
+
+
+def _outcome(answers: list[Answer], failed: list[Answer], recovered: dict[str, str]) -> JobOutcome:
+    details = {
+        "models": {
+            a.model: {"ok": a.ok, "detail": a.detail, "seconds": round(a.seconds, 3)}
+            | ({"recovery": recovered[a.model]} if a.model in recovered else {})
+            for a in answers
+        }
+    }
+    if not answers:
+        return JobOutcome(True, "no model loaded: nothing to ask", details)
+    if failed:
+        parts = [
+            f"{a.model} did not answer ({a.detail}); {recovered.get(a.model, '')}".rstrip("; ")
+            for a in failed
+        ]
+        return JobOutcome(False, "; ".join(parts), details)
+    slow = ", ".join(f"{a.model} {a.seconds * 1000:.0f} ms" for a in answers if a.ok)
+    bad = [a for a in answers if not a.ok]
+    note = f"; {len(bad)} failed once (retried next run)" if bad else ""
+    return JobOutcome(
+        not bad, f"{len(answers) - len(bad)} model(s) answered: {slow}{note}", details
+    )

@@ -372,6 +372,10 @@ def init(
     ctx.emit({"file": str(path), "found": found, "todo": todo}, "\n".join(human))
 
 
+# The operations commands (jobs, run, backup, alerts) register themselves on ``cli``.
+from helixctl import ops  # noqa: E402, F401
+
+
 def main() -> None:
     """Entry point through click alone (``python -m helixctl.cli``)."""
     cli(prog_name="helixctl")

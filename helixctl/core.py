@@ -108,6 +108,9 @@ def show_status(ctx: Context) -> None:
     if doc.get("proxy"):
         echo(f"endpoint {doc['proxy']['url']}/v1 (OpenAI-compatible)")
     echo(doc["summary"])
+    ops = _operations_line(doc)
+    if ops:
+        echo(ops)
     if doc["providers"]:
         echo("")
         echo(table(PROVIDER_HEADERS, provider_rows(doc["providers"])))
@@ -118,6 +121,26 @@ def show_status(ctx: Context) -> None:
     if doc.get("models"):
         echo("")
         echo(table(MODEL_HEADERS, model_rows(doc["models"])))
+
+
+def _operations_line(doc: dict[str, Any]) -> str:
+    """``jobs: 6 (last run failed: backup); alerts: 1 error (helixctl alerts)``."""
+    jobs, alerts = doc.get("jobs"), doc.get("alerts")
+    if not jobs:
+        return ""
+    text = f"jobs: {jobs['count']}"
+    notes = []
+    if jobs.get("running"):
+        notes.append("running: " + ", ".join(jobs["running"]))
+    if jobs.get("failed"):
+        notes.append("last run failed: " + ", ".join(jobs["failed"]))
+    text += f" ({'; '.join(notes)})" if notes else ""
+    active = {k: n for k, n in (alerts or {}).items() if n}
+    if active:
+        order = ("critical", "error", "warning", "info")
+        counts = ", ".join(f"{active[s]} {s}" for s in order if s in active)
+        return f"{text}; alerts: {counts} (helixctl alerts)"
+    return f"{text}; alerts: none"
 
 
 def _fast_status_args(argv: list[str]) -> tuple[str | None, bool] | None:

@@ -22,8 +22,11 @@ from aiohttp import web
 from helixd import __version__
 from helixd.config import ConfigError, DaemonPaths, LoadedConfig, load_config
 from helixd.control.api import ControlAPI, ReloadRefused
+from helixd.control.jobs_api import add_jobs_routes
 from helixd.control.models_api import add_model_routes
 from helixd.control.sockets import bind_control_socket
+from helixd.jobs.alerts import AlertBook
+from helixd.jobs.service import Operations
 from helixd.notify import Notifier
 from helixd.providers.base import ModelAdapter
 from helixd.providers.ollama import server_env as ollama_server_env
@@ -71,6 +74,13 @@ class Daemon:
         self.proxy = ProxyServer(loaded.config.proxy, self.residency, paths.state_dir)
         self.proxy.configure(_aliases(loaded), dict(loaded.config.routes), loaded.config.providers)
         self._adapters: dict[str, ModelAdapter] = {}
+        self.alerts = AlertBook(paths.state_dir / "alerts.json")
+        self.ops = Operations(
+            self, self.alerts, budgets=self.budgets_exceeded, on_state_restored=self._state_restored
+        )
+        self.jobs = self.ops.jobs
+        self.backups = self.ops.backups
+        self.residency.on_load_outcome = self.ops.load_outcome
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -107,6 +117,7 @@ class Daemon:
             self.paths.socket,
             len(self.supervisor.processes),
         )
+        self.ops.start()
         tasks = [
             asyncio.create_task(self._publish_status(), name="status"),
             asyncio.create_task(self.residency.run(), name="residency"),
@@ -135,12 +146,14 @@ class Daemon:
             log.info("stopping: %s", what)
             for task in tasks:
                 task.cancel()
+            await self.ops.stop()
             await self.proxy.stop()
             await self.residency.close()
             await self.monitor.close()
             async with self.supervisor.lock:
                 await self.supervisor.stop_all()
             await self._stop_control()
+            await self.ops.close()
             self._unlock_state_dir()
             log.info("stopped")
 
@@ -238,6 +251,7 @@ class Daemon:
         api = ControlAPI(self)
         app = api.app()
         add_model_routes(api, app, self)
+        add_jobs_routes(api, app, self)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         await web.SockSite(self._runner, sock, shutdown_timeout=1.0).start()
@@ -280,6 +294,7 @@ class Daemon:
                     self.proxy.configure(
                         _aliases(new), dict(new.config.routes), new.config.providers
                     )
+                    self.ops.configure()
             finally:
                 self.notifier.ready(self.summary())
         return {
@@ -324,6 +339,21 @@ class Daemon:
             specs[name] = build_spec(name, provider, self.paths, port=port, extra_env=extra_env)
         return specs
 
+    # -- what jobs need ----------------------------------------------------------------
+
+    def budgets_exceeded(self) -> dict[str, str]:
+        """Remote providers past their daily budget, with the reason."""
+        blocked = {name: self.proxy.spend.blocked(name) for name in self.proxy.spend.providers}
+        return {name: why for name, why in blocked.items() if why is not None}
+
+    def _state_restored(self) -> None:
+        """A restore replaced the state files: take up their pins and learned sizes."""
+        self.record = ResidencyRecord(self.paths.state_dir)
+        self.residency.remember = self.record.remember
+        for name, entry in self.residency.models.items():
+            entry.runtime_pin = self.record.pins.get(name)
+        self._status_dirty.set()
+
     # -- status ------------------------------------------------------------------------
 
     def summary(self) -> str:
@@ -362,7 +392,7 @@ class Daemon:
             ],
             "devices": self.residency.devices(),
             "proxy": self.proxy.info(),
-        }
+        } | self.ops.status()
 
     async def refresh(self) -> None:
         """Fresh GPU/RAM figures for a status read (at most one NVML read a second)."""
@@ -397,6 +427,7 @@ class Daemon:
 
     def _process_changed(self, process: ManagedProcess) -> None:
         self._status_dirty.set()
+        self.ops.changed()
         adapter = self._adapters.get(process.spec.name)
         if adapter is not None:
             adapter.server_changed(process)  # a one-server provider's models go with it
@@ -405,6 +436,7 @@ class Daemon:
         while True:
             await self._status_dirty.wait()
             self._status_dirty.clear()
+            self.ops.changed()  # a model changed state (or a provider did)
             self.notifier.status(self.summary())
 
     async def _watchdog(self) -> None:

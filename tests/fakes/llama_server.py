@@ -59,6 +59,9 @@ What it follows (ggml-org/llama.cpp ``tools/server/server-http.cpp``, ``server-c
   llama-server starts its router mode, which this fake does not model: it exits 1.
 - Logs go to stderr (llama.cpp's common_log; unverified), in its ``srv    load_model: …``
   style. SIGTERM/SIGINT: exits 0, loading or not (exit status while loading unverified).
+- Not llama.cpp: SIGUSR1 wedges the server the way a lost CUDA context does: ``/health``
+  still answers 200, every generation answers 500 ``CUDA error: an illegal memory access
+  was encountered`` until the process is restarted (for helixd's inference health check).
 """
 
 from __future__ import annotations
@@ -260,6 +263,7 @@ class FakeLlama(EchoServer):
         self.model: Model | None = None
         self.slots = args.parallel or DEFAULT_SLOTS
         self.processing = 0
+        self.wedged = False
         self.created = int(time.time())
 
     @property
@@ -416,6 +420,9 @@ class FakeLlama(EchoServer):
         return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
 
     async def processing_one(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if self.wedged:
+            log("CUDA error: an illegal memory access was encountered")
+            raise EchoError(500, "CUDA error: an illegal memory access was encountered")
         self.processing += 1
         try:
             return await handler(request)
@@ -504,6 +511,7 @@ async def serve(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     log(f"build: 7100 ({BUILD}) with cc (fake) for x86_64-linux-gnu")
     server = FakeLlama(args)
+    loop.add_signal_handler(signal.SIGUSR1, lambda: setattr(server, "wedged", True))
     gpu = find_gpu()
     if gpu is not None:
         log("ggml_cuda_init: found 1 CUDA devices:")

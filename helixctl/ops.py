@@ -1,0 +1,161 @@
+"""``helixctl jobs``, ``run``, ``backup`` and ``alerts``: the daemon's scheduled operations."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+from urllib.parse import quote
+
+import click
+
+from helixctl.cli import _seconds, cli, pass_ctx
+from helixctl.core import EXIT_FAILED, Context
+from helixctl.render import duration, table
+
+JOB_HEADERS = ("JOB", "KIND", "SCHEDULE", "NEXT RUN", "LAST RUN", "RESULT", "MESSAGE")
+
+
+def _when(epoch: float | None, now: float) -> str:
+    if epoch is None:
+        return "-"
+    delta = epoch - now
+    return f"in {duration(delta)}" if delta >= 0 else f"{duration(-delta)} ago"
+
+
+def job_rows(jobs: list[dict[str, Any]]) -> list[list[Any]]:
+    """One row per job for ``helixctl jobs``."""
+    now = time.time()
+    rows = []
+    for job in jobs:
+        last = job.get("last_run") or {}
+        if job.get("running"):
+            next_run = "running now"
+        elif not job["enabled"]:
+            next_run = "off (run on demand)"
+        else:
+            next_run = _when(job.get("next_run"), now)
+        rows.append(
+            [
+                job["name"],
+                job["kind"],
+                job["schedule"],
+                next_run,
+                _when(last.get("started"), now) if last else "never",
+                last.get("result", "-") if last else "-",
+                _one_line(last.get("message", "")) if last else "",
+            ]
+        )
+    return rows
+
+
+def _one_line(text: str, width: int = 80) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+@cli.command()
+@pass_ctx
+def jobs(ctx: Context) -> None:
+    """Show the scheduled jobs: schedule, next run, last run and its result."""
+    doc = ctx.call("GET", "/v1/jobs")
+    ctx.emit(doc, table(JOB_HEADERS, job_rows(doc["jobs"])))
+
+
+@cli.command()
+@click.argument("job")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, max=86400, min_open=True),
+    callback=_seconds,
+    default=3600.0,
+    show_default=True,
+    help="seconds to wait for the result (the run goes on in helixd if this runs out)",
+)
+@pass_ctx
+def run(ctx: Context, job: str, timeout: float) -> None:
+    """Run JOB now and wait for its result (exit 1 when it fails)."""
+    doc = ctx.call("POST", f"/v1/jobs/{quote(job, safe='')}/run", timeout=timeout)
+    r = doc["run"]
+    ctx.emit(doc, f"{r['job']}: {r['result']} in {r['duration_s']:.1f} s: {r['message']}")
+    if r["result"] != "ok":
+        sys.exit(EXIT_FAILED)
+
+
+@cli.group(invoke_without_command=True)
+@click.pass_context
+def backup(click_ctx: click.Context) -> None:
+    """List backups (default), create one, or restore one."""
+    if click_ctx.invoked_subcommand is None:
+        click_ctx.invoke(backup_list)
+
+
+BACKUP_HEADERS = ("BACKUP", "CREATED", "SIZE", "LABEL")
+
+
+@backup.command("list")
+@pass_ctx
+def backup_list(ctx: Context) -> None:
+    """List the backups, newest first."""
+    doc = ctx.call("GET", "/v1/backups")
+    rows = [[b["id"], b["created"], _size(b["size"]), b.get("label") or ""] for b in doc["backups"]]
+    human = table(BACKUP_HEADERS, rows) if rows else "no backups yet (helixctl backup create)"
+    ctx.emit(doc, f"{human}\nin {doc['dir']}")
+
+
+@backup.command("create")
+@pass_ctx
+def backup_create(ctx: Context) -> None:
+    """Back up the config, the state and the backup job's paths now."""
+    doc = ctx.call("POST", "/v1/backups", timeout=600)
+    b = doc["backup"]
+    ctx.emit(doc, f"wrote {b['id']} ({_size(b['size'])}): {b['path']}")
+
+
+@backup.command("restore")
+@click.argument("backup_id", metavar="ID")
+@pass_ctx
+def backup_restore(ctx: Context, backup_id: str) -> None:
+    """Restore backup ID: checked first, the current files kept in a safety backup."""
+    doc = ctx.call("POST", f"/v1/backups/{quote(backup_id, safe='')}/restore", timeout=600)
+    lines = [f"restored {doc['restored']}: {len(doc['files'])} file(s); config reloaded"]
+    lines += [f"  {path}" for path in doc["files"]]
+    lines += [f"skipped: {note}" for note in doc.get("skipped", [])]
+    lines += [f"note: {note}" for note in doc.get("notes", [])]
+    lines.append(
+        f"the files it replaced are in {doc['safety_backup']} "
+        f"(helixctl backup restore {doc['safety_backup']} undoes this)"
+    )
+    ctx.emit(doc, "\n".join(lines))
+
+
+ALERT_HEADERS = ("SEVERITY", "ALERT", "SINCE", "MESSAGE")
+
+
+@cli.command()
+@click.option("--all", "include_resolved", is_flag=True, help="also show resolved alerts")
+@pass_ctx
+def alerts(ctx: Context, include_resolved: bool) -> None:
+    """Show active alerts (and, with --all, the recently resolved ones)."""
+    doc = ctx.call("GET", "/v1/alerts" + ("?all=1" if include_resolved else ""))
+    now = time.time()
+    active = doc.get("active", [])
+    rows = [
+        [a["severity"], a["key"], _when(a["fired_at_epoch"], now), a["message"]] for a in active
+    ]
+    lines = [table(ALERT_HEADERS, rows) if rows else "no active alerts"]
+    if include_resolved:
+        resolved = doc.get("resolved", [])
+        lines += ["", "resolved:"] if resolved else []
+        lines += [
+            f"  {a['key']} ({a['severity']}): resolved {_when(a['resolved_at_epoch'], now)}; "
+            f"{a.get('resolution') or ''}"
+            for a in resolved
+        ]
+    ctx.emit(doc, "\n".join(lines))
+
+
+def _size(n: int) -> str:
+    if n >= 1024**2:
+        return f"{n / 1024**2:.1f} MiB"
+    return f"{n / 1024:.1f} KiB"

@@ -8,6 +8,7 @@ answers delays nothing. Rotations load and unload the sets they name.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -236,3 +237,109 @@ def test_jobs_and_run_errors_are_clear(helix: Any) -> None:
     assert update_run.returncode == 0, update_run.stdout + update_run.stderr
     status = h.status()
     assert status["jobs"]["count"] == 5 and "alerts" in status
+
+
+def test_backup_restore_gives_back_the_old_config_and_refuses_hostile_archives(
+    helix: Any, tmp_path: Path
+) -> None:
+    import tarfile
+
+    extra = tmp_path / "Modelfiles"
+    extra.mkdir()
+    (extra / "coder.Modelfile").write_text("FROM qwen2.5-coder:7b\n")
+    jobs = (
+        '[jobs.backup]\nkind = "backup"\ncron = "0 3 * * *"\n'
+        f'keep_daily = 2\nkeep_weekly = 0\npaths = ["{extra}"]\n'
+    )
+    h = helix(jobs)
+    original = h.config.read_bytes()
+    created = h.ctl("--json", "backup", "create")
+    assert created.returncode == 0, created.stderr
+    backup_id = json.loads(created.stdout)["backup"]["id"]
+    backups = h.state_dir / "backups"
+    assert (backups / f"{backup_id}.tar.gz").stat().st_mode & 0o777 == 0o600
+
+    # Change the config (a provider more) and the Modelfile; reload.
+    h.write_config(jobs + '\n[providers.demo]\nkind = "echo"\n')
+    (extra / "coder.Modelfile").write_text("FROM something-else\n")
+    assert h.ctl("reload").returncode == 0
+    assert [p["name"] for p in h.status()["providers"]] == ["demo"]
+
+    restored = h.ctl("backup", "restore", backup_id)
+    assert restored.returncode == 0, restored.stderr
+    assert "config reloaded" in restored.stdout and "pre-restore" in restored.stdout
+    assert h.config.read_bytes() == original
+    assert (extra / "coder.Modelfile").read_text() == "FROM qwen2.5-coder:7b\n"
+    assert h.status()["providers"] == []  # the restored config is the running one
+    listing = json.loads(h.ctl("--json", "backup", "list").stdout)["backups"]
+    assert [b["label"] for b in listing] == ["pre-restore", "manual"]
+
+    # Hostile archives: refused with the reason; nothing changes.
+    def plant(name: str, members: dict[str, bytes]) -> None:
+        with tarfile.open(backups / f"{name}.tar.gz", "w:gz") as tar:
+            for member, data in members.items():
+                info = tarfile.TarInfo(member)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+    manifest = json.dumps(
+        {"format": 1, "roots": {"config": str(h.config), "state": str(h.state_dir)}, "files": 1}
+    ).encode()
+    plant("helixd-20200101T000000Z", {"manifest.json": manifest, "../../escape": b"x"})
+    plant(
+        "helixd-20200102T000000Z",
+        {"manifest.json": manifest, "config/helixd.toml": b'[providers.x]\nkind = "nope"\n'},
+    )
+    before = h.config.read_bytes()
+    escape = h.ctl("backup", "restore", "helixd-20200101T000000Z")
+    assert escape.returncode == 1 and "../../escape" in escape.stderr
+    invalid = h.ctl("backup", "restore", "helixd-20200102T000000Z")
+    assert invalid.returncode == 1 and "does not validate" in invalid.stderr
+    assert "providers.x.kind" in invalid.stderr
+    assert h.config.read_bytes() == before
+    assert not (tmp_path / "escape").exists() and not (h.root.parent / "escape").exists()
+    assert not list(h.state_dir.glob(".restore-*"))
+
+    # Retention (keep_daily = 2, keep_weekly = 0): all of today's backups but the newest go.
+    for name in ("helixd-20200101T000000Z", "helixd-20200102T000000Z"):
+        (backups / f"{name}.tar.gz").unlink()
+    ran = h.ctl("--json", "run", "backup")
+    run = json.loads(ran.stdout)["run"]
+    assert run["result"] == "ok" and run["details"]["kept"] == 1
+    assert len(json.loads(h.ctl("--json", "backup", "list").stdout)["backups"]) == 1
+
+
+def test_an_update_that_breaks_the_provider_is_rolled_back_through_helixctl(
+    helix: Any, tmp_path: Path
+) -> None:
+    from tests.fakes.versioned_server import read_version_argv, write_version_argv
+
+    version_file = tmp_path / "version"
+    version_file.write_text("1.0\n")
+
+    def toml_list(argv: list[str]) -> str:
+        return json.dumps(argv)
+
+    h = helix(
+        f"""
+[providers.server]
+kind = "openai"
+command = ["{{python}}", "{FAKES / "versioned_server.py"}", "--version-file", "{version_file}",
+           "--port", "{{port}}"]
+health = {{ path = "/", interval_s = 1 }}
+start_retries = 0
+
+[providers.server.update]
+version = {toml_list(read_version_argv(version_file))}
+command = {toml_list(write_version_argv(version_file, "broken-2.0"))}
+rollback = {toml_list(write_version_argv(version_file, "1.0"))}
+"""
+    )
+    h.wait_state("server", "ready")
+    ran = h.ctl("run", "update")  # the built-in update job: off on schedule, runs on demand
+    assert ran.returncode == 1, ran.stdout + ran.stderr
+    assert "rolled back" in ran.stdout and "broken-2.0" in ran.stdout
+    assert h.wait_state("server", "ready")["state"] == "ready"
+    assert version_file.read_text().strip() == "1.0"
+    (alert,) = [a for a in alerts(h)["active"] if a["key"] == "update_failed:server"]
+    assert alert["severity"] == "error"

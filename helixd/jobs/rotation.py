@@ -48,7 +48,7 @@ async def _unload(ctx: JobContext, job: RotationJob, name: str) -> dict[str, Any
     if entry.pinned:
         return {"result": "kept", "message": "pinned (helixctl unpin to let it go)"}
     if entry.state not in _RESIDENT:
-        return {"result": "unloaded", "message": "was not loaded"}
+        return {"result": "not loaded", "message": ""}
     try:
         # Twice for a sleep-mode model: a rotation frees its RAM as well as its GPU.
         await ctx.residency.unload(name)

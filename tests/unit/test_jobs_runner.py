@@ -266,3 +266,18 @@ def test_refresh_is_for_ollama_models_only() -> None:
         ConfigError, match=r"models\.m\.refresh: only Ollama models can be re-pulled"
     ):
         validate_config(data, "t.toml")
+
+
+def test_a_load_out_of_gpu_memory_alerts_until_the_model_loads() -> None:
+    from helixd.jobs.service import Operations
+
+    book = AlertBook(None)
+    ops = Operations.__new__(Operations)  # only the hook: no daemon needed
+    ops.alerts = book
+    ops.load_outcome("x", "CUDA out of memory", True)
+    ops.load_outcome("y", "no such file", False)  # not a memory problem: no alert
+    (alert,) = book.active()
+    assert (alert.key, alert.severity, alert.source) == ("gpu_oom:x", "error", "residency")
+    assert "CUDA out of memory" in alert.message
+    ops.load_outcome("x", None, False)
+    assert book.active() == []

@@ -254,10 +254,13 @@ async def test_idle_model_unloads_after_keep_alive_but_not_while_busy_or_pinned(
 
 async def test_out_of_memory_load_evicts_more_and_retries_once_then_fails_with_cooldown() -> None:
     residency, adapter, _, clock = make({"a": 4, "b": 4, "x": 4})
+    outcomes: list[tuple[str, str | None, bool]] = []
+    residency.on_load_outcome = lambda *outcome: outcomes.append(outcome)
     await use_once(residency, "a", clock)
     await use_once(residency, "b", clock)
     adapter.fail_next = [LoadError("CUDA out of memory", out_of_memory=True)]
     await use_once(residency, "x", clock)
+    assert outcomes[-1] == ("x", None, False)  # the retry worked: no alert
     assert adapter.unloads == ["a"]  # the least recently used went on the retry
     assert [name for name, _ in adapter.loads] == ["a", "b", "x", "x"]
     # Two OOMs in a row: failed, with a cooldown during which requests fail fast.
@@ -266,6 +269,7 @@ async def test_out_of_memory_load_evicts_more_and_retries_once_then_fails_with_c
     with pytest.raises(ResidencyError):
         await use_once(residency, "x", clock)
     assert residency.models["x"].state == ModelState.FAILED
+    assert outcomes[-1][0] == "x" and outcomes[-1][2] is True  # the gpu_oom alert's cue
     loads_before = len(adapter.loads)
     with pytest.raises(ResidencyError) as fast:
         await use_once(residency, "x", clock)

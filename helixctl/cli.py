@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import click
@@ -18,6 +19,7 @@ from helixctl.core import EXIT_FAILED, EXIT_UNREACHABLE, Context, echo, fail, sh
 from helixctl.transport import ProtocolError, Unreachable
 
 pass_ctx = click.make_pass_decorator(Context)
+FC = TypeVar("FC", bound=Callable[..., Any])
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -61,20 +63,25 @@ def _seconds(ctx: click.Context, param: click.Parameter, value: float) -> float:
     return value
 
 
+def timeout_option(default: float, help_text: str, zero_ok: bool = False) -> Callable[[FC], FC]:
+    """``--timeout S``: seconds, up to a day; NaN refused."""
+    return click.option(
+        "--timeout",
+        type=click.FloatRange(min=0, max=86400, min_open=not zero_ok),
+        callback=_seconds,
+        default=default,
+        show_default=True,
+        help=help_text,
+    )
+
+
 def _provider_command(action: str, help_text: str) -> None:
     """Register ``helixctl ACTION PROVIDER [--wait] [--timeout S]``."""
 
     @cli.command(name=action, help=help_text)
     @click.argument("provider")
     @click.option("--wait", is_flag=True, help="wait until ready (or failed)")
-    @click.option(
-        "--timeout",
-        type=click.FloatRange(min=0, max=86400),
-        callback=_seconds,
-        default=120.0,
-        show_default=True,
-        help="seconds to wait with --wait",
-    )
+    @timeout_option(120.0, "seconds to wait with --wait", zero_ok=True)
     @pass_ctx
     def command(ctx: Context, provider: str, wait: bool, timeout: float) -> None:
         _provider_action(ctx, action, provider, wait and action != "stop", timeout)
@@ -120,14 +127,7 @@ def _model_command(action: str, help_text: str) -> None:
 
     @cli.command(name=action, help=help_text)
     @click.argument("model")
-    @click.option(
-        "--timeout",
-        type=click.FloatRange(min=0, max=86400, min_open=True),
-        callback=_seconds,
-        default=600.0,
-        show_default=True,
-        help="seconds to wait for the load (or for room to be made)",
-    )
+    @timeout_option(600.0, "seconds to wait for the load (or for room to be made)")
     @pass_ctx
     def command(ctx: Context, model: str, timeout: float) -> None:
         _model_action(ctx, action, model, timeout)

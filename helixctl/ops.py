@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 import click
 
-from helixctl.cli import _seconds, cli, pass_ctx
+from helixctl.cli import cli, pass_ctx, timeout_option
 from helixctl.core import EXIT_FAILED, Context
 from helixctl.render import duration, table
 
@@ -64,13 +64,8 @@ def jobs(ctx: Context) -> None:
 
 @cli.command()
 @click.argument("job")
-@click.option(
-    "--timeout",
-    type=click.FloatRange(min=0, max=86400, min_open=True),
-    callback=_seconds,
-    default=3600.0,
-    show_default=True,
-    help="seconds to wait for the result (the run goes on in helixd if this runs out)",
+@timeout_option(
+    3600.0, "seconds to wait for the result (the run goes on in helixd if this runs out)"
 )
 @pass_ctx
 def run(ctx: Context, job: str, timeout: float) -> None:

@@ -8,7 +8,7 @@ from aiohttp import web
 
 from helixd.control.api import ControlAPI, error
 from helixd.jobs.alerts import AlertBook
-from helixd.jobs.backup import BackupError
+from helixd.jobs.backup import BackupError, UnknownBackup
 from helixd.jobs.backup_ops import BackupOps, RestoreFailed
 from helixd.jobs.runner import JobRunner, UnknownJob
 
@@ -90,9 +90,10 @@ class _JobsRoutes:
         self.api._audit(request, f"restore backup {backup_id}")
         try:
             result: dict[str, Any] = await self.backend.backups.restore(backup_id)
+        except UnknownBackup as exc:
+            return error(404, "unknown_backup", str(exc))
         except BackupError as exc:
-            code = "unknown_backup" if str(exc).startswith("no backup named") else "refused"
-            return error(404 if code == "unknown_backup" else 422, code, str(exc))
+            return error(422, "refused", str(exc))
         except RestoreFailed as exc:
             return error(500, "restore_failed", str(exc))
         return web.json_response(result)

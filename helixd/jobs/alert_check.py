@@ -90,15 +90,19 @@ def _servable(ctx: JobContext, entry: ModelEntry) -> bool:
 
 
 def _disk_paths(ctx: JobContext, job: AlertsJob) -> list[Path]:
-    paths = [ctx.paths.state_dir, ctx.paths.log_dir, *job.disk_paths]
-    for model in ctx.loaded.config.models.values():
-        if model.path is not None:
-            paths.append(model.path if model.path.is_dir() else model.path.parent)
+    """The state and log dirs, ``disk_paths`` (relative to the config file), model files."""
+    base = ctx.loaded.path.parent
+    paths = [ctx.paths.state_dir, ctx.paths.log_dir]
+    paths += [p if p.is_absolute() else base / p for p in (d.expanduser() for d in job.disk_paths)]
+    paths += [m.path for m in ctx.loaded.config.models.values() if m.path is not None]
     return paths
 
 
 def disk_views(paths: Iterable[Path]) -> list[DiskView]:
-    """Free and total bytes of each path's filesystem (each filesystem once)."""
+    """Free and total bytes of each path's filesystem (each filesystem once).
+
+    Blocking (a model folder may sit on a slow network disk): run it in a thread.
+    """
     seen: set[int] = set()
     views = []
     for path in paths:

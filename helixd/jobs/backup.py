@@ -57,6 +57,7 @@ __all__ = [
     "BackupInfo",
     "RestorePlan",
     "StagedFile",
+    "UnknownBackup",
     "apply_restore",
     "backup_dir",
     "create_backup",
@@ -361,6 +362,10 @@ def list_backups(dest: Path) -> list[BackupInfo]:
     return sorted(found, key=_age, reverse=True)
 
 
+class UnknownBackup(BackupError):
+    """No backup of that id in the backups folder."""
+
+
 def find_backup(dest: Path, backup_id: str) -> BackupInfo:
     """The backup named ``backup_id`` (``.tar.gz`` optional)."""
     wanted = backup_id.removesuffix(".tar.gz")
@@ -368,7 +373,7 @@ def find_backup(dest: Path, backup_id: str) -> BackupInfo:
         for info in list_backups(dest):
             if info.id == wanted:
                 return info
-    raise BackupError(f"no backup named {backup_id!r}; helixctl backup list shows them")
+    raise UnknownBackup(f"no backup named {backup_id!r}; helixctl backup list shows them")
 
 
 def plan_retention(

@@ -42,13 +42,14 @@ class BackupOps:
         """Where backups are kept: the state dir's ``backups``."""
         return backup.backup_dir(self.ctx.paths.state_dir)
 
-    def _job(self) -> BackupJob | None:
+    def backup_job(self) -> BackupJob | None:
+        """The config's backup job (its retention and paths), if it has one."""
         jobs = self.ctx.loaded.config.all_jobs.values()
         return next((j for j in jobs if isinstance(j, BackupJob)), None)
 
     def extra_paths(self, job: BackupJob | None = None) -> list[Path]:
         """The backup job's ``paths``, relative ones read from the config file's folder."""
-        job = job or self._job()
+        job = job or self.backup_job()
         base = self.ctx.loaded.path.parent
         paths = job.paths if job is not None else []
         return [p.expanduser() if p.expanduser().is_absolute() else base / p for p in paths]
@@ -118,12 +119,23 @@ class BackupOps:
             "reload": reloaded,
         }
 
+    async def prune(self, job: BackupJob) -> list[backup.BackupInfo]:
+        """Delete what ``job``'s retention no longer keeps (never during a restore, which
+        may be reading an archive retention would drop)."""
+        async with self._lock:
+            return await self._prune(job)
+
+    async def _prune(self, job: BackupJob) -> list[backup.BackupInfo]:
+        if not await asyncio.to_thread(self.folder.is_dir):
+            return []
+        return await asyncio.to_thread(backup.prune, self.folder, job.keep_daily, job.keep_weekly)
+
 
 async def run_backup(ctx: JobContext, job: BackupJob, ops: BackupOps) -> JobOutcome:
     """The backup job: take one, then prune what retention no longer keeps."""
     async with ops._lock:
         info = await ops._create("", job)
-        pruned = await asyncio.to_thread(backup.prune, ops.folder, job.keep_daily, job.keep_weekly)
+        pruned = await ops._prune(job)
     kept = len(await asyncio.to_thread(backup.list_backups, ops.folder))
     note = f"; pruned {len(pruned)} past retention" if pruned else ""
     return JobOutcome(

@@ -4,7 +4,8 @@ What it deletes, and nothing else:
 
 - rotated logs (``NAME.log.1`` … in the log dir) older than ``log_max_age``, and the
   current log of a process no longer configured, once it is that old too;
-- backups the backup job's retention no longer keeps;
+- backups the backup job's retention no longer keeps (through :class:`BackupOps`, so
+  never while a backup or restore runs);
 - temporary files an interrupted atomic write left (``.NAME.*.tmp``) and restore staging
   folders (``.restore-*``), older than ``temp_max_age``, in the state, backup and log dirs.
 
@@ -21,8 +22,9 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from helixd.config.jobs import BackupJob, CleanupJob
+from helixd.config.jobs import CleanupJob
 from helixd.jobs import backup
+from helixd.jobs.backup_ops import BackupOps
 from helixd.jobs.base import JobContext, JobOutcome
 
 _ROTATED_LOG = re.compile(r"^(?P<name>.+)\.log\.\d+$")
@@ -39,10 +41,10 @@ class Freed:
     temp: list[str] = field(default_factory=list)
 
 
-async def run_cleanup(ctx: JobContext, job: CleanupJob) -> JobOutcome:
+async def run_cleanup(ctx: JobContext, job: CleanupJob, ops: BackupOps) -> JobOutcome:
     """Prune what has outlived its use and report the bytes freed."""
     config = ctx.loaded.config
-    backup_job = next((j for j in config.all_jobs.values() if isinstance(j, BackupJob)), None)
+    backup_job = ops.backup_job()
     # Every process the config can run: providers, and each model as provider:model.
     live = set(config.providers) | {f"{m.provider}:{n}" for n, m in config.models.items()}
     freed = await asyncio.to_thread(
@@ -51,8 +53,11 @@ async def run_cleanup(ctx: JobContext, job: CleanupJob) -> JobOutcome:
         log_dir=ctx.paths.log_dir,
         live_logs=live,
         job=job,
-        backup_job=backup_job,
     )
+    if backup_job is not None:
+        for info in await ops.prune(backup_job):
+            freed.bytes += info.size
+            freed.backups.append(info.id)
     parts = [
         f"{len(freed.logs)} old log(s)",
         f"{len(freed.backups)} backup(s) past retention",
@@ -76,7 +81,6 @@ def clean(
     log_dir: Path,
     live_logs: Collection[str],
     job: CleanupJob,
-    backup_job: BackupJob | None,
     now: Callable[[], float] = time.time,
 ) -> Freed:
     """The cleanup itself (blocking; the job runs it in a thread)."""
@@ -90,10 +94,6 @@ def clean(
             freed.bytes += _remove(path)
             freed.logs.append(path.name)
     backups = backup.backup_dir(state_dir)
-    if backup_job is not None and backups.is_dir():
-        for info in backup.prune(backups, backup_job.keep_daily, backup_job.keep_weekly):
-            freed.bytes += info.size
-            freed.backups.append(info.id)
     for folder in dict.fromkeys((state_dir, backups, log_dir)):
         for path in _entries(folder):
             temp = _TEMP_FILE.match(path.name) and path.is_file()

@@ -161,7 +161,10 @@ async def _recover(ctx: JobContext, failed: list[Answer]) -> dict[str, str]:
     done: dict[str, str] = {}
     by_server: dict[str, list[str]] = {}
     for answer in failed:
-        entry = ctx.residency.models[answer.model]
+        entry = ctx.residency.models.get(answer.model)
+        if entry is None:  # a reload took it out of the config meanwhile
+            done[answer.model] = "not restarted: no longer configured"
+            continue
         server = entry.adapter.provider if entry.adapter.shape == "multi-model" else None
         if server is not None and server in ctx.supervisor.processes:
             by_server.setdefault(server, []).append(answer.model)

@@ -50,6 +50,9 @@ class Operations:
         async def backup_job(ctx: JobContext, job: Any) -> JobOutcome:
             return await run_backup(ctx, job, self.backups)
 
+        async def cleanup_job(ctx: JobContext, job: Any) -> JobOutcome:
+            return await run_cleanup(ctx, job, self.backups)
+
         self.jobs = JobRunner(
             ctx,
             JobHistory(ctx.paths.state_dir / "jobs.json"),
@@ -57,7 +60,7 @@ class Operations:
                 "health": InferenceCheck(),
                 "update": run_update,
                 "backup": backup_job,
-                "cleanup": run_cleanup,
+                "cleanup": cleanup_job,
                 "rotation": run_rotation,
                 "alerts": self.alert_check,
             },

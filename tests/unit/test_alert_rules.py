@@ -473,3 +473,12 @@ def test_sync_with_pending_keeps_a_loaded_alert_alive(tmp_path: Path) -> None:
 def test_redact_url() -> None:
     assert redact_url("https://u:secret@hooks.example/x/y?token=s") == "https://hooks.example/x/y"
     assert redact_url("http://[::1]:8080/h") == "http://[::1]:8080/h"
+
+
+def test_disk_views_measure_each_filesystem_once_and_skip_missing_paths(tmp_path: Path) -> None:
+    from helixd.jobs.alert_check import disk_views
+
+    (tmp_path / "model.gguf").write_bytes(b"x")
+    views = disk_views([tmp_path, tmp_path / "model.gguf", tmp_path / "not-mounted" / "m"])
+    assert len(views) == 1 and views[0].path == str(tmp_path)
+    assert 0 < views[0].free_bytes <= views[0].total_bytes

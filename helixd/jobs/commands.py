@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import codecs
-import ctypes
 import logging
 import os
 import re
@@ -16,14 +15,14 @@ import signal
 import subprocess
 import sys
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from helixd.config import ProviderConfig
 from helixd.jobs.base import JobContext
-from helixd.supervisor.spawn import group_members, signal_group
-from helixd.supervisor.spec import INHERITED_ENV, LOOPBACK
+from helixd.supervisor.spawn import child_setup, group_members, signal_group, why_not_started
+from helixd.supervisor.spec import LOOPBACK, provider_env
 
 log = logging.getLogger("helixd.jobs")
 
@@ -33,21 +32,6 @@ MAX_LINE_CHARS = 2000
 TERM_GRACE_S = 5.0
 KILL_WAIT_S = 10.0
 GROUP_POLL_S = 0.05
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_helixd(parent_pid: int) -> Callable[[], None]:
-    """Copied from supervisor.spawn (private there): the child dies with helixd."""
-
-    def setup() -> None:
-        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent_pid:
-            os._exit(1)
-
-    return setup
-
 
 # -- commands ----------------------------------------------------------------------------
 
@@ -60,6 +44,8 @@ class CommandResult:
     tail: list[str]
     first_stdout: str = ""
     error: str = ""
+    # False when it could not be started at all: nothing it would do was done.
+    started: bool = True
 
     @property
     def ok(self) -> bool:
@@ -67,7 +53,7 @@ class CommandResult:
         return self.code == 0 and not self.error
 
     def describe(self) -> str:
-        """``exit 1``, ``timed out after 5 s``, ``could not start: …``."""
+        """``exit 1``, ``timed out after 5 s``, ``command not found: …``."""
         return self.error or f"exit {self.code}"
 
 
@@ -109,11 +95,11 @@ async def run_command(
             env=env,
             cwd=cwd,
             start_new_session=True,
-            preexec_fn=_die_with_helixd(os.getpid()),
+            preexec_fn=child_setup(os.getpid()),
         )
     except (OSError, subprocess.SubprocessError, ValueError) as exc:
-        why = getattr(exc, "strerror", None) or str(exc)
-        return CommandResult(None, [], error=f"could not start {argv[0]!r}: {why}")
+        why = why_not_started(exc, argv[0], cwd, env)
+        return CommandResult(None, [], error=why, started=False)
     output = _Output()
     assert proc.stdout is not None and proc.stderr is not None
     readers = [
@@ -169,15 +155,10 @@ def command_env(
     if process is not None:
         # Exactly what its server runs with (OLLAMA_HOST lets `ollama -v` find it).
         return dict(process.spec.env), process.spec.cwd
-    # Process per model: as supervisor.spec builds it (its _substitute, private, copied).
-    env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
+    # Process per model: the environment its model processes get, less the model's part.
     values = {"name": name, "host": LOOPBACK, "python": sys.executable}
     values |= {"state_dir": str(ctx.paths.state_dir), "log_dir": str(ctx.paths.log_dir)}
-    for key, value in provider.env.items():
-        for placeholder, replacement in values.items():
-            value = value.replace("{" + placeholder + "}", replacement)
-        env[key] = value
-    return env, provider.cwd
+    return provider_env(provider, values), provider.cwd
 
 
 # -- one provider ----------------------------------------------------------------------------

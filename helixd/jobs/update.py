@@ -15,7 +15,6 @@ when the job is cancelled (the job runner's ``timeout_s``).
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import dataclasses
 import logging
 from collections.abc import Sequence
@@ -32,20 +31,8 @@ from helixd.supervisor.process import ProcessState
 
 log = logging.getLogger("helixd.jobs.update")
 
-OUTPUT_TAIL_LINES = 20
-MAX_LINE_CHARS = 2000
 VERSION_TIMEOUT_S = 60.0
-# A command's group gets SIGTERM, then SIGKILL after this long.
-TERM_GRACE_S = 5.0
-KILL_WAIT_S = 10.0
-GROUP_POLL_S = 0.05
-# Ollama sends pull progress continually; this long without a line means it is stuck.
-PULL_STALL_S = 300.0
-API_TIMEOUT_S = 10.0
 ALERT_SOURCE = "update"
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_PR_SET_PDEATHSIG = 1
 
 
 @dataclass
@@ -102,6 +89,8 @@ class ProviderUpdate:
         log.info("%s: updating from %s", self.name, before or "an unknown version")
         update = await self._run(self.commands.command)
         self.res.output_tail = update.tail
+        if not update.started:  # nothing ran, nothing changed: no rollback, no restart
+            return self._alert("error", f"update command {update.describe()}; nothing was changed")
         if not update.ok:
             return await self._roll_back(update.describe())
         after, why = await self._version()

@@ -20,6 +20,7 @@ import socket
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import psutil
 
@@ -33,7 +34,9 @@ class SpawnError(Exception):
     """The process could not be started at all (missing binary, bad cwd, bad user)."""
 
 
-def _child_setup(parent_pid: int) -> Callable[[], None]:
+def child_setup(parent_pid: int) -> Callable[[], None]:
+    """``preexec_fn`` for every child: it dies with helixd (PR_SET_PDEATHSIG)."""
+
     def setup() -> None:
         # Runs in the child between fork and exec: only async-signal-safe work here.
         _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
@@ -43,6 +46,21 @@ def _child_setup(parent_pid: int) -> Callable[[], None]:
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
 
     return setup
+
+
+def why_not_started(exc: Exception, command: str, cwd: Path | None, env: dict[str, str]) -> str:
+    """What a failed exec means for the user: a missing command, cwd, or permission."""
+    if isinstance(exc, FileNotFoundError):
+        missing = exc.filename or command
+        if cwd is not None and str(missing) == str(cwd):
+            return f"working directory {cwd} does not exist"
+        return (
+            f"command not found: {command!r} (is it installed and on PATH? "
+            f"PATH={env.get('PATH', '')!r})"
+        )
+    if isinstance(exc, PermissionError):
+        return f"permission denied running {command!r}: {exc.strerror}"
+    return f"cannot start {command!r}: {exc}"
 
 
 @dataclass
@@ -120,22 +138,12 @@ def spawn(spec: ProcessSpec) -> Child:
             env=dict(spec.env),
             cwd=spec.cwd,
             start_new_session=True,
-            preexec_fn=_child_setup(os.getpid()),
+            preexec_fn=child_setup(os.getpid()),
             close_fds=True,
             **kwargs,  # type: ignore[call-overload]
         )
-    except FileNotFoundError as exc:
-        missing = exc.filename or spec.argv[0]
-        if spec.cwd is not None and str(missing) == str(spec.cwd):
-            raise SpawnError(f"working directory {spec.cwd} does not exist") from None
-        raise SpawnError(
-            f"command not found: {spec.argv[0]!r} (is it installed and on PATH? "
-            f"PATH={dict(spec.env).get('PATH', '')!r})"
-        ) from None
-    except PermissionError as exc:
-        raise SpawnError(f"permission denied running {spec.argv[0]!r}: {exc.strerror}") from None
     except (OSError, subprocess.SubprocessError, ValueError) as exc:
-        raise SpawnError(f"cannot start {spec.argv[0]!r}: {exc}") from None
+        raise SpawnError(why_not_started(exc, spec.argv[0], spec.cwd, dict(spec.env))) from None
     try:
         create_time = psutil.Process(popen.pid).create_time()
     except psutil.Error:

@@ -115,9 +115,7 @@ def build_spec(
     }
     key = f"providers.{provider_name}.command"
     argv = tuple(_fill(arg, values, key) for arg in argv_template) + tuple(extra_args)
-    env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
-    for env_key, value in {**defaults.env, **provider.env}.items():
-        env[env_key] = _substitute(value, values)
+    env = provider_env(provider, values)
     env.update(extra_env or {})
     return ProcessSpec(
         name=name,
@@ -166,6 +164,15 @@ def _probe(provider: ProviderConfig) -> HealthProbe:
     else:
         kind, path = "none", None
     return HealthProbe(kind, path, h.interval_s, h.timeout_s, h.failures)
+
+
+def provider_env(provider: ProviderConfig, values: dict[str, str]) -> dict[str, str]:
+    """A provider's environment: the inherited basics, its kind's defaults, its own env,
+    with ``{placeholders}`` from ``values`` filled in."""
+    env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
+    for key, value in {**kind_defaults(provider.kind).env, **provider.env}.items():
+        env[key] = _substitute(value, values)
+    return env
 
 
 def _substitute(value: str, values: dict[str, str]) -> str:

@@ -23,7 +23,7 @@ import pytest
 from helixd.config import DaemonPaths, HelixConfig, LoadedConfig, validate_config
 from helixd.config.jobs import UpdateJob
 from helixd.config.residency import ResourcesConfig, SchedulerConfig
-from helixd.jobs import update
+from helixd.jobs import commands, update
 from helixd.jobs.base import JobOutcome
 from helixd.resources.monitor import ResourceMonitor
 from helixd.scheduler.catalog import build_adapters, build_entries
@@ -282,10 +282,34 @@ async def test_a_failing_version_command_fails_the_update_before_anything_change
     assert [(a["key"], a["severity"]) for a in ctx.alerts.fired] == [("update_failed:app", "error")]
 
 
+async def test_an_update_command_that_cannot_start_changes_nothing_and_rolls_nothing_back(
+    tmp_path: Path, start: Start
+) -> None:
+    vf = tmp_path / "app.version"
+    marker = tmp_path / "rolled-back"
+    provider = versioned(
+        vf,
+        command=["/nonexistent/update-app"],
+        rollback=[sys.executable, "-c", f"open({str(marker)!r}, 'w')"],
+    )
+    ctx = await start({"providers": {"app": provider}})
+    pid = ctx.supervisor.get("app").pid
+
+    outcome = await ctx.run(verify_s=20)
+
+    app = outcome.details["providers"]["app"]
+    assert not outcome.ok and app["result"] == "failed"
+    assert app["message"].startswith("update command command not found: '/nonexistent/update-app'")
+    assert app["message"].endswith("nothing was changed")
+    assert not marker.exists()  # no rollback of an update that never ran
+    assert ctx.supervisor.get("app").pid == pid
+    assert [(a["key"], a["severity"]) for a in ctx.alerts.fired] == [("update_failed:app", "error")]
+
+
 async def test_an_update_that_hangs_is_killed_with_its_group_and_rolled_back(
     tmp_path: Path, start: Start, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(update, "TERM_GRACE_S", 0.3)  # it ignores SIGTERM: SIGKILL comes next
+    monkeypatch.setattr(commands, "TERM_GRACE_S", 0.3)  # it ignores SIGTERM: SIGKILL comes next
     vf, pidfile = tmp_path / "app.version", tmp_path / "pids"
     provider = versioned(
         vf, command=hanging_argv(pidfile), rollback=write_version_argv(vf, "1.0"), timeout_s=3

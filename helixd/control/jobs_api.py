@@ -67,7 +67,10 @@ class _JobsRoutes:
 
     async def list_backups(self, request: web.Request) -> web.Response:
         """``GET /v1/backups``: the backups on disk, newest first."""
-        return web.json_response(await self.backend.backups.listing())
+        try:
+            return web.json_response(await self.backend.backups.listing())
+        except BackupError as exc:
+            return error(500, "backup_failed", str(exc))
 
     async def create_backup(self, request: web.Request) -> web.Response:
         """``POST /v1/backups``: take one now (retention is left to the backup job)."""

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, cast
 
+from helixd.jobs.base import JobFailed
+
 STATE_FILES = ("residency.json",)
 FORMAT = 1
 MAX_BYTES = 4 * 1024**3
@@ -49,7 +51,7 @@ _TYPE_NAMES = {
 }
 
 
-class BackupError(Exception):
+class BackupError(JobFailed):
     """Refused or failed; the message names the culprit (file, member) and the fix."""
 
 

@@ -185,7 +185,9 @@ def _write_archive(
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
         if isinstance(exc, OSError):
-            raise BackupError(f"writing a backup into {dest} failed: {exc}") from None
+            full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            why = f"the disk is full ({exc.strerror}); free space" if full else str(exc)
+            raise BackupError(f"writing a backup into {dest} failed: {why}") from None
         raise
 
 
@@ -314,6 +316,8 @@ def _add_file(tar: tarfile.TarFile, entry: _Entry) -> None:
         try:
             tar.addfile(_tarinfo(entry.arcname, st.st_size, mode, st.st_mtime), src)
         except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise  # the archive could not be written: not this file's fault
             raise BackupError(f"backing up {entry.source} failed: {exc}") from None
 
 

@@ -11,11 +11,12 @@ reload the config.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from helixd.config.jobs import BackupJob
 from helixd.control.api import ReloadRefused
@@ -23,6 +24,7 @@ from helixd.jobs import backup
 from helixd.jobs.base import JobContext, JobOutcome
 
 log = logging.getLogger("helixd.jobs.backup")
+T = TypeVar("T")
 
 
 class RestoreFailed(Exception):
@@ -47,77 +49,23 @@ class BackupOps:
         jobs = self.ctx.loaded.config.all_jobs.values()
         return next((j for j in jobs if isinstance(j, BackupJob)), None)
 
-    def extra_paths(self, job: BackupJob | None = None) -> list[Path]:
-        """The backup job's ``paths``, relative ones read from the config file's folder."""
-        job = job or self.backup_job()
-        base = self.ctx.loaded.path.parent
-        paths = job.paths if job is not None else []
-        return [p.expanduser() if p.expanduser().is_absolute() else base / p for p in paths]
-
-    async def create(self, label: str = "", job: BackupJob | None = None) -> backup.BackupInfo:
-        """Take a backup now."""
-        async with self._lock:
-            return await self._create(label, job)
-
-    async def _create(self, label: str, job: BackupJob | None = None) -> backup.BackupInfo:
-        info = await asyncio.to_thread(
-            backup.create_backup,
-            dest=self.folder,
-            config_path=self.ctx.loaded.path,
-            state_dir=self.ctx.paths.state_dir,
-            extra_paths=self.extra_paths(job),
-            now=datetime.now(UTC),
-            label=label,
-        )
-        log.info("backup %s written (%d bytes)", info.id, info.size)
-        return info
-
-    async def listing(self) -> dict[str, Any]:
-        """The backups on disk, newest first, and where they are."""
-        found = await asyncio.to_thread(backup.list_backups, self.folder)
-        return {"dir": str(self.folder), "backups": [b.as_json() for b in found]}
-
-    async def restore(self, backup_id: str) -> dict[str, Any]:
-        """Restore ``backup_id``; :class:`backup.BackupError` when it is refused (nothing
-        changed), :class:`RestoreFailed` when the daemon could not take the files up."""
-        async with self._lock:
-            info = await asyncio.to_thread(backup.find_backup, self.folder, backup_id)
-            plan = await asyncio.to_thread(
-                backup.verify,
-                info.path,
-                config_path=self.ctx.loaded.path,
-                state_dir=self.ctx.paths.state_dir,
-                extra_paths=self.extra_paths(),
-                staging_parent=self.ctx.paths.state_dir,
-            )
-            try:
-                safety = await self._create("pre-restore")
-            except BaseException:
-                await asyncio.to_thread(plan.discard)
-                raise
-            written = await asyncio.to_thread(backup.apply_restore, plan)
-            log.warning(
-                "restored backup %s (%d files); the files it replaced are in backup %s",
-                info.id,
-                len(written),
-                safety.id,
-            )
-        self.on_state_restored()
+    async def _io(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run blocking backup work in a thread; an OS error becomes a message that names
+        the file and what to do (a full disk, a folder helixd may not write)."""
         try:
-            reloaded = await self.ctx.reload()
-        except ReloadRefused as exc:
-            raise RestoreFailed(
-                f"restored {info.id}, but helixd refused to reload it: {exc}; the previous "
-                f"files are in backup {safety.id} (helixctl backup restore {safety.id})"
-            ) from None
-        return {
-            "restored": info.id,
-            "safety_backup": safety.id,
-            "files": [str(p) for p in written],
-            "skipped": plan.skipped,
-            "notes": plan.notes,
-            "reload": reloaded,
-        }
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        except OSError as exc:
+            raise backup.BackupError(_os_problem(exc, self.folder)) from None
+
+    async def create(self, label: str = "") -> backup.BackupInfo:
+        """Take a backup now (retention is the backup job's business)."""
+        async with self._lock:
+            return await self._create(label, self.backup_job())
+
+    async def backup_and_prune(self, job: BackupJob) -> tuple[backup.BackupInfo, list[Any]]:
+        """The backup job's work: a backup, then what ``job``'s retention drops."""
+        async with self._lock:
+            return await self._create("", job), await self._prune(job)
 
     async def prune(self, job: BackupJob) -> list[backup.BackupInfo]:
         """Delete what ``job``'s retention no longer keeps (never during a restore, which
@@ -128,15 +76,87 @@ class BackupOps:
     async def _prune(self, job: BackupJob) -> list[backup.BackupInfo]:
         if not await asyncio.to_thread(self.folder.is_dir):
             return []
-        return await asyncio.to_thread(backup.prune, self.folder, job.keep_daily, job.keep_weekly)
+        return await self._io(backup.prune, self.folder, job.keep_daily, job.keep_weekly)
+
+    async def _create(self, label: str, job: BackupJob | None) -> backup.BackupInfo:
+        info = await self._io(
+            backup.create_backup,
+            dest=self.folder,
+            config_path=self.ctx.loaded.path,
+            state_dir=self.ctx.paths.state_dir,
+            extra_paths=job.paths if job is not None else [],  # read from the config's folder
+            now=datetime.now(UTC),
+            label=label,
+        )
+        log.info("backup %s written (%d bytes)", info.id, info.size)
+        return info
+
+    async def listing(self) -> dict[str, Any]:
+        """The backups on disk, newest first, and where they are."""
+        found = await self._io(backup.list_backups, self.folder)
+        return {"dir": str(self.folder), "backups": [b.as_json() for b in found]}
+
+    async def restore(self, backup_id: str) -> dict[str, Any]:
+        """Restore ``backup_id``; :class:`backup.BackupError` when it is refused (nothing
+        changed), :class:`RestoreFailed` when it stopped part way or the daemon could not
+        take the files up (the message names the safety backup that undoes it)."""
+        async with self._lock:
+            info = await self._io(backup.find_backup, self.folder, backup_id)
+            job = self.backup_job()
+            plan = await self._io(
+                backup.verify,
+                info.path,
+                config_path=self.ctx.loaded.path,
+                state_dir=self.ctx.paths.state_dir,
+                extra_paths=job.paths if job is not None else [],
+                staging_parent=self.ctx.paths.state_dir,
+            )
+            try:
+                safety = await self._create("pre-restore", job)
+            except BaseException:
+                await asyncio.to_thread(plan.discard)
+                raise
+            undo = (
+                f"the files it replaced are in backup {safety.id} "
+                f"(helixctl backup restore {safety.id})"
+            )
+            try:
+                written = await self._io(backup.apply_restore, plan)
+            except backup.BackupError as exc:
+                raise RestoreFailed(
+                    f"restoring {info.id} stopped part way: {exc}; {undo}"
+                ) from None
+            log.warning("restored backup %s (%d files); %s", info.id, len(written), undo)
+        self.on_state_restored()
+        try:
+            reloaded = await self.ctx.reload()
+        except ReloadRefused as exc:
+            raise RestoreFailed(
+                f"restored {info.id}, but helixd refused to reload it: {exc}; {undo}"
+            ) from None
+        return {
+            "restored": info.id,
+            "safety_backup": safety.id,
+            "files": [str(p) for p in written],
+            "skipped": plan.skipped,
+            "notes": plan.notes,
+            "reload": reloaded,
+        }
+
+
+def _os_problem(exc: OSError, folder: Path) -> str:
+    where = exc.filename or folder
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"{where}: the disk is full ({exc.strerror}); free space, then run it again"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{where}: {exc.strerror}; helixd (its user) must be able to read and write it"
+    return f"{where}: {exc.strerror or exc}"
 
 
 async def run_backup(ctx: JobContext, job: BackupJob, ops: BackupOps) -> JobOutcome:
     """The backup job: take one, then prune what retention no longer keeps."""
-    async with ops._lock:
-        info = await ops._create("", job)
-        pruned = await ops._prune(job)
-    kept = len(await asyncio.to_thread(backup.list_backups, ops.folder))
+    info, pruned = await ops.backup_and_prune(job)
+    kept = len(await ops._io(backup.list_backups, ops.folder))
     note = f"; pruned {len(pruned)} past retention" if pruned else ""
     return JobOutcome(
         True,

@@ -181,9 +181,10 @@ class AlertBook:
         elif SEVERITY_RANK[severity] > SEVERITY_RANK[alert.severity]:
             alert.severity, alert.message = severity, message
         else:
-            if alert.message != message:
-                alert.message = message
-                self._save()
+            # Kept in memory only: the disk alert's text changes with every tick (its free
+            # GiB), and two fsyncs on the loop every 15 s for that is not worth it; the
+            # next real change writes it.
+            alert.message = message
             return None
         self.fired += 1
         log.log(LOG_LEVELS[severity], "ALERT [%s] %s: %s", severity, key, message)

@@ -8,6 +8,7 @@ import logging
 from typing import Any
 
 import aiohttp
+import aiohttp.http_exceptions
 
 from helixd.config import HelixConfig
 from helixd.jobs.base import JobContext
@@ -36,7 +37,9 @@ async def _tags_digest(session: aiohttp.ClientSession, base: str, model_id: str)
     try:
         cards = json.loads(text).get("models") or []
     except (ValueError, AttributeError):
-        raise RefreshError(f"/api/tags: not Ollama's answer: {text[:200]!r}") from None
+        cards = None
+    if not isinstance(cards, list):
+        raise RefreshError(f"/api/tags: not Ollama's answer: {text[:200]!r}")
     # Ollama lists "qwen2.5" as "qwen2.5:latest".
     names = {model_id, model_id if ":" in model_id else f"{model_id}:latest"}
     for card in cards:
@@ -82,6 +85,9 @@ async def refresh_model(
         after = await _tags_digest(session, base, model_id)
     except (aiohttp.ClientError, TimeoutError) as exc:
         return {"error": f"Ollama did not answer: {exc or type(exc).__name__}"}
+    except (ValueError, aiohttp.http_exceptions.HttpProcessingError) as exc:
+        # Not text, or a line past aiohttp's limit: not an answer Ollama gives.
+        return {"error": f"Ollama's answer to pull {model_id} could not be read: {exc}"}
     except RefreshError as exc:
         return {"error": f"pull {model_id} failed: {exc}"}
     if after is None:

@@ -27,7 +27,8 @@ from helixd.jobs.history import JobHistory, JobRun, Trigger, iso
 log = logging.getLogger("helixd.jobs")
 
 JobFunction = Callable[[JobContext, Any], Awaitable[JobOutcome]]
-# Kinds whose failures raise a job_failed alert here; health and update alert on their own.
+# Kinds whose failures raise a job_failed alert here; health and update alert on their own,
+# except when the run itself broke (timed out, crashed): then nobody else would.
 ALERT_ON_FAILURE = ("backup", "cleanup", "rotation")
 
 
@@ -128,26 +129,28 @@ class JobRunner:
     async def _run(self, name: str, job: JobConfig, trigger: Trigger) -> JobRun:
         run = JobRun(job=name, kind=job.kind, trigger=trigger, started=self._clock())
         began = time.monotonic()
+        broke = True  # the run did not end with its own verdict
         log.debug("job %s (%s) started (%s)", name, job.kind, trigger)
         try:
             async with asyncio.timeout(job.timeout_s):
                 outcome = await self.functions[job.kind](self.ctx, job)
+            broke = False
         except TimeoutError:
             outcome = JobOutcome(False, f"timed out after {job.timeout_s:g} s (timeout_s)")
         except JobFailed as exc:
-            outcome = JobOutcome(False, str(exc))
+            outcome, broke = JobOutcome(False, str(exc)), False
         except asyncio.CancelledError:
             outcome = JobOutcome(False, "interrupted: helixd stopped during the run")
-            self._finish(run, outcome, began)
+            self._finish(run, outcome, began, broke=False)  # a stop is nobody's failure
             raise
         except Exception as exc:
             log.exception("job %s failed", name)
             outcome = JobOutcome(False, f"internal error: {exc!r}; see helixd's log")
-        self._finish(run, outcome, began)
+        self._finish(run, outcome, began, broke)
         await asyncio.to_thread(self.history.save)
         return run
 
-    def _finish(self, run: JobRun, outcome: JobOutcome, began: float) -> None:
+    def _finish(self, run: JobRun, outcome: JobOutcome, began: float, broke: bool) -> None:
         run.duration_s = round(time.monotonic() - began, 3)
         run.result = "ok" if outcome.ok else "failed"
         run.message = outcome.message
@@ -157,17 +160,16 @@ class JobRunner:
         if run.kind == "alerts" and outcome.ok:
             level = logging.DEBUG  # every 15 s; the alerts themselves are logged
         log.log(level, "job %s %s in %.1f s: %s", run.job, run.result, run.duration_s, run.message)
-        if run.kind in ALERT_ON_FAILURE:
-            key = f"job_failed:{run.job}"
-            if outcome.ok:
-                self.ctx.alerts.resolve(key, f"the {run.job} job ran fine again")
-            else:
-                self.ctx.alerts.fire(
-                    key,
-                    "warning",
-                    f"job {run.job} failed: {outcome.message}",
-                    source="jobs",
-                )
+        key = f"job_failed:{run.job}"
+        if outcome.ok:
+            self.ctx.alerts.resolve(key, f"the {run.job} job ran fine again")
+        elif broke or run.kind in ALERT_ON_FAILURE:
+            self.ctx.alerts.fire(
+                key,
+                "error" if broke else "warning",
+                f"job {run.job} failed: {outcome.message}",
+                source="jobs",
+            )
 
     # -- views -------------------------------------------------------------------------
 

@@ -450,3 +450,29 @@ async def test_ollama_refresh_reports_new_and_unchanged_digests_and_ollamas_erro
     assert "pull model manifest: file does not exist" in refreshed["ghost"]["error"]
     assert outcome.message.startswith("qwen: new version; stable: unchanged; ghost: pull ghost:1b")
     assert json.loads(library.read_text())["qwen2.5:7b"]["digest"] == new
+
+
+async def test_a_refresh_against_an_answer_that_is_not_ollamas_reports_it_per_model() -> None:
+    from aiohttp import web
+
+    from helixd.jobs.refresh import refresh_model
+
+    async def tags(request: web.Request) -> web.Response:
+        return web.json_response({"models": "not a list"})
+
+    app = web.Application()
+    app.router.add_get("/api/tags", tags)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    ctx = type("Ctx", (), {"residency": type("R", (), {"models": {}})()})()
+    try:
+        async with aiohttp.ClientSession() as session:
+            result = await refresh_model(ctx, session, "qwen", f"http://127.0.0.1:{port}", "qwen")
+    finally:
+        await runner.cleanup()
+    assert result == {
+        "error": 'pull qwen failed: /api/tags: not Ollama\'s answer: \'{"models": "not a list"}\''
+    }

@@ -482,3 +482,15 @@ def test_disk_views_measure_each_filesystem_once_and_skip_missing_paths(tmp_path
     views = disk_views([tmp_path, tmp_path / "model.gguf", tmp_path / "not-mounted" / "m"])
     assert len(views) == 1 and views[0].path == str(tmp_path)
     assert 0 < views[0].free_bytes <= views[0].total_bytes
+
+
+def test_a_message_only_refresh_is_not_written_until_the_next_change(tmp_path: Path) -> None:
+    path = tmp_path / "alerts.json"
+    book = AlertBook(path, clock=FakeClock())
+    book.fire("disk:/var", "warning", "9.1 GiB free (8%)", source="rules")
+    written = path.read_text()
+    book.fire("disk:/var", "warning", "9.0 GiB free (8%)", source="rules")
+    assert path.read_text() == written  # no fsyncs on the loop for a changing figure
+    assert book.active()[0].message == "9.0 GiB free (8%)"
+    book.resolve("disk:/var", "condition cleared")
+    assert "9.0 GiB free" in path.read_text()

@@ -172,6 +172,22 @@ async def test_a_failing_backup_raises_an_alert_that_resolves_when_it_works(
     assert ctx.alerts.active() == []
 
 
+async def test_a_job_that_alerts_on_its_own_still_alerts_when_its_run_times_out(
+    tmp_path: Path,
+) -> None:
+    fn = Scripted()
+    runner, ctx = make_runner(tmp_path, fn, kind="update")
+    runner.configure(jobs_of({"update": {"kind": "update", "interval": "1h", "timeout_s": 0.1}}))
+    fn.then = JobOutcome(False, "rolled back")  # its own verdict: it raised its own alert
+    await runner.run("update")
+    assert ctx.alerts.active() == []
+    fn.gate.clear()  # now it never ends: the runner's timeout cuts it off
+    await runner.run("update")
+    (alert,) = ctx.alerts.active()
+    assert (alert.key, alert.severity) == ("job_failed:update", "error")
+    assert "timed out after 0.1 s" in alert.message
+
+
 async def test_a_run_interrupted_by_a_stop_is_recorded_as_interrupted(tmp_path: Path) -> None:
     fn = Scripted()
     fn.gate.clear()

@@ -141,15 +141,6 @@ def make_private_dirs(path: Path) -> None:
             os.chmod(folder, 0o700)  # the umask may have taken bits; 0700 is the point
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a rename or unlink in ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def name_problem(name: str) -> str | None:
     """Why ``name`` (a member name, without a directory's trailing '/') is unsafe, or None."""
     if not name:

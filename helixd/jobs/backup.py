@@ -44,12 +44,12 @@ from helixd.jobs.archive import (
     StagedFile,
     absolute,
     check_target,
-    fsync_dir,
     make_private_dirs,
     name_problem,
     resolve_extras,
     verify,
 )
+from helixd.state import fsync_dir
 
 __all__ = [
     "STATE_FILES",

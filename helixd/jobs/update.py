@@ -90,7 +90,9 @@ class ProviderUpdate:
         update = await self._run(self.commands.command)
         self.res.output_tail = update.tail
         if not update.started:  # nothing ran, nothing changed: no rollback, no restart
-            return self._alert("error", f"update command {update.describe()}; nothing was changed")
+            return self._alert(
+                "error", f"the update could not start: {update.describe()}; nothing was changed"
+            )
         if not update.ok:
             return await self._roll_back(update.describe())
         after, why = await self._version()

@@ -299,7 +299,9 @@ async def test_an_update_command_that_cannot_start_changes_nothing_and_rolls_not
 
     app = outcome.details["providers"]["app"]
     assert not outcome.ok and app["result"] == "failed"
-    assert app["message"].startswith("update command command not found: '/nonexistent/update-app'")
+    assert app["message"].startswith(
+        "the update could not start: command not found: '/nonexistent/update-app'"
+    )
     assert app["message"].endswith("nothing was changed")
     assert not marker.exists()  # no rollback of an update that never ran
     assert ctx.supervisor.get("app").pid == pid

@@ -4,34 +4,44 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+RUN_STAMP  := $(VENV)/.installed-run
+TEST_STAMP := $(VENV)/.installed-test
 USER_CONFIG := $(or $(HELIXD_CONFIG),$(or $(XDG_CONFIG_HOME),$(HOME)/.config)/helixd/helixd.toml)
 # Debian packages the system tests need (systemd-analyze, debootstrap, systemd-nspawn).
 SYSTEM_TEST_DEBS := systemd debootstrap systemd-container
 
 .PHONY: run test test-fast lint typecheck bench system-deps deb clean
 
-$(STAMP): pyproject.toml
+# Two install levels: `make run` installs helixd and its runtime dependencies only (a
+# minute or so); `make test` adds the test extras, which include llama-cpp-python, built
+# from source (minutes on 2 cores the first time). Each stamp is redone when
+# pyproject.toml changes.
+$(RUN_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# compat mode: a plain path entry instead of an import hook, which would cost
 	# helixctl ~15 ms of start-up on every call. setuptools calls the mode transitional,
 	# so fall back to a default editable install if it ever goes away.
+	$(BIN)/pip install --quiet -e . --config-settings editable_mode=compat \
+	  || $(BIN)/pip install --quiet -e .
+	touch $(RUN_STAMP)
+
+$(TEST_STAMP): $(RUN_STAMP)
 	$(BIN)/pip install --quiet -e '.[test]' --config-settings editable_mode=compat \
 	  || $(BIN)/pip install --quiet -e '.[test]'
-	touch $(STAMP)
+	touch $(TEST_STAMP)
 
 ## Run helixd in the foreground as a user instance (writes a first config if there is none).
-run: $(STAMP)
+run: $(RUN_STAMP)
 	@test -f "$(USER_CONFIG)" || $(BIN)/helixctl init --user --output "$(USER_CONFIG)"
 	$(BIN)/helixd --user --config "$(USER_CONFIG)"
 
 ## The whole test suite: unit, process, e2e and system (boots a Debian root when root).
-test: $(STAMP) system-deps
+test: $(TEST_STAMP) system-deps
 	HELIXD_TEST_REAL_PROVIDERS=1 $(BIN)/pytest
 
 ## Everything but the system tests.
-test-fast: $(STAMP)
+test-fast: $(TEST_STAMP)
 	$(BIN)/pytest -m "not system"
 
 system-deps:
@@ -44,14 +54,14 @@ system-deps:
 	  fi; \
 	fi
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-typecheck: $(STAMP)
+typecheck: $(TEST_STAMP)
 	$(BIN)/mypy
 
-bench: $(STAMP)
+bench: $(TEST_STAMP)
 	$(BIN)/python bench/helixctl_status.py
 	$(BIN)/python bench/proxy_overhead.py
 

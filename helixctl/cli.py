@@ -376,6 +376,36 @@ def init(
 from helixctl import ops  # noqa: E402, F401
 
 
+def _json_after_command(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    shared = ctx.find_object(Context)  # set by the group, which runs before the command
+    if value and shared is not None:
+        shared.as_json = True
+
+
+def accept_json_everywhere(group: click.Group) -> None:
+    """Let ``--json`` follow the command too (``helixctl status --json``), as people type it.
+
+    The group's own ``--json`` comes before the command; this adds the same flag to every
+    command and subcommand, setting the one shared :class:`Context`.
+    """
+    for command in group.commands.values():
+        if isinstance(command, click.Group):
+            accept_json_everywhere(command)
+        if not any(isinstance(p, click.Option) and "--json" in p.opts for p in command.params):
+            command.params.append(
+                click.Option(
+                    ["--json"],
+                    is_flag=True,
+                    expose_value=False,
+                    callback=_json_after_command,
+                    help="machine-readable JSON output",
+                )
+            )
+
+
+accept_json_everywhere(cli)
+
+
 def main() -> None:
     """Entry point through click alone (``python -m helixctl.cli``)."""
     cli(prog_name="helixctl")

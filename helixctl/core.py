@@ -144,11 +144,11 @@ def _operations_line(doc: dict[str, Any]) -> str:
 
 
 def _fast_status_args(argv: list[str]) -> tuple[str | None, bool] | None:
-    """``(socket, as_json)`` when argv is ``[--json] [--socket PATH] status``, else None."""
+    """``(socket, as_json)`` for ``[--json] [--socket PATH] status [--json]``, else None."""
     socket_path, as_json, seen_status = os.environ.get("HELIXD_SOCKET") or None, False, False
     args = iter(argv)
     for arg in args:
-        if arg == "--json" and not seen_status:
+        if arg == "--json":
             as_json = True
         elif arg == "--socket" and not seen_status:
             socket_path = next(args, None)

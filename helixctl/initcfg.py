@@ -1,20 +1,20 @@
 """``helixctl init``: a first config for the providers and models found on this host.
 
 Looks for Ollama, llama.cpp's ``llama-server`` (or llama-cpp-python's server), vLLM and
-LocalAI on PATH or importable, asks a running Ollama for its installed models
-(``/api/tags``), and finds GGUF files in the usual model folders. Always adds the
-built-in echo provider, so helixd has something to supervise and the endpoint something
-to answer. Tables are written with tomli-w; each section gets a comment saying where it
-came from and what to edit.
+LocalAI on PATH or importable by the user's ``python3``, asks a running Ollama for its
+installed models (``/api/tags``), and finds GGUF files in the usual model folders.
+Always adds a demo model served by the built-in echo server, so the endpoint answers
+from the first run. Tables are written with tomli-w; each section gets a comment saying
+where it came from and what to edit.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 import urllib.request
 from dataclasses import dataclass, field
@@ -35,6 +35,19 @@ HF_CACHE = "~/.cache/huggingface/hub"
 MAX_GGUF = 20
 DEFAULT_CTX = 4096
 _SPLIT_PART = re.compile(r"-0*([2-9]|\d{2,})-of-\d+\.gguf$")  # later parts of a split GGUF
+# The demo model every first config has: the echo server, one process per model.
+DEMO_MODEL = "echo-demo"
+DEMO_COMMAND = (
+    "{python}",
+    "-m",
+    "helixd.providers.echo",
+    "--host",
+    "{host}",
+    "--port",
+    "{port}",
+    "--model",
+    "{model}",
+)
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9._:-]+")
 
 
@@ -73,17 +86,53 @@ def detect(model_dirs: list[Path] | None = None) -> Findings:
     """Look around this host (quickly: one local HTTP probe, bounded directory walks)."""
     found = Findings(ollama=shutil.which("ollama"), vllm=shutil.which("vllm"))
     found.localai = shutil.which("local-ai")
-    if found.vllm is None and importlib.util.find_spec("vllm") is not None:
-        found.vllm = f"{sys.executable} -m vllm.entrypoints.cli.main"
     server = shutil.which("llama-server")
+    python, python_modules = "python3", set[str]()
+    if server is None or found.vllm is None:
+        python, python_modules = user_python_with(("llama_cpp.server", "vllm"))
     if server:
         found.llama_server = [server, "-m", "{model_path}"]
-    elif importlib.util.find_spec("llama_cpp") is not None:
-        found.llama_server = ["{python}", "-m", "llama_cpp.server", "--model", "{model_path}"]
+    elif "llama_cpp.server" in python_modules:
+        found.llama_server = [python, "-m", "llama_cpp.server", "--model", "{model_path}"]
+    if found.vllm is None and "vllm" in python_modules:
+        found.vllm = f"{python} -m vllm.entrypoints.cli.main"
     found.ollama_running, found.ollama_models = _running_ollama()
     dirs = model_dirs if model_dirs is not None else [Path(d).expanduser() for d in MODEL_DIRS]
     found.ggufs = _find_ggufs(dirs, Path(HF_CACHE).expanduser())
     return found
+
+
+def user_python_with(modules: tuple[str, ...]) -> tuple[str, set[str]]:
+    """The user's ``python3`` on PATH, and which of ``modules`` it can import.
+
+    helixd's own interpreter is left out on purpose: its environment holds what helixd
+    (and, after ``make test``, its test suite) needs, such as llama-cpp-python, and a
+    provider found there would be one the user never installed.
+    """
+    own_bin = Path(sys.prefix) / "bin"
+    path = os.pathsep.join(
+        d for d in os.environ.get("PATH", "").split(os.pathsep) if d and Path(d) != own_bin
+    )
+    python = shutil.which("python3", path=path)
+    if python is None:
+        return "python3", set()
+    probe = (
+        "import importlib.util, sys\n"
+        "for name in sys.argv[1:]:\n"
+        "    try:\n"
+        "        found = importlib.util.find_spec(name) is not None\n"
+        "    except ImportError:\n"
+        "        found = False\n"
+        "    if found:\n"
+        "        print(name)\n"
+    )
+    try:
+        done = subprocess.run(
+            [python, "-c", probe, *modules], capture_output=True, text=True, timeout=15
+        )
+    except (OSError, subprocess.SubprocessError):
+        return python, set()
+    return python, set(done.stdout[:4096].split()) & set(modules)
 
 
 def _running_ollama() -> tuple[str | None, list[str]]:
@@ -145,9 +194,18 @@ def render_initial_config(found: Findings) -> tuple[str, list[str]]:
         sections.append(lines + tomli_w.dumps(data))
 
     table(
-        "Built-in OpenAI/Ollama-compatible echo server: a demo and smoke test, not a model.",
-        {"providers": {"echo": {"kind": "echo"}}},
+        "A demo model, so the endpoint answers from the first run: helixd's built-in echo\n"
+        "server, which replies with what it was sent ('echo: ...'). It is not a language\n"
+        "model; delete these two tables once you have real models. Try it:\n"
+        "  curl -s localhost:11400/v1/chat/completions -H 'content-type: application/json' \\\n"
+        f'    -d \'{{"model":"{DEMO_MODEL}","messages":[{{"role":"user",'
+        '"content":"hello"}]}\'',
+        {
+            "providers": {"demo": {"kind": "openai", "command": list(DEMO_COMMAND)}},
+            "models": {DEMO_MODEL: {"provider": "demo"}},
+        },
     )
+    taken.add(DEMO_MODEL)
     _ollama_sections(found, table, todo, taken)
     if found.llama_server:
         command = [
@@ -269,4 +327,4 @@ def write_initial_config(
     text, todo = render_initial_config(found)
     validate_config(tomllib.loads(text), path.name)  # never write a config helixd would refuse
     atomic_write_bytes(path, text.encode(), mode=0o644)
-    return path, ["echo", *found.summary()], todo
+    return path, [f"{DEMO_MODEL} (the built-in demo model)", *found.summary()], todo

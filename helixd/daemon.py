@@ -15,12 +15,13 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
 
 from helixd import __version__
-from helixd.config import ConfigError, DaemonPaths, LoadedConfig, load_config
+from helixd.config import ConfigError, DaemonPaths, LoadedConfig, ProviderConfig, load_config
 from helixd.control.api import ControlAPI, ReloadRefused
 from helixd.control.jobs_api import add_jobs_routes
 from helixd.control.models_api import add_model_routes
@@ -357,21 +358,12 @@ class Daemon:
     # -- status ------------------------------------------------------------------------
 
     def summary(self) -> str:
-        """The one-line STATUS= text, e.g. ``3 providers: 2 ready, 1 backoff; models: 1 loaded``."""
-        counts: dict[str, int] = {}
-        for process in self.supervisor.processes.values():
-            counts[str(process.state)] = counts.get(str(process.state), 0) + 1
-        total = len(self.supervisor.processes)
-        models = self.residency.summary_counts()
-        parts = []
-        if total:
-            order = [str(s) for s in ProcessState]
-            states = ", ".join(f"{counts[s]} {s}" for s in order if s in counts)
-            parts.append(f"{total} provider{'s' if total != 1 else ''}: {states}")
-        if models:
-            states = ", ".join(f"{n} {s}" for s, n in sorted(models.items()))
-            parts.append(f"models: {states}")
-        return "; ".join(parts) or "no providers configured"
+        """The one-line STATUS= text (see :func:`summary_line`)."""
+        return summary_line(
+            self.loaded.config.providers,
+            {name: str(p.state) for name, p in self.supervisor.processes.items()},
+            self.residency.summary_counts(),
+        )
 
     def status(self) -> dict[str, Any]:
         """The ``GET /v1/status`` document."""
@@ -450,3 +442,35 @@ class Daemon:
 def _aliases(loaded: LoadedConfig) -> dict[str, str]:
     """Alias → model, from ``[models.NAME] aliases`` (unique: config checks it)."""
     return {alias: name for name, model in loaded.config.models.items() for alias in model.aliases}
+
+
+def summary_line(
+    providers: Mapping[str, ProviderConfig],
+    process_states: Mapping[str, str],
+    model_counts: Mapping[str, int],
+) -> str:
+    """``3 providers: 1 ready, 1 per model, 1 remote; models: 1 loaded``.
+
+    Counts every configured provider, as ``config check`` does: a supervised server by its
+    state, a per-model provider (no server of its own until a model loads) and a remote
+    one by what they are. Counting only supervised processes said "1 provider" for a
+    config of two.
+    """
+    counts: dict[str, int] = {}
+    for name, provider in providers.items():
+        if name in process_states:
+            word = process_states[name]
+        elif provider.kind == "remote":
+            word = "remote"
+        else:
+            word = "per model"
+        counts[word] = counts.get(word, 0) + 1
+    parts = []
+    if providers:
+        order = [str(s) for s in ProcessState] + ["per model", "remote"]
+        states = ", ".join(f"{counts[s]} {s}" for s in order if s in counts)
+        parts.append(f"{len(providers)} provider{'s' if len(providers) != 1 else ''}: {states}")
+    if model_counts:
+        states = ", ".join(f"{n} {s}" for s, n in sorted(model_counts.items()))
+        parts.append(f"models: {states}")
+    return "; ".join(parts) or "no providers configured"

@@ -370,7 +370,8 @@ def _describe(err: Any) -> str:
         parent_loc = tuple(err["loc"][:-1])
         allowed = _allowed_keys(parent_loc)
         hint = f"; allowed keys here: {', '.join(allowed)}" if allowed else ""
-        return f"{key}: unknown key{hint}"
+        close = _did_you_mean(str(err["loc"][-1]), allowed)
+        return f"{key}: unknown key{hint}{close}"
     if kind == "missing":
         return f"{key}: required key is missing"
     if kind in {"union_tag_not_found", "union_tag_invalid"}:
@@ -397,6 +398,16 @@ def _describe(err: Any) -> str:
         expected = next((v for k, v in what.items() if kind.startswith(k)), kind)
         return f"{key}: expected {expected}; got {got!r}"
     return f"{key}: {err['msg']}; got {got!r}"
+
+
+def _did_you_mean(word: str, allowed: list[str]) -> str:
+    """``; did you mean 'keep_alive'?`` for a near miss (``keepalive``, ``keep-alive``)."""
+    import difflib
+
+    folded = {k.replace("_", "").lower(): k for k in allowed}
+    exact = folded.get(word.replace("_", "").replace("-", "").lower())
+    close = [exact] if exact else difflib.get_close_matches(word, allowed, n=1, cutoff=0.75)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:

@@ -141,8 +141,8 @@ async def relay(
                 await response.write(chunk)
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
             result.failed_mid_stream = True
-            log.warning("upstream %s failed mid-answer: %s", url, exc or type(exc).__name__)
-            message = f"the model's server failed mid-answer: {exc or type(exc).__name__}"
+            message = f"the model's server failed mid-answer: {describe_cut(exc)}"
+            log.warning("upstream %s: %s", url, message)
             if event_stream:
                 await response.write(sse_error(message, "upstream_failed"))
             elif ndjson:  # Ollama's own stream: its in-band error line
@@ -165,7 +165,7 @@ async def _whole(
         body = await upstream.read()
     except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
         # Nothing reached the client yet: the caller may try elsewhere.
-        raise UpstreamUnreachable(f"answer cut short: {exc or type(exc).__name__}") from None
+        raise UpstreamUnreachable(f"answer cut short: {describe_cut(exc)}") from None
     result.first_byte_s = clock() - started
     if sniffer is not None:
         sniffer.feed(body)
@@ -175,6 +175,23 @@ async def _whole(
     response = web.Response(status=upstream.status, body=body, headers=headers)
     response.headers["Content-Type"] = content_type
     return response, result
+
+
+def describe_cut(exc: BaseException) -> str:
+    """What happened to an answer that stopped part way, in words (not aiohttp's).
+
+    aiohttp reports a server that closed its connection in the middle of a chunked or
+    fixed-length body as ``TransferEncodingError: 400, message=...`` or
+    ``ContentLengthError``: an HTTP 400 nobody sent, which misled users into looking
+    for a bad request.
+    """
+    if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError):
+        return "its connection closed before the answer was complete (did it crash?)"
+    if isinstance(exc, TimeoutError):
+        return "no data arrived within the read timeout"
+    if isinstance(exc, aiohttp.ClientOSError) and exc.strerror:
+        return f"connection lost: {exc.strerror}"
+    return f"connection lost ({type(exc).__name__})"
 
 
 class EarlyStream:

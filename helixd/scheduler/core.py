@@ -68,6 +68,19 @@ class ModelView:
         return self.in_flight == 0 and self.queued == 0
 
 
+def queue_is_full(in_flight: int, waiting: int, max_concurrency: int, max_queue: int) -> bool:
+    """Whether one more request for a model must be refused (429 ``queue_full``).
+
+    ``waiting`` counts every request not yet holding a slot, including those waiting for
+    a load. Up to ``max_concurrency`` of them are not queued at all: they take the free
+    slots the moment the model is ready (a request that triggers a cold load is waiting
+    for its slot, not queued behind anyone). Only those beyond the free slots count
+    against ``max_queue``.
+    """
+    free_slots = max(0, max_concurrency - in_flight)
+    return waiting - free_slots >= max_queue
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """Everything a decision depends on, frozen at one moment."""

@@ -37,6 +37,7 @@ from helixd.scheduler.core import (
     format_bytes,
     free_bytes,
     plan_load,
+    queue_is_full,
 )
 from helixd.scheduler.entry import ModelEntry, ResidencyError, ResourceSource
 from helixd.scheduler.maintenance import ResidencyMaintenance
@@ -66,11 +67,12 @@ class Residency(ResidencyMaintenance):
     async def use(self, name: str, timeout: float | None = None) -> AsyncIterator[ModelEntry]:
         """Hold one slot of ``name``, loading it first if needed; release on exit."""
         entry = self.entry(name)
-        if entry.queued >= entry.config.max_queue and (
-            entry.state != ModelState.LOADED or entry.in_flight >= entry.config.max_concurrency
+        if queue_is_full(
+            entry.in_flight, entry.queued, entry.config.max_concurrency, entry.config.max_queue
         ):
             raise ResidencyError(
-                f"{name}: queue full ({entry.queued} waiting, max_queue = "
+                f"{name}: queue full ({entry.queued} waiting for "
+                f"{entry.config.max_concurrency - entry.in_flight} free slot(s), max_queue = "
                 f"{entry.config.max_queue}); try again later",
                 "queue_full",
                 503,

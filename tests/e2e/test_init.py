@@ -30,6 +30,11 @@ def host_with_ollama(tmp_path: Path) -> Any:
         f'--library "{library}"\n'
     )
     shim.chmod(0o755)
+    # A llama-server on PATH (never run here): llama-cpp-python in helixd's own venv is a
+    # test dependency, which init must not report as the user's.
+    server = bin_dir / "llama-server"
+    server.write_text("#!/bin/sh\nexit 1\n")
+    server.chmod(0o755)
     models = tmp_path / "models"
     models.mkdir()
     import_real_provider("gguf")

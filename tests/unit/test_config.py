@@ -41,6 +41,28 @@ def test_unknown_key_lists_the_allowed_ones(tmp_path: Path) -> None:
     assert "restart" in message
 
 
+def test_a_near_miss_of_a_key_gets_did_you_mean(tmp_path: Path) -> None:
+    message = _error(tmp_path, '[models.m]\nprovider = "x"\nkeepalive = "5m"\n')
+    assert message.startswith("helixd.toml: models.m.keepalive: unknown key; allowed keys")
+    assert message.endswith("; did you mean 'keep_alive'?")
+    message = _error(tmp_path, '[providers.x]\nkind = "echo"\nstart-retries = 2\n')
+    assert message.endswith("; did you mean 'start_retries'?")
+    message = _error(tmp_path, '[providers.x]\nkind = "echo"\nfrobnicate = 1\n')
+    assert "did you mean" not in message
+
+
+def test_a_command_holds_literal_braces_written_doubled(tmp_path: Path) -> None:
+    from tests.conftest import make_spec
+
+    text = (
+        '[providers.x]\nkind = "echo"\n'
+        'command = ["srv", "--port", "{port}", "--json", "{{\\"a\\": {{\\"b\\": 1}}}}"]\n'
+    )
+    provider = _load(tmp_path, text).config.providers["x"]
+    spec = make_spec(tmp_path, "x", **provider.model_dump(exclude_unset=True))
+    assert spec.argv[-2:] == ("--json", '{"a": {"b": 1}}')
+
+
 def test_unknown_top_level_section(tmp_path: Path) -> None:
     message = _error(tmp_path, "[deamon]\n")
     assert message.startswith("helixd.toml: deamon: unknown key; allowed keys here: daemon")

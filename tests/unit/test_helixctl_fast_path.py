@@ -15,7 +15,8 @@ from helixctl.core import _fast_status_args
         (["--socket", "/s", "status"], ("/s", False)),
         (["--socket=/s", "--json", "status"], ("/s", True)),
         (["status", "--help"], None),
-        (["status", "--json"], None),  # click rejects an option after the command: so do we
+        (["status", "--json"], (None, True)),  # --json goes before or after the command
+        (["--json", "status", "--json"], (None, True)),
         (["--help"], None),
         (["logs", "x"], None),
         (["--socket"], None),
@@ -34,3 +35,26 @@ def test_environment_socket_is_used_unless_overridden(monkeypatch: pytest.Monkey
     monkeypatch.setenv("HELIXD_SOCKET", "/env.sock")
     assert _fast_status_args(["status"]) == ("/env.sock", False)
     assert _fast_status_args(["--socket", "/cli.sock", "status"]) == ("/cli.sock", False)
+
+
+def test_every_command_takes_json_after_its_name() -> None:
+    import click
+
+    from helixctl.cli import cli
+
+    def walk(group: click.Group, prefix: str) -> list[tuple[str, click.Command]]:
+        found: list[tuple[str, click.Command]] = []
+        for name, command in group.commands.items():
+            found.append((prefix + name, command))
+            if isinstance(command, click.Group):
+                found += walk(command, prefix + name + " ")
+        return found
+
+    commands = walk(cli, "")
+    assert len(commands) > 15
+    missing = [
+        name
+        for name, command in commands
+        if not any("--json" in getattr(p, "opts", ()) for p in command.params)
+    ]
+    assert missing == []

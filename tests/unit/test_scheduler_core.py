@@ -21,6 +21,7 @@ from helixd.scheduler.core import (
     Wait,
     free_bytes,
     plan_load,
+    queue_is_full,
     resident_count,
 )
 
@@ -399,3 +400,30 @@ def test_a_sleeping_model_is_kept_when_an_awake_victim_alone_makes_the_room() ->
     refusal = plan_load(snap(asleep, loaded("p", 22, 2.0, pinned=True)), want("x", 3))
     assert isinstance(refusal, Refuse)
     assert refusal.reason == "x needs 3.0 GiB on GPU0; 1.5 GiB free; pinned: p (22.0 GiB)"
+
+
+def test_requests_waiting_for_free_slots_are_not_counted_against_max_queue() -> None:
+    # A cold model, max_concurrency 1, max_queue 1: the first request waits for the load
+    # in the one slot, the second queues, the third is refused.
+    assert not queue_is_full(in_flight=0, waiting=0, max_concurrency=1, max_queue=1)
+    assert not queue_is_full(in_flight=0, waiting=1, max_concurrency=1, max_queue=1)
+    assert queue_is_full(in_flight=0, waiting=2, max_concurrency=1, max_queue=1)
+    # Loaded and busy: every waiter is queued.
+    assert queue_is_full(in_flight=1, waiting=1, max_concurrency=1, max_queue=1)
+    # max_queue = 0: only as many as there are slots.
+    assert not queue_is_full(in_flight=2, waiting=1, max_concurrency=4, max_queue=0)
+    assert queue_is_full(in_flight=2, waiting=2, max_concurrency=4, max_queue=0)
+
+
+@given(
+    in_flight=st.integers(0, 8),
+    waiting=st.integers(0, 20),
+    max_concurrency=st.integers(1, 8),
+    max_queue=st.integers(0, 8),
+)
+def test_accepted_requests_never_exceed_slots_plus_queue(
+    in_flight: int, waiting: int, max_concurrency: int, max_queue: int
+) -> None:
+    if not queue_is_full(in_flight, waiting, max_concurrency, max_queue):
+        # Accepting one more keeps everyone within the slots and the queue.
+        assert in_flight + waiting + 1 <= max(in_flight, max_concurrency) + max_queue

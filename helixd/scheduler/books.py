@@ -120,6 +120,7 @@ class ResidencyBooks(ABC):
         if state in (ModelState.UNLOADED, ModelState.FAILED):
             entry.device = None
             entry.accounted_vram = entry.accounted_ram = 0
+            entry.accounted_measured = False
         self._notify()
 
     def replace_config(

@@ -52,6 +52,9 @@ class ModelEntry:
     device: str | None = None
     accounted_vram: int = 0
     accounted_ram: int = 0
+    # The accounted figures were measured from the running model (not its declared or
+    # estimated size), so views label them "measured" whatever the figure's source.
+    accounted_measured: bool = False
     in_flight: int = 0
     queued: int = 0
     last_used: float = 0.0

@@ -232,6 +232,7 @@ class Residency(ResidencyMaintenance):
             entry.accounted_vram, entry.accounted_ram = 0, request.vram_bytes + request.ram_bytes
         else:
             entry.accounted_vram, entry.accounted_ram = request.vram_bytes, request.ram_bytes
+        entry.accounted_measured = False  # booked from the plan until measured again
         entry.device = plan.device
         self._loading_devices.add(plan.device)
         where = "host RAM" if plan.device == RAM else plan.device.upper()
@@ -482,6 +483,7 @@ class Residency(ResidencyMaintenance):
                         f"it said it sleeps but still holds {format_bytes(figures[0])} of the GPU"
                     )
                 entry.accounted_vram, entry.accounted_ram = figures
+                entry.accounted_measured = True
             asleep = True
             return None
         finally:
@@ -516,6 +518,7 @@ class Residency(ResidencyMaintenance):
         if entry.device == RAM:
             vram = 0
         entry.accounted_vram, entry.accounted_ram = vram, ram
+        entry.accounted_measured = True
         if entry.figure.source != "declared":
             note = entry.adapter.memory_note(entry.name) or "measured while loaded"
             entry.figure = MemoryFigure(vram, ram, "measured", note)

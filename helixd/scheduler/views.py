@@ -119,8 +119,10 @@ def model_info(entry: ModelEntry, scheduler: SchedulerConfig) -> dict[str, Any]:
         "device": entry.device,
         "vram_bytes": entry.accounted_vram or entry.figure.vram_bytes,
         "ram_bytes": entry.accounted_ram or entry.figure.ram_bytes,
-        "memory_source": entry.figure.source,
-        "memory_detail": entry.figure.detail,
+        # The source of the figures shown above: once a loaded model has been measured,
+        # they are the measurement even where the plan uses a declared size.
+        "memory_source": "measured" if entry.accounted_measured else entry.figure.source,
+        "memory_detail": _memory_detail(entry),
         "pinned": entry.pinned,
         "pin_source": "runtime" if entry.runtime_pin is not None else "config",
         "keep_alive_s": None if math.isinf(keep) else keep,
@@ -136,6 +138,13 @@ def model_info(entry: ModelEntry, scheduler: SchedulerConfig) -> dict[str, Any]:
         "size_text": format_bytes(entry.figure.vram_bytes or entry.figure.ram_bytes),
         **({"log_tail": entry.log_tail} if entry.state == ModelState.FAILED else {}),
     }
+
+
+def _memory_detail(entry: ModelEntry) -> str:
+    if entry.accounted_measured and entry.figure.source == "declared":
+        declared = format_bytes(entry.figure.vram_bytes or entry.figure.ram_bytes)
+        return f"measured while loaded; plans use the declared {declared} (vram_mib/ram_mib)"
+    return entry.figure.detail
 
 
 def summary_counts(entries: Iterable[ModelEntry]) -> Mapping[str, int]:

@@ -644,3 +644,15 @@ async def test_a_sleeping_victim_of_a_load_that_never_ran_is_restored_asleep() -
     residency._set(a, ModelState.UNLOADING, "evicted for c")  # as _begin books a victim
     residency._restore_victims(["a"])  # the load was cancelled before reaching it
     assert a.state == ModelState.SLEEPING and adapter.is_asleep("a")
+
+
+async def test_a_declared_model_shows_its_measurement_as_measured_while_loaded() -> None:
+    residency, _, gpu, _ = make({"a": 2})
+    gpu.sizes["a"] = 3 * GiB  # it really takes more than its vram_mib says
+    await residency.load("a")
+    info = residency.info(residency.models["a"])
+    assert (info["vram_bytes"], info["memory_source"]) == (3 * GiB, "measured")
+    assert "the declared 2.0 GiB" in info["memory_detail"]
+    await residency.unload("a")
+    info = residency.info(residency.models["a"])
+    assert (info["vram_bytes"], info["memory_source"]) == (2 * GiB, "declared")

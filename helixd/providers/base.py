@@ -103,6 +103,11 @@ class ModelAdapter(abc.ABC):
         """The name the upstream knows ``model`` by (requests are rewritten to it)."""
         return model
 
+    def server_url(self) -> str | None:
+        """A one-server provider's base URL while it serves, whether or not a given model
+        is loaded there (to ask it about a model without loading it); None otherwise."""
+        return None
+
     def upstream_headers(self, model: str) -> dict[str, str]:
         """Headers the upstream needs (an API key); none for local servers."""
         return {}

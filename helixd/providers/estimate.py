@@ -276,6 +276,30 @@ class _Skipped:
 class _GgufHeader:
     meta: dict[str, object]
     weights_bytes: int
+    parameters: int = 0  # elements of all tensors
+
+
+@dataclass(frozen=True)
+class GgufSummary:
+    """A GGUF model's metadata (arrays it skipped stand in as placeholders), and its
+    weight bytes and parameter count over all its shards."""
+
+    meta: dict[str, object]
+    weights_bytes: int
+    parameters: int
+
+
+def read_gguf_summary(path: Path) -> GgufSummary:
+    """The header of a GGUF model (bounded reads, as for estimates); :class:`EstimateError`
+    naming the file when it is not a GGUF model helixd can read."""
+    header = _read_gguf(path)
+    weights, parameters = header.weights_bytes, header.parameters
+    split_count = _int(header.meta.get("split.count")) or 1
+    if split_count > 1:
+        shards = [_read_gguf(p) for p in _shard_paths(path, split_count)]
+        weights = sum(s.weights_bytes for s in shards)
+        parameters = sum(s.parameters for s in shards)
+    return GgufSummary(header.meta, weights, parameters)
 
 
 class _Reader:
@@ -376,8 +400,8 @@ def _parse_gguf(r: _Reader, path: Path) -> _GgufHeader:
         raise EstimateError(f"{path}: general.alignment {alignment} is not a power of two")
     tensors = [_tensor_info(r, path, i) for i in range(n_tensors)]
     data_offset = -(-r.offset // alignment) * alignment
-    weights, names = 0, set()
-    for name, offset, nbytes in tensors:
+    weights, parameters, names = 0, 0, set()
+    for name, offset, nbytes, elements in tensors:
         if name in names:
             raise EstimateError(f"{path}: duplicate tensor {name!r}")
         names.add(name)
@@ -387,10 +411,11 @@ def _parse_gguf(r: _Reader, path: Path) -> _GgufHeader:
                 f"misaligned or past the end of the file ({r.size} bytes; truncated download?)"
             )
         weights += nbytes
-    return _GgufHeader(meta, weights)
+        parameters += elements
+    return _GgufHeader(meta, weights, parameters)
 
 
-def _tensor_info(r: _Reader, path: Path, i: int) -> tuple[str, int, int]:
+def _tensor_info(r: _Reader, path: Path, i: int) -> tuple[str, int, int, int]:
     name = _string(r, path, f"tensor {i} name")
     n_dims = r.u32(f"dimension count of tensor {name!r}")
     if n_dims > MAX_DIMS:
@@ -406,7 +431,8 @@ def _tensor_info(r: _Reader, path: Path, i: int) -> tuple[str, int, int]:
             f"{path}: tensor {name!r} row of {dims[0]} is not a multiple of the "
             f"{type_name} block size {block}"
         )
-    return name, offset, math.prod(dims) // block * block_bytes
+    elements = math.prod(dims)
+    return name, offset, elements // block * block_bytes, elements
 
 
 def _string(r: _Reader, path: Path, what: str) -> str:

@@ -85,6 +85,10 @@ class OneServerAdapter(ModelAdapter):
         """The server's name of the model (its ``id``)."""
         return self._ids.get(model, model)
 
+    def server_url(self) -> str | None:
+        """The server's URL while it serves (loaded models or not)."""
+        return self._base()
+
     async def load(self, target: ModelTarget) -> None:
         """Wait for the server, book the model, then have the kind load it there.
 

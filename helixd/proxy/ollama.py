@@ -1,8 +1,9 @@
 """The Ollama dialect, translated to and from the OpenAI one every upstream speaks.
 
 ``/api/chat`` → ``/v1/chat/completions``, ``/api/generate`` → ``/v1/completions``,
-``/api/embed`` → ``/v1/embeddings``; answers come back as Ollama objects, streamed as
-NDJSON (Ollama streams unless ``"stream": false``). Native pass-through to models that
+``/api/embed`` and the older ``/api/embeddings`` (one ``prompt``, one ``embedding``) →
+``/v1/embeddings``; answers come back as Ollama objects, streamed as NDJSON (Ollama
+streams unless ``"stream": false``). Native pass-through to models that
 Ollama itself hosts comes with the Ollama adapter; this covers every other provider.
 """
 
@@ -42,12 +43,14 @@ class Translation:
 
     openai_path: str
     body: dict[str, Any]
-    kind: str  # "chat" | "generate" | "embed"
+    kind: str  # "chat" | "generate" | "embed" | "embeddings"
     stream: bool
 
 
 def translate(path: str, body: Mapping[str, Any]) -> Translation:
     """Map an Ollama request body onto its OpenAI equivalent."""
+    if path in ("/api/embed", "/api/embeddings"):
+        return _embedding(path, body)
     stream = body.get("stream", True) is not False
     options = body.get("options") or {}
     if not isinstance(options, dict):
@@ -78,12 +81,29 @@ def translate(path: str, body: Mapping[str, Any]) -> Translation:
             "generate",
             stream,
         )
+    raise BadOllamaRequest(f"{path} is not an Ollama route helixd translates")
+
+
+def _embedding(path: str, body: Mapping[str, Any]) -> Translation:
+    # Sampling options mean nothing to an embedding: OpenAI servers may refuse them.
+    if path == "/api/embeddings":  # the older route: one prompt, one vector
+        prompt = body.get("prompt", "")
+        if not isinstance(prompt, str):
+            raise BadOllamaRequest("'prompt' must be a string")
+        request: dict[str, Any] = {"model": body["model"], "input": [prompt]}
+        return Translation("/v1/embeddings", request, "embeddings", False)
     texts = body.get("input")
     if isinstance(texts, str):
         texts = [texts]
     if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
         raise BadOllamaRequest("'input' must be a string or a list of strings")
-    return Translation("/v1/embeddings", {**common, "input": texts}, "embed", False)
+    request = {"model": body["model"], "input": texts}
+    dimensions = body.get("dimensions")
+    if dimensions is not None:
+        if not isinstance(dimensions, int) or isinstance(dimensions, bool) or dimensions < 1:
+            raise BadOllamaRequest("'dimensions' must be a positive integer")
+        request["dimensions"] = dimensions
+    return Translation("/v1/embeddings", request, "embed", False)
 
 
 def _streaming(stream: bool) -> dict[str, Any]:
@@ -238,8 +258,10 @@ async def relay_ollama(
 
 
 def _whole(kind: str, answer: _Answer, data: Mapping[str, Any]) -> dict[str, Any]:
-    if kind == "embed":
+    if kind in ("embed", "embeddings"):
         vectors = [item.get("embedding") for item in data.get("data") or []]
+        if kind == "embeddings":
+            return {"embedding": vectors[0] if vectors else []}
         return {"model": answer.model, "embeddings": vectors}
     choice = (data.get("choices") or [{}])[0]
     text = _delta(kind, choice)

@@ -1,22 +1,29 @@
 """The Ollama routes of the endpoint: Ollama clients in, any OpenAI-compatible upstream out.
 
 The server resolves names, acquires models and relays; this front only speaks the
-dialect (``/api/chat``, ``/api/generate``, ``/api/embed``, ``/api/tags``, ``/api/ps``,
-``/api/version``, ``/``) and hands translated requests to it.
+dialect (``/api/chat``, ``/api/generate``, ``/api/embed``, ``/api/embeddings``,
+``/api/show``, ``/api/tags``, ``/api/ps``, ``/api/version``, ``/``) and hands translated
+requests to it. Listings show each model once, its aliases on it (``helix.aliases``),
+and routes marked as such (``helix.kind = "route"``); Ollama clients ignore the field.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import math
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 from aiohttp import web
 
 from helixd import __version__
 from helixd.proxy.attempt import RESIDENCY_STATUS, Exchange, Refused
 from helixd.proxy.ollama import BadOllamaRequest, now_rfc3339, ollama_error, rfc3339, translate
+from helixd.proxy.ollama_show import ModelFile, ModelFiles, model_details, show_document
 from helixd.proxy.routing import Attempts
 from helixd.scheduler.entry import ModelEntry
 from helixd.scheduler.residency import ResidencyError
@@ -25,9 +32,14 @@ if TYPE_CHECKING:
     from helixd.proxy.server import ProxyServer
 
 
+log = logging.getLogger("helixd.proxy")
+
 # A model kept for ever expires in the far future, as in Ollama (its -1 keep_alive is
 # now plus Go's longest duration, some 292 years).
 _NEVER = "2318-08-01T00:00:00Z"
+
+# An Ollama answers /api/show from its own files: seconds, unless it is stuck.
+SHOW_TIMEOUT_S = 30.0
 
 
 class OllamaFront:
@@ -35,11 +47,13 @@ class OllamaFront:
 
     def __init__(self, server: ProxyServer) -> None:
         self.server = server
+        self.files = ModelFiles()
 
     def add_routes(self, app: web.Application) -> None:
         """Register the Ollama routes."""
-        for path in ("/api/chat", "/api/generate", "/api/embed"):
+        for path in ("/api/chat", "/api/generate", "/api/embed", "/api/embeddings"):
             app.router.add_post(path, self.handle)
+        app.router.add_post("/api/show", self.show)
         app.router.add_get("/api/tags", self.tags)
         app.router.add_get("/api/ps", self.ps)
         app.router.add_get("/api/version", self.version)
@@ -54,22 +68,32 @@ class OllamaFront:
         return web.json_response({"version": __version__})
 
     async def tags(self, request: web.Request) -> web.Response:
-        """``GET /api/tags``: every model and alias, in Ollama's shape."""
+        """``GET /api/tags``: every model once (aliases on it), then the routes."""
         names = [n for n, e in self.server.residency.models.items() if not e.removed]
-        names += list(self.server.router.aliases)
-        return web.json_response({"models": [self._card(n) for n in names]})
+        files = await self._files_of(names)
+        cards = [self._card(n, files) for n in names]
+        cards += [self._route_card(route) for route in self.server.router.routes]
+        return web.json_response({"models": cards})
 
     async def ps(self, request: web.Request) -> web.Response:
         """``GET /api/ps``: the resident models, with helixd's memory figures."""
+        loaded = [n for n, e in self.server.residency.models.items() if e.state == "loaded"]
+        files = await self._files_of(loaded)
         cards = []
-        for name, entry in self.server.residency.models.items():
-            if entry.state == "loaded":
-                card = self._card(name)
-                card["size"] = entry.accounted_vram + entry.accounted_ram
-                card["size_vram"] = entry.accounted_vram
-                card["expires_at"] = self._expires_at(entry)
-                cards.append(card)
+        for name in loaded:
+            entry = self.server.residency.models[name]
+            card = self._card(name, files)
+            card["size"] = entry.accounted_vram + entry.accounted_ram
+            card["size_vram"] = entry.accounted_vram
+            card["expires_at"] = self._expires_at(entry)
+            cards.append(card)
         return web.json_response({"models": cards})
+
+    async def _files_of(self, models: list[str]) -> dict[Path, ModelFile]:
+        """The facts of these models' files (GGUF headers, read off the event loop)."""
+        entries = self.server.residency.models
+        paths = [entries[m].config.path for m in models]
+        return await self.files.read_all(p for p in paths if p is not None)
 
     def _expires_at(self, entry: ModelEntry) -> str:
         # When keep_alive will unload it if nothing uses it; Ollama's far future if never.
@@ -78,22 +102,106 @@ class OllamaFront:
             return _NEVER
         return rfc3339((entry.last_used_wall or time.time()) + keep)
 
-    def _card(self, name: str) -> dict[str, Any]:
-        model = self.server.router.model_of(name) or name
+    def _card(self, model: str, files: dict[Path, ModelFile]) -> dict[str, Any]:
         entry = self.server.residency.models[model]
         size = entry.figure.vram_bytes + entry.figure.ram_bytes
-        details = {"format": "", "family": "", "parameter_size": "", "quantization_level": ""}
+        facts = files.get(entry.config.path) if entry.config.path is not None else None
+        helix: dict[str, Any] = {"state": str(entry.state), "provider": entry.adapter.provider}
+        aliases = self.server.router.aliases_of(model)
+        if aliases:
+            helix["aliases"] = aliases
         return {
-            "name": name,
-            "model": name,
-            "modified_at": now_rfc3339(),
+            "name": model,
+            "model": model,
+            "modified_at": rfc3339(facts.modified) if facts is not None else now_rfc3339(),
             "size": size,
             "digest": hashlib.sha256(model.encode()).hexdigest(),
-            "details": details,
+            "details": model_details(facts),
+            "helix": helix,
         }
 
+    def _route_card(self, route: str) -> dict[str, Any]:
+        return {
+            "name": route,
+            "model": route,
+            "modified_at": now_rfc3339(),
+            "size": 0,
+            "digest": hashlib.sha256(f"route:{route}".encode()).hexdigest(),
+            "details": model_details(None),
+            "helix": self.server.router.describe_route(route),
+        }
+
+    async def show(self, request: web.Request) -> web.Response:
+        """``POST /api/show``: what Ollama says of a model, from helixd's config and the
+        model's file, never loading it; an Ollama provider's models from that Ollama."""
+        try:
+            _, body = await self.server.read_body(request)
+        except Refused as refused:
+            # Ollama still accepts the older "name"; aiohttp kept the body read_body read.
+            named = await _legacy_named(request) if refused.code == "missing_model" else None
+            if named is None:
+                return ollama_error(refused.status, refused.message)
+            body = named
+        asked = body["model"]
+        try:
+            plan = self.server.resolve_plan(asked, body)
+        except Refused as refused:
+            return ollama_error(refused.status, refused.message)
+        if not plan.order:
+            return ollama_error(404, f"route {asked!r} has no model left to serve it")
+        model = plan.order[0]  # a route is shown as the model a request would get first
+        entry = self.server.residency.models[model]
+        if entry.adapter.native_dialect == "ollama":
+            passed = await self._show_from_ollama(entry, body)
+            if passed is not None:
+                return passed
+        facts = None
+        if entry.config.path is not None:
+            facts = (await self.files.read_all([entry.config.path])).get(entry.config.path)
+        document = show_document(model, entry.config, facts, time.time())
+        helix: dict[str, Any] = {
+            "model": model,
+            "state": str(entry.state),
+            "provider": entry.adapter.provider,
+        }
+        if plan.route is not None:
+            helix["route"] = plan.route
+        elif asked != model:
+            helix["alias_of"] = model
+        return web.json_response({**document, "helix": helix})
+
+    async def _show_from_ollama(
+        self, entry: ModelEntry, body: dict[str, Any]
+    ) -> web.Response | None:
+        """Ollama's own answer for a model it hosts; None when it cannot be asked."""
+        base = entry.adapter.server_url()
+        if base is None:
+            return None  # not serving now: helixd's own document will do
+        payload = {k: v for k, v in body.items() if k != "name"}
+        payload["model"] = entry.config.id or entry.name
+        try:
+            async with self.server._session_or_fail().post(
+                base + "/api/show",
+                json=payload,
+                headers=entry.adapter.upstream_headers(entry.name),
+                timeout=aiohttp.ClientTimeout(total=SHOW_TIMEOUT_S),
+            ) as upstream:
+                answer = await upstream.read()
+                content_type = upstream.headers.get("Content-Type", "application/json")
+                status = upstream.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning(
+                "/api/show %s: %s did not answer (%s); answering from the config",
+                entry.name,
+                entry.adapter.provider,
+                exc or type(exc).__name__,
+            )
+            return None
+        return web.Response(status=status, body=answer, headers={"Content-Type": content_type})
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        """``/api/chat``, ``/api/generate``, ``/api/embed``: translated to OpenAI upstreams."""
+        """``/api/chat``, ``/api/generate``, ``/api/embed``, ``/api/embeddings``: translated
+        to OpenAI upstreams (passed through to an Ollama provider's own server)."""
         started = time.perf_counter()
         try:
             raw, body = await self.server.read_body(request)
@@ -101,7 +209,7 @@ class OllamaFront:
             if _is_load_or_unload(request.path, body):
                 # Nothing to classify or to spend: just the model the name stands for.
                 plan = self.server.resolve_plan(asked, body)
-                return await self._load_or_unload(asked, plan, body)
+                return await self._load_or_unload(asked, plan, body, request.path)
             # A request that cannot be translated is refused before a classifier is asked.
             translation = translate(request.path, body)
             plan = await self.server.plan(body)
@@ -116,9 +224,10 @@ class OllamaFront:
             self.server.access_log(exchange)
 
     async def _load_or_unload(
-        self, asked: str, plan: Attempts, body: dict[str, Any]
+        self, asked: str, plan: Attempts, body: dict[str, Any], path: str
     ) -> web.Response:
-        """An empty generate loads the model (``keep_alive: 0`` unloads it), as in Ollama."""
+        """An empty generate (or legacy embeddings) loads the model (``keep_alive: 0``
+        unloads it), as in Ollama."""
         model = plan.order[0]
         try:
             if body.get("keep_alive") in (0, "0", "0s"):
@@ -129,6 +238,8 @@ class OllamaFront:
                 reason = "load"
         except ResidencyError as exc:
             return ollama_error(RESIDENCY_STATUS.get(exc.code, exc.status), str(exc))
+        if path == "/api/embeddings":
+            return web.json_response({"embedding": []})
         return web.json_response(
             {
                 "model": asked,
@@ -141,5 +252,19 @@ class OllamaFront:
 
 
 def _is_load_or_unload(path: str, body: dict[str, Any]) -> bool:
-    # Ollama's convention: a generate with no prompt loads (or with keep_alive 0 unloads).
+    # Ollama's convention: a generate with no prompt loads (or with keep_alive 0 unloads);
+    # so does the older embeddings route, answering an empty embedding.
+    if path == "/api/embeddings":
+        return body.get("prompt") in (None, "")
     return path == "/api/generate" and not body.get("prompt") and not body.get("system")
+
+
+async def _legacy_named(request: web.Request) -> dict[str, Any] | None:
+    """A body that names its model ``name`` (Ollama's older field), as one with ``model``."""
+    try:
+        body = json.loads(await request.read())
+    except ValueError:
+        return None
+    if not isinstance(body, dict) or not isinstance(body.get("name"), str):
+        return None
+    return {**body, "model": body["name"]}

@@ -59,6 +59,25 @@ class Router:
             return name
         return self.aliases.get(name)
 
+    def aliases_of(self, model: str) -> list[str]:
+        """The aliases of ``model``, sorted."""
+        return sorted(alias for alias, target in self.aliases.items() if target == model)
+
+    def candidates(self, route: str) -> list[str]:
+        """A route's candidates as model names, in config order (aliases resolved)."""
+        config = self.routes.get(route)
+        if config is None:
+            return []
+        found = (self.model_of(candidate) for candidate in config.candidates)
+        return list(dict.fromkeys(m for m in found if m is not None))
+
+    def describe_route(self, route: str) -> dict[str, Any] | None:
+        """What listings say of a route (``helix`` of its card); None if it is none."""
+        config = self.routes.get(route)
+        if config is None:
+            return None
+        return {"kind": "route", "candidates": self.candidates(route), "strategy": config.strategy}
+
     def known(self) -> list[str]:
         """Every name a client may use."""
         models = [n for n, e in self.models.items() if not e.removed]
@@ -75,8 +94,7 @@ class Router:
         route = self.routes.get(name)
         if route is None:
             return None
-        order = [m for m in (self.model_of(c) for c in route.candidates) if m is not None]
-        order = self._by_strategy(route, order)
+        order = self._by_strategy(route, self.candidates(name))
         hit = None
         text = last_user_text(body)
         for pattern, target in self._rules.get(name, []):

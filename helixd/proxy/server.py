@@ -176,16 +176,20 @@ class ProxyServer:
             self.metrics.load_seconds.labels(model).observe(seconds)
 
     async def list_models(self, request: web.Request) -> web.Response:
-        """``GET /v1/models``: models and aliases, with helixd's residency fields."""
+        """``GET /v1/models``: models, aliases and routes, with helixd's fields."""
         data = [self._model_card(name) for name in self.residency.models]
         data += [self._model_card(model, alias) for alias, model in self.router.aliases.items()]
+        data += [self._route_card(route) for route in self.router.routes]
         return web.json_response({"object": "list", "data": [d for d in data if d]})
 
     async def get_model(self, request: web.Request) -> web.Response:
         """``GET /v1/models/{id}``."""
         name = request.match_info["name"]
         model = self.resolve(name)
-        card = self._model_card(model, name if name != model else None) if model else None
+        if model is not None:
+            card = self._model_card(model, name if name != model else None)
+        else:
+            card = self._route_card(name)
         if card is None:
             try:
                 self.resolve_plan(name, {})
@@ -200,6 +204,8 @@ class ProxyServer:
         helix: dict[str, Any] = {"state": str(entry.state), "provider": entry.adapter.provider}
         if alias is not None:
             helix["alias_of"] = model
+        elif aliases := self.router.aliases_of(model):
+            helix["aliases"] = aliases
         return {
             "id": alias or model,
             "object": "model",
@@ -207,6 +213,12 @@ class ProxyServer:
             "owned_by": "helixd",
             "helix": helix,
         }
+
+    def _route_card(self, route: str) -> dict[str, Any] | None:
+        helix = self.router.describe_route(route)
+        if helix is None:
+            return None
+        return {"id": route, "object": "model", "created": 0, "owned_by": "helixd", "helix": helix}
 
     async def forward(self, request: web.Request) -> web.StreamResponse:
         """The OpenAI POST routes: resolve, then try models in order until one answers."""

@@ -27,6 +27,8 @@ documented in its ``docs/api.md`` and ``server/routes.go`` (ollama/ollama@fb3076
   ``{"error"}`` line;
 - ``/api/tags`` gives each model the ``digest`` of its library entry (default: the sha256 of
   its name), so a registry entry with another digest is a new version of the model;
+- ``/api/show`` answers from the library without loading (404 ``model 'x' not found``
+  for a model it does not have); ``/api/embeddings`` is the older one-vector embed;
 - requests whose ``Host`` is not loopback, an IP or ``localhost`` get 403, as Ollama does
   when it listens on loopback;
 - answers are the echo provider's (``echo: …``), in Ollama's NDJSON and in the OpenAI
@@ -230,6 +232,33 @@ class FakeOllama(EchoServer):
     async def api_embed(self, request: web.Request) -> web.StreamResponse:
         return await self._with_model(request, self._embed_ollama)
 
+    async def api_embeddings(self, request: web.Request) -> web.StreamResponse:
+        return await self._with_model(request, self._embeddings_ollama)
+
+    async def _embeddings_ollama(self, request: web.Request) -> web.Response:
+        prompt = (await read_body(request)).get("prompt") or ""
+        vector = embed(prompt, self.config.embedding_dim) if prompt else []
+        return web.json_response({"embedding": vector})
+
+    async def show(self, request: web.Request) -> web.Response:
+        # Answered from the library alone: Ollama's show never loads the model.
+        body = await read_body(request)
+        model = body.get("model") or body.get("name")
+        if not isinstance(model, str) or model not in self.library():
+            raise EchoError(404, f"model '{model}' not found")
+        details = {**self.ollama_model(model)["details"], "families": ["fake"]}
+        info = {"general.architecture": "fake", "fake.context_length": CONTEXT_LENGTH}
+        document = {
+            "modelfile": f"FROM {model}\n",
+            "parameters": 'stop                           "<|end|>"',
+            "template": "{{ .Prompt }}",
+            "details": details,
+            "model_info": info,
+            "capabilities": ["completion"],
+            "modified_at": rfc3339(self.started),
+        }
+        return web.json_response(document)
+
     async def _embed_ollama(self, request: web.Request) -> web.Response:
         body = await read_body(request)
         texts = body.get("input")
@@ -329,6 +358,8 @@ def create_app(server: FakeOllama, loopback: bool) -> web.Application:
             web.post("/api/chat", server.chat),
             web.post("/api/pull", server.pull),
             web.post("/api/embed", server.api_embed),
+            web.post("/api/embeddings", server.api_embeddings),
+            web.post("/api/show", server.show),
             web.post("/v1/chat/completions", server.chat_completions),
             web.post("/v1/completions", server.completions),
             web.post("/v1/embeddings", server.embeddings),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from helixd.proxy.ollama import BadOllamaRequest, translate
+from helixd.proxy.ollama import BadOllamaRequest, _whole, translate
 from helixd.proxy.ollama import _Answer as Answer
 
 
@@ -59,3 +59,27 @@ def test_token_counts_appear_only_when_the_upstream_reported_them() -> None:
     unknown = answer.final("", None, {})
     assert "eval_count" not in unknown and "prompt_eval_count" not in unknown
     assert unknown["done_reason"] == "stop" and unknown["done"] is True
+
+
+def test_the_older_embeddings_route_sends_one_input_and_answers_one_vector() -> None:
+    t = translate("/api/embeddings", {"model": "m", "prompt": "p", "options": {"seed": 1}})
+    # Sampling options mean nothing to an embedding: not sent.
+    assert (t.openai_path, t.kind, t.stream) == ("/v1/embeddings", "embeddings", False)
+    assert t.body == {"model": "m", "input": ["p"]}
+    answer = Answer("m", "embeddings")
+    assert _whole("embeddings", answer, {"data": [{"embedding": [0.5, 1.0]}]}) == {
+        "embedding": [0.5, 1.0]
+    }
+    assert _whole("embeddings", answer, {"data": []}) == {"embedding": []}
+    with pytest.raises(BadOllamaRequest, match="'prompt' must be a string"):
+        translate("/api/embeddings", {"model": "m", "prompt": ["p"]})
+
+
+def test_embed_sends_its_inputs_and_dimensions_but_no_sampling_options() -> None:
+    t = translate(
+        "/api/embed",
+        {"model": "m", "input": "a", "dimensions": 4, "options": {"temperature": 0.2}},
+    )
+    assert t.body == {"model": "m", "input": ["a"], "dimensions": 4}
+    with pytest.raises(BadOllamaRequest, match="'dimensions' must be a positive integer"):
+        translate("/api/embed", {"model": "m", "input": "a", "dimensions": 0})

@@ -23,14 +23,14 @@ OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 DEMO = "echo-demo"
 
 
-def readme_first_curl() -> str:
-    """The README's first request to the endpoint (the ``sh`` block under "First run")."""
+def readme_curls() -> list[str]:
+    """The README's requests to the endpoint (``sh`` blocks), the First run's first."""
     text = (REPO / "README.md").read_text()
-    section = text.split("## First run", 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"```sh\n(.*?)```", section, re.S)
+    assert "## First run" in text.split("localhost:11400", 1)[0], "First run comes first"
+    blocks = re.findall(r"```sh\n(.*?)```", text, re.S)
     curls = [b for b in blocks if "curl" in b and "localhost:11400" in b]
-    assert curls, "the README's First run section has no curl to the endpoint"
-    return curls[0]
+    assert len(curls) >= 2, "the README's curls to the endpoint are gone"
+    return curls
 
 
 def bare_host_env(tmp_path: Path) -> dict[str, str]:
@@ -68,15 +68,24 @@ def test_the_readme_first_run_answers_on_the_endpoint(helix: Any, tmp_path: Path
     assert "llama.cpp server" not in init.stdout, init.stdout
     h = helix(target.read_text())
 
-    # The README's curl, as written, with the test's port.
-    curl = readme_first_curl().replace("localhost:11400", f"127.0.0.1:{h.proxy_port}")
+    # The README's curls, as written, with the test's port.
+    first, *others = (
+        curl.replace("localhost:11400", f"127.0.0.1:{h.proxy_port}") for curl in readme_curls()
+    )
     answered = subprocess.run(
-        ["bash", "-c", curl], env=env, capture_output=True, text=True, timeout=60
+        ["bash", "-c", first], env=env, capture_output=True, text=True, timeout=60
     )
     assert answered.returncode == 0, answered.stderr
     document = json.loads(answered.stdout)
     assert document["choices"][0]["message"]["content"].startswith("echo:"), document
     assert document["model"] == DEMO
+    for curl in others:
+        answered = subprocess.run(
+            ["bash", "-c", curl], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert answered.returncode == 0, answered.stderr
+        assert answered.stdout.startswith("data: {") and "echo: " in answered.stdout, curl
+        assert answered.stdout.rstrip().endswith("data: [DONE]"), answered.stdout
 
     with OPENER.open(h.proxy_url + "/v1/models", timeout=10) as response:
         listed = [m["id"] for m in json.load(response)["data"]]

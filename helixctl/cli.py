@@ -45,6 +45,27 @@ def status(ctx: Context) -> None:
     show_status(ctx)
 
 
+@cli.command()
+@click.option(
+    "--config",
+    "config_file",
+    metavar="FILE",
+    help="the config to check (default: HELIXD_CONFIG, the running helixd's, the default places)",
+)
+@click.option("--system", "mode", flag_value="system", help="look at the system instance's config")
+@click.option("--user", "mode", flag_value="user", help="look at the user instance's config")
+@pass_ctx
+def diagnose(ctx: Context, config_file: str | None, mode: str | None) -> None:
+    """Why doesn't it work? GPU, config, programs, ports, socket, disk, systemd, endpoint.
+
+    One line per check (ok, info, warning or problem), each problem with its fix; exit 1
+    when any check is a problem.
+    """
+    from helixctl.diagnose import run
+
+    run(ctx, config_file, mode)
+
+
 def _provider_action(ctx: Context, action: str, name: str, wait: bool, timeout: float) -> None:
     query = f"?wait=1&timeout={timeout:g}" if wait else ""
     doc = ctx.call(

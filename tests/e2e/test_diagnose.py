@@ -78,6 +78,7 @@ def test_healthy_helixd_passes_and_the_socket_and_endpoint_are_ok(
     assert port["message"].endswith(f"in use by helixd (pid {h.proc.pid})")
     # NVML through the same import helixd uses: the fake GPU is seen.
     assert checks["nvidia"]["status"] == "ok"
+    assert "550.54.15" in checks["nvidia"]["message"], checks["nvidia"]
     assert checks["gpu0"]["message"].startswith("NVIDIA GeForce RTX 4090 (fake): 24.0 GiB free")
 
 

@@ -6,6 +6,7 @@ implements the subset of nvidia-ml-py 13.x that ``helixd.resources.gpu`` uses, w
 same names, signatures, return shapes and error classes:
 
 - ``nvmlInit``/``nvmlShutdown`` (a reference count, like the real one);
+- ``nvmlSystemGetDriverVersion``, ``nvmlSystemGetNVMLVersion`` → ``str`` (fixed);
 - ``nvmlDeviceGetCount``, ``nvmlDeviceGetHandleByIndex``;
 - ``nvmlDeviceGetName`` → ``str``, ``nvmlDeviceGetUUID`` → ``bytes`` (13.x decodes
   names but not UUIDs);
@@ -273,6 +274,19 @@ def nvmlShutdown() -> None:
         if _refcount <= 0:
             raise NVMLError(NVML_ERROR_UNINITIALIZED)
         _refcount -= 1
+
+
+def nvmlSystemGetDriverVersion() -> str:
+    # nvidia-ml-py 13.x returns these decoded, like device names.
+    _check_init()
+    _fault("nvmlSystemGetDriverVersion")
+    return "550.54.15"
+
+
+def nvmlSystemGetNVMLVersion() -> str:
+    _check_init()
+    _fault("nvmlSystemGetNVMLVersion")
+    return "12.550.54.15"
 
 
 def nvmlDeviceGetCount() -> int:

@@ -3,16 +3,28 @@
 Atomic means: write a temporary file in the same directory, fsync it, rename it over the
 old one, fsync the directory. A crash at any point leaves either the old or the new file,
 never a torn one.
+
+Reading is bounded: a state file is never bigger than :data:`MAX_STATE_BYTES` when helixd
+wrote it, so a bigger one is damage or something foreign and is not read at all.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger("helixd.state")
+
+# The most a state file may hold. What helixd writes is a few KiB (pins and measured
+# sizes, 20 runs per job, the alert book): far below. JSON of this size still parses into
+# at most some tens of MiB of objects; a restore refuses a state/ member above it too.
+MAX_STATE_BYTES = 4 * 1024**2
 
 
 def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o600) -> None:
@@ -66,7 +78,8 @@ class OperatorStops:
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / "operator-stops.json"
         self._boot_id = boot_id()
-        record = read_json(self.path, {})
+        lost = "providers stopped with 'helixctl stop' follow autostart again"
+        record = read_json(self.path, {}, lost=lost)
         same_boot = isinstance(record, dict) and record.get("boot_id") == self._boot_id
         names = record.get("stopped", []) if same_boot else []
         self.stopped: set[str] = {n for n in names if isinstance(n, str)}
@@ -102,7 +115,8 @@ class ResidencyRecord:
 
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / "residency.json"
-        record = read_json(self.path, {})
+        lost = "runtime pins and measured model sizes start over"
+        record = read_json(self.path, {}, lost=lost)
         if not isinstance(record, dict):
             record = {}
         pins = record.get("pins", {})
@@ -138,18 +152,85 @@ class ResidencyRecord:
         atomic_write_json(self.path, {"pins": self.pins, "measured": self.measured})
 
 
-def read_json(path: Path, default: Any) -> Any:
-    """Read a JSON state file; a missing or unreadable one yields ``default``.
+def read_json(
+    path: Path,
+    default: Any,
+    *,
+    lost: str = "helixd starts without what it held",
+    max_bytes: int = MAX_STATE_BYTES,
+) -> Any:
+    """Read a JSON state file; a missing, unreadable, corrupt or oversized one yields
+    ``default``, with a warning that names the file, what was wrong, what became of the
+    file and ``lost`` (what that costs, from the caller).
 
-    State is a cache of what helixd learned, never the only copy of user data, so a
-    corrupt file is replaced rather than fatal; the caller logs that it happened.
+    State is a cache of what helixd learned, never the only copy of user data, so a bad
+    file is replaced rather than fatal. A corrupt one is kept aside as ``NAME.corrupt``
+    (one per state file, replacing an older one: the set stays bounded) for a look. One
+    over ``max_bytes`` is not read and not kept: it is deleted, since a copy would keep
+    its size on disk, and helixd never writes one that big.
     """
     try:
-        return json.loads(path.read_text())
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return default
-    except (OSError, ValueError):
-        broken = path.with_name(path.name + ".corrupt")
-        with contextlib.suppress(OSError):
-            os.replace(path, broken)
-        return default
+    except OSError as exc:
+        return _set_aside(path, default, exc.strerror or str(exc), lost)
+    with os.fdopen(fd, "rb") as src:
+        try:
+            st = os.fstat(src.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                return _set_aside(path, default, "not a regular file", lost)
+            if st.st_size > max_bytes:
+                return _delete_oversized(path, default, st.st_size, max_bytes, lost)
+            raw = src.read(max_bytes + 1)  # it may have grown since the fstat
+            if len(raw) > max_bytes:
+                size = max(len(raw), os.fstat(src.fileno()).st_size)
+                return _delete_oversized(path, default, size, max_bytes, lost)
+        except OSError as exc:
+            return _set_aside(path, default, exc.strerror or str(exc), lost)
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # RecursionError: nesting too deep
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else f"not JSON: {exc}"
+        return _set_aside(path, default, reason, lost)
+
+
+def _set_aside(path: Path, default: Any, reason: str, lost: str) -> Any:
+    """Move a small unreadable state file to ``NAME.corrupt``, say so, yield ``default``."""
+    broken = path.with_name(path.name + ".corrupt")
+    try:
+        os.replace(path, broken)
+        done = f"kept it aside as {broken.name}"
+    except OSError as exc:
+        done = f"could not move it aside ({exc.strerror}); the next save replaces it"
+    log.warning("%s was unreadable (%s); %s; %s", path, reason, done, lost)
+    return default
+
+
+def _delete_oversized(path: Path, default: Any, size: int, cap: int, lost: str) -> Any:
+    """Delete a state file over the cap, unread, say so, yield ``default``."""
+    try:
+        os.unlink(path)
+        done = "deleted it unread"
+    except FileNotFoundError:
+        done = "it is gone already"
+    except OSError as exc:
+        done = f"left it unread (cannot delete it: {exc.strerror}); the next save replaces it"
+    log.warning(
+        "%s is %s, over the %s cap on a helixd state file (helixd writes far smaller "
+        "ones: it is damaged or not helixd's); %s; %s",
+        path,
+        size_text(size),
+        size_text(cap),
+        done,
+        lost,
+    )
+    return default
+
+
+def size_text(n: int) -> str:
+    """``1073741824 bytes (1.0 GiB)``: exact, and readable at a glance."""
+    for unit, scale in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if n >= scale:
+            return f"{n} bytes ({n / scale:.1f} {unit})"
+    return f"{n} bytes"

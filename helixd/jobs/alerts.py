@@ -265,15 +265,9 @@ class AlertBook:
     def _load(self) -> None:
         if self.path is None:
             return
-        existed = self.path.exists()
-        record = read_json(self.path, _UNREADABLE)
+        # read_json says what was wrong with an unreadable file and what became of it.
+        record = read_json(self.path, _UNREADABLE, lost="starting with no alerts")
         if record is _UNREADABLE:
-            if existed:
-                log.warning(
-                    "%s was unreadable (kept as %s.corrupt); starting with no alerts",
-                    self.path,
-                    self.path.name,
-                )
             return
         if not isinstance(record, dict):
             log.warning("%s holds no alert record; starting with no alerts", self.path)

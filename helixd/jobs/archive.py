@@ -3,8 +3,10 @@
 tarfile trusts what an archive says: member names (``../``, absolute paths), types
 (symlinks, hard links, devices) and sizes. ``extractall`` on a crafted archive can write
 anywhere helixd can, or fill the disk. So :func:`verify` never extracts: it streams the
-archive once and checks every member (name, type, size, root, final target) before a
-byte of it is copied, under a neutral name, into a private ``.restore-XXXX`` staging
+archive twice. The first pass writes nothing: it checks every member (name, type, size
+against its own cap and the archive's, the member count, root, final target) from its
+header, so a hostile archive is refused before a byte is written. Only then the second
+pass copies what passed, under neutral names, into a private ``.restore-XXXX`` staging
 folder. Nothing outside that folder is touched; on any refusal the folder goes too. The
 result is a :class:`RestorePlan`; ``backup.apply_restore`` only renames its files into place.
 """
@@ -27,11 +29,19 @@ from pathlib import Path
 from typing import IO, Any, cast
 
 from helixd.jobs.base import JobFailed
+from helixd.state import MAX_STATE_BYTES, size_text
 
 STATE_FILES = ("residency.json",)
 FORMAT = 1
+# The whole archive, inflated: the most a restore stages on disk.
 MAX_BYTES = 4 * 1024**3
 MAX_MEMBERS = 100_000
+# One file. A config is a few KiB of TOML; helixd reads it whole, as it reads state files
+# (MAX_STATE_BYTES, helixd.state), so neither may be bigger than helixd would read. An
+# extra path (Modelfiles, templates, an app's small database) may be bigger, but a single
+# file over this is a model or a data set, not what ``[jobs.backup] paths`` is for.
+MAX_CONFIG_BYTES = 4 * 1024**2
+MAX_EXTRA_FILE_BYTES = 1024**3
 EXTRA_RE = re.compile(r"extra-(0|[1-9][0-9]{0,5})")
 _MAX_MANIFEST = 1024 * 1024
 # tarfile reads a pax or GNU long-name header into memory whole; no genuine one is near this.
@@ -109,6 +119,18 @@ class RestorePlan:
         shutil.rmtree(self.staging, ignore_errors=True)
 
 
+def file_cap(arcname: str) -> tuple[int, str]:
+    """The most bytes the archive member ``arcname`` may hold, and what it is, for messages."""
+    if arcname == "manifest.json":
+        return _MAX_MANIFEST, "manifest.json"
+    top = arcname.split("/", 1)[0]
+    if top == "config":
+        return MAX_CONFIG_BYTES, "the config file"
+    if top == "state":
+        return MAX_STATE_BYTES, "a state file"
+    return MAX_EXTRA_FILE_BYTES, "one file of [jobs.backup] paths"
+
+
 def absolute(path: Path | str) -> Path:
     """``path`` made absolute and normalised lexically: symlinks are not resolved, so the
     string the user wrote in the config stays recognisable in the manifest."""
@@ -163,19 +185,20 @@ def name_problem(name: str) -> str | None:
     return None
 
 
-def check_target(target: Path, root: Path) -> None:
+def check_target(target: Path, root: Path, folders_ok: set[Path] | None = None) -> None:
     """Refuse a target outside ``root``, a folder in its place, or a path that an existing
     symlink or file would carry elsewhere. Called at verify time and again just before
-    the write, as the tree may change in between."""
-    norm = Path(os.path.normpath(target))
-    if norm != target or not norm.is_relative_to(root):
+    the write, as the tree may change in between. ``folders_ok``: parent folders already
+    found safe in this pass (their checks walk the path: with many files in one folder,
+    they would cost far more than the rest of a check); it is filled in as they pass."""
+    if os.path.normpath(target) != os.fspath(target) or not _inside(target, root):
         raise BackupError(f"restore target {target} is outside {root}; {_REFUSED}")
     with contextlib.suppress(FileNotFoundError, NotADirectoryError):
         if stat.S_ISDIR(os.lstat(target).st_mode):
             raise BackupError(
                 f"{target} is a folder now, where the backup has a file; move it away to restore"
             )
-    if target == root:
+    if target == root or (folders_ok is not None and target.parent in folders_ok):
         return
     if not Path(os.path.realpath(target.parent)).is_relative_to(os.path.realpath(root)):
         raise BackupError(
@@ -190,6 +213,15 @@ def check_target(target: Path, root: Path) -> None:
             f"{probe} is a file now, where the backup has a folder holding {target}; "
             "move it away to restore"
         )
+    if folders_ok is not None:
+        folders_ok.add(target.parent)
+
+
+def _inside(path: Path, root: Path) -> bool:
+    """``path`` is ``root`` or below it, lexically (pathlib's is_relative_to, without its
+    cost: verify asks once or twice for each of up to MAX_MEMBERS members)."""
+    text, top = os.fspath(path), os.fspath(root)
+    return text == top or text.startswith(top.rstrip("/") + "/")
 
 
 class _Oversize(Exception):
@@ -236,32 +268,51 @@ def verify(
 
     Raises :class:`BackupError` (naming the member and the reason) for anything a backup
     made by helixd never contains; the roots are not touched, the staging folder is gone.
+    Whatever the first pass refuses (names, types, sizes, counts, targets) is refused
+    before anything is written, the staging folder included.
     """
-    make_private_dirs(staging_parent)
-    staging = Path(tempfile.mkdtemp(prefix=".restore-", dir=staging_parent))
+    check = _ArchiveCheck(
+        archive=archive,
+        config_path=absolute(config_path),
+        state_dir=absolute(state_dir),
+        extras=resolve_extras(config_path, extra_paths),
+        max_bytes=max_bytes,
+        max_members=max_members,
+    )
     try:
-        check = _ArchiveCheck(
-            archive=archive,
-            staging=staging,
-            config_path=absolute(config_path),
-            state_dir=absolute(state_dir),
-            extras=resolve_extras(config_path, extra_paths),
-            max_bytes=max_bytes,
-            max_members=max_members,
-        )
-        check.run()
-        return check.plan()
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        raw = open(archive, "rb")  # noqa: SIM115 - closed by the with below
+    except OSError as exc:
+        raise BackupError(f"cannot read {archive}: {exc.strerror}") from None
+    with raw:
+        check.scan(raw)
+        make_private_dirs(staging_parent)
+        staging = Path(tempfile.mkdtemp(prefix=".restore-", dir=staging_parent))
+        try:
+            check.stage(raw, staging)
+            return check.plan()
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+
+
+@dataclass(frozen=True)
+class _Wanted:
+    """A member the first pass passed for staging, and what the second must find there."""
+
+    name: str
+    size: int
+    type: bytes
+    target: Path
+    root: Path
+    mode: int
+    top: str
 
 
 @dataclass
 class _ArchiveCheck:
-    """One pass over an archive: the checks' running state and the plan taking shape."""
+    """The two passes over an archive: the checks' running state and the plan taking shape."""
 
     archive: Path
-    staging: Path
     config_path: Path
     state_dir: Path
     extras: list[Path]
@@ -279,15 +330,38 @@ class _ArchiveCheck:
     skipped: dict[str, str] = field(default_factory=dict)
     writable: dict[str, bool] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    wanted: dict[int, _Wanted] = field(default_factory=dict)  # by position in the archive
+    folders_ok: set[Path] = field(default_factory=set)  # see check_target
+    roots_now: dict[str, Path] = field(default_factory=dict)  # extra-N: its path, absolute
+    staging: Path | None = None
 
-    def run(self) -> None:
-        try:
-            raw = open(self.archive, "rb")  # noqa: SIM115 - closed by the with below
-        except OSError as exc:
-            raise BackupError(f"cannot read {self.archive}: {exc.strerror}") from None
+    def scan(self, raw: IO[bytes]) -> None:
+        """The first pass: every check, from the headers (and the manifest); writes nothing."""
+        self._walk(raw, self._member)
+        self._finish()
+
+    def stage(self, raw: IO[bytes], staging: Path) -> None:
+        """The second pass: copy the members the first one passed into ``staging``."""
+        self.staging = staging
+        if self.wanted:
+            self._walk(raw, self._stage_member)
+        if len(self.files) != len(self.wanted):
+            raise self._changed()
+
+    def _changed(self) -> BackupError:
+        return BackupError(f"{self.archive} changed while it was being checked; {_REFUSED}")
+
+    def _walk(
+        self,
+        raw: IO[bytes],
+        visit: Callable[[tarfile.TarFile, tarfile.TarInfo, int], bool],
+    ) -> None:
+        """One pass from the archive's start, within the inflation and member caps, calling
+        ``visit`` with each member and its position until it returns False."""
         cap = self.max_bytes + (self.max_members + 2) * _SLACK_PER_MEMBER
         try:
-            with raw, gzip.GzipFile(fileobj=raw, mode="rb") as gz:
+            raw.seek(0)
+            with gzip.GzipFile(fileobj=raw, mode="rb") as gz:
                 capped = cast(IO[bytes], _CappedReader(gz, cap))
                 with tarfile.open(fileobj=capped, mode="r:") as tar:
                     for count, member in enumerate(tar, 1):
@@ -296,7 +370,8 @@ class _ArchiveCheck:
                                 f"{self.archive} has more than {self.max_members} members; "
                                 f"refused; {_REFUSED}"
                             )
-                        self._member(tar, member)
+                        if not visit(tar, member, count):
+                            break
         except _Oversize as exc:
             raise BackupError(f"{self.archive} refused: {exc}; {_REFUSED}") from None
         except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
@@ -304,46 +379,63 @@ class _ArchiveCheck:
             raise BackupError(
                 f"{self.archive} is not a readable backup: {reason}; {_REFUSED}"
             ) from None
-        except OSError as exc:  # the staging folder's disk, most likely
+        except OSError as exc:  # reading the archive, or the staging folder's disk
             raise BackupError(f"checking {self.archive} failed: {exc}") from None
-        self._finish()
 
     def _refuse(self, name: str, reason: str) -> BackupError:
         return BackupError(f"{self.archive}: member {name!r}: {reason}; {_REFUSED}")
 
-    def _member(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+    def _member(self, tar: tarfile.TarFile, member: tarfile.TarInfo, count: int) -> bool:
+        """Check one member (first pass); note it for staging if it is to be restored."""
         name, top = self._checked_name(member)
         if member.isdir():
             # A root's own entry, or a folder in an extra root (its files carry it).
             if name == "manifest.json" or ("/" in name and top in ("config", "state")):
                 raise self._refuse(name, "a folder where only files belong")
-            return
+            return True
         if member.size < 0:
             raise self._refuse(name, "a negative size")
+        cap, what = file_cap(name)
+        if member.size > cap:
+            size, most = size_text(member.size), size_text(cap)
+            raise self._refuse(name, f"{size}, over the {most} cap on {what}")
         self.total += member.size
         if self.total > self.max_bytes:
             raise self._refuse(name, f"the members add up to more than {self.max_bytes} bytes")
         if self.manifest is None:
             self.manifest = self._read_manifest(tar, member)
-            return
+            return True
         if name == "manifest.json":
             raise self._refuse(name, "a second manifest.json")
         self.file_count += 1
         placed = self._target(name)
         if placed is None or placed[0] in self.targets:
-            return  # a skipped root, or a file two overlapping extras both hold
+            return True  # a skipped root, or a file two overlapping extras both hold
         target, root = placed
-        check_target(target, root)
+        check_target(target, root, self.folders_ok)
         if not self._writable(top, name, target, root):
-            return
+            return True
         if os.path.islink(target):
             self.notes.append(f"{target} is a symlink now; the restore replaces the link")
-        staged = self._stage(tar, member, name)
-        if top == "config":
-            staged = self._validate_config(staged)
         self.targets.add(target)
         mode = 0o700 if member.mode & 0o100 else 0o600
-        self.files.append(StagedFile(staged=staged, target=target, mode=mode, root=root))
+        self.wanted[count] = _Wanted(name, member.size, member.type, target, root, mode, top)
+        return True
+
+    def _stage_member(self, tar: tarfile.TarFile, member: tarfile.TarInfo, count: int) -> bool:
+        """Stage one member the first pass chose (second pass); False once all are staged."""
+        wanted = self.wanted.get(count)
+        if wanted is None:
+            return True
+        if (member.name, member.size, member.type) != (wanted.name, wanted.size, wanted.type):
+            raise self._changed()
+        staged = self._stage(tar, member, wanted.name)
+        if wanted.top == "config":
+            staged = self._validate_config(staged)
+        self.files.append(
+            StagedFile(staged=staged, target=wanted.target, mode=wanted.mode, root=wanted.root)
+        )
+        return len(self.files) < len(self.wanted)
 
     def _checked_name(self, member: tarfile.TarInfo) -> tuple[str, str]:
         """The member's name and its top folder, once name, type and layout pass."""
@@ -399,14 +491,14 @@ class _ArchiveCheck:
             self.file_names.add(name)
 
     def _read_manifest(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> dict[str, Any]:
-        if member.size > _MAX_MANIFEST:
-            raise self._refuse("manifest.json", f"over {_MAX_MANIFEST} bytes")
-        src = tar.extractfile(member)
+        src = tar.extractfile(member)  # within file_cap's bound, checked by the caller
         assert src is not None  # a regular file, checked above
         try:
             manifest = json.loads(src.read())
         except ValueError as exc:
             raise self._refuse("manifest.json", f"not valid JSON ({exc})") from None
+        except RecursionError:
+            raise self._refuse("manifest.json", "not valid JSON (nested too deeply)") from None
         return _checked_manifest(manifest, self._refuse)
 
     def _target(self, name: str) -> tuple[Path, Path] | None:
@@ -430,7 +522,7 @@ class _ArchiveCheck:
         kind = self.manifest["kinds"].get(top)
         if recorded is None or kind is None:
             raise self._refuse(name, f"manifest.json lists no root {top}")
-        current = absolute(recorded)
+        current = self.roots_now.get(top) or self.roots_now.setdefault(top, absolute(recorded))
         if current not in self.extras:
             self.skipped.setdefault(
                 top,
@@ -446,13 +538,14 @@ class _ArchiveCheck:
                     f"member is {top}/{current.name}",
                 )
             return current, current
-        target = Path(os.path.normpath(current.joinpath(*rest)))
-        if not target.is_relative_to(current) or target == current:
+        target = Path(os.path.normpath(os.path.join(current, *rest)))
+        if target == current or not _inside(target, current):
             raise self._refuse(name, f"its target {target} is outside {current}")
         return target, current
 
     def _stage(self, tar: tarfile.TarFile, member: tarfile.TarInfo, name: str) -> Path:
         """Copy the member's bytes into the staging folder under a neutral name."""
+        assert self.staging is not None
         staged = self.staging / f"{len(self.files):06d}"
         src = tar.extractfile(member)
         assert src is not None
@@ -474,6 +567,7 @@ class _ArchiveCheck:
         that the messages read as they would for the file itself."""
         from helixd.config import ConfigError, load_config  # config is a layer below jobs
 
+        assert self.staging is not None
         named = self.staging / "config" / self.config_path.name
         named.parent.mkdir(mode=0o700)
         os.rename(staged, named)
@@ -501,7 +595,7 @@ class _ArchiveCheck:
                 self.notes.append(f"{key} was {roots[key]} when backed up; restored to {now}")
 
     def plan(self) -> RestorePlan:
-        assert self.manifest is not None
+        assert self.manifest is not None and self.staging is not None
         # The config goes last: whatever it refers to is in place before it switches.
         files = sorted(self.files, key=lambda f: f.target == self.config_path)
         return RestorePlan(

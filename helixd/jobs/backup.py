@@ -44,12 +44,13 @@ from helixd.jobs.archive import (
     StagedFile,
     absolute,
     check_target,
+    file_cap,
     make_private_dirs,
     name_problem,
     resolve_extras,
     verify,
 )
-from helixd.state import fsync_dir
+from helixd.state import fsync_dir, size_text
 
 __all__ = [
     "STATE_FILES",
@@ -226,6 +227,7 @@ def _collect(
             raise BackupError(
                 f"{extra} {what}; fix [jobs.backup] paths (or create it) and run the backup again"
             )
+    entries = [e for e in entries if _within_cap(e, e.source.stat().st_size, notes)]
     if len(entries) >= MAX_MEMBERS:
         raise BackupError(
             f"the backup would hold {len(entries)} files, more than a restore accepts "
@@ -238,6 +240,25 @@ def _collect(
             "[jobs.backup] paths is for config-sized files, not models"
         )
     return entries, kinds
+
+
+def _within_cap(entry: _Entry, size: int, notes: list[str]) -> bool:
+    """Whether ``entry`` fits its per-file cap (:func:`file_cap`: a restore refuses a member
+    over it). A state file over it is left out with a note, as helixd would not read it
+    either; a config or an extra path over it fails the backup, naming the file."""
+    cap, what = file_cap(entry.arcname)
+    if size <= cap:
+        return True
+    over = f"{size_text(size)}, over the {size_text(cap)} cap on {what}"
+    if entry.arcname.startswith("state/"):
+        notes.append(f"skipped {entry.source}: {over} (helixd does not read it either)")
+        return False
+    if entry.arcname.startswith("config/"):
+        raise BackupError(f"{entry.source} is {over}: that is no helixd config; check the file")
+    raise BackupError(
+        f"{entry.source} is {over}; [jobs.backup] paths is for config-sized files, "
+        "not models: remove it from paths"
+    )
 
 
 def _walk(folder: Path, prefix: str, dest: Path, notes: list[str]) -> list[_Entry]:
@@ -312,6 +333,12 @@ def _add_file(tar: tarfile.TarFile, entry: _Entry) -> None:
         st = os.fstat(src.fileno())
         if not stat.S_ISREG(st.st_mode):
             raise BackupError(f"{entry.source} is no longer a regular file; run the backup again")
+        cap, _ = file_cap(entry.arcname)
+        if st.st_size > cap:
+            raise BackupError(
+                f"{entry.source} grew past {size_text(cap)} while the backup ran, more than "
+                "a restore accepts for it; run the backup again"
+            )
         mode = 0o700 if st.st_mode & stat.S_IXUSR else 0o600
         try:
             tar.addfile(_tarinfo(entry.arcname, st.st_size, mode, st.st_mtime), src)

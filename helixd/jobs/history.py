@@ -69,7 +69,8 @@ class JobHistory:
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self.runs: dict[str, list[JobRun]] = {}
-        record = read_json(path, {}) if path is not None else {}
+        lost = "the job history starts empty"
+        record = read_json(path, {}, lost=lost) if path is not None else {}
         for name, runs in record.items() if isinstance(record, dict) else ():
             loaded = [r for r in map(JobRun.from_json, runs if isinstance(runs, list) else ()) if r]
             if loaded:

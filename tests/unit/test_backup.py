@@ -7,6 +7,7 @@ staging folder behind.
 
 from __future__ import annotations
 
+import builtins
 import errno
 import gzip
 import io
@@ -16,7 +17,7 @@ import random
 import re
 import stat
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,8 +27,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from helixd.jobs import archive as archive_module
 from helixd.jobs import backup
-from helixd.jobs.archive import MAX_BYTES
+from helixd.jobs.archive import (
+    MAX_BYTES,
+    MAX_CONFIG_BYTES,
+    MAX_EXTRA_FILE_BYTES,
+    MAX_MEMBERS,
+)
 from helixd.jobs.backup import (
     BackupError,
     BackupInfo,
@@ -39,6 +46,7 @@ from helixd.jobs.backup import (
     prune,
     verify,
 )
+from helixd.state import MAX_STATE_BYTES
 
 NOW = datetime(2026, 11, 24, 3, 0, 0, tzinfo=UTC)
 CONFIG = '[providers.demo]\nkind = "echo"\n'
@@ -555,6 +563,10 @@ HOSTILE: dict[str, tuple[Callable[[Site], Path], str]] = {
         lambda s: _archive(s, [_file("manifest.json", b"{not json"), _good()], manifest={}),
         "member 'manifest.json': not valid JSON",
     ),
+    "deep-manifest": (
+        lambda s: _archive(s, [_file("manifest.json", b"[" * 100_000), _good()], manifest={}),
+        "member 'manifest.json': not valid JSON (nested too deeply)",
+    ),
     "wrong-format": (
         lambda s: _archive(s, [_good()], _manifest(s, format=2)),
         "member 'manifest.json': format 2; this helixd reads format 1",
@@ -660,6 +672,221 @@ def test_too_many_members_are_refused(site: Site) -> None:
     with pytest.raises(BackupError, match="more than 3 members"):
         site.verify(_archive(site, members, manifest), max_members=3)
     assert site.staging_left() == []
+
+
+# ---- per-file caps and the write-nothing first pass ------------------------------------
+
+MiB = 1024**2
+GiB = 1024**3
+
+
+def _forbid_writes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """From now on, creating or opening for writing any file or folder fails the test at
+    once (an AssertionError, which no refusal path catches): the proof that a check wrote
+    nothing, not even its staging folder, and a fast failure where it would have."""
+    attempts: list[str] = []
+    real_open, real_os_open = builtins.open, os.open
+
+    def guarded_open(file: Any, mode: str = "r", *args: Any, **kw: Any) -> Any:
+        if any(c in mode for c in "wax+"):
+            attempts.append(f"open {file} {mode}")
+            raise AssertionError(f"wrote {file} during the check")
+        return real_open(file, mode, *args, **kw)
+
+    def guarded_os_open(path: Any, flags: int, *args: Any, **kw: Any) -> int:
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            attempts.append(f"os.open {path}")
+            raise AssertionError(f"wrote {path} during the check")
+        return real_os_open(path, flags, *args, **kw)
+
+    def guarded_mkdir(path: Any, *args: Any, **kw: Any) -> None:
+        attempts.append(f"mkdir {path}")
+        raise AssertionError(f"created {path} during the check")
+
+    monkeypatch.setattr(builtins, "open", guarded_open)
+    monkeypatch.setattr(os, "open", guarded_os_open)
+    monkeypatch.setattr(os, "mkdir", guarded_mkdir)  # mkdtemp and makedirs go through it
+    return attempts
+
+
+def _header(name: str, size: int) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode = size, 0o600
+    return info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
+
+
+def _member_bytes(name: str, data: bytes) -> bytes:
+    return _header(name, len(data)) + data + b"\0" * (-len(data) % 512)
+
+
+def _zeros_gz(n: int) -> bytes:
+    """``n`` zero bytes as concatenated gzip members (gzip readers join them), built from
+    one compressed MiB repeated: a GiB costs about a MB and no time to make."""
+    mib = gzip.compress(b"\0" * MiB, compresslevel=9)
+    tail = gzip.compress(b"\0" * (n % MiB)) if n % MiB else b""
+    return mib * (n // MiB) + tail
+
+
+def _with_big_member(
+    site: Site, name: str, size: int, manifest: dict[str, Any] | None = None, as_: str = ""
+) -> Path:
+    """manifest.json, the config (unless ``name`` is the config), then ``name`` holding
+    ``size`` zeros: a whole, valid archive (every byte of the member is there), cheap to
+    build whatever ``size``; in ``incoming/as_`` when given."""
+    manifest = manifest or _manifest(site)
+    config = (
+        b"" if name.startswith("config/") else _member_bytes("config/helixd.toml", CONFIG.encode())
+    )
+    manifest["files"] = 2 if config else 1
+    head = _member_bytes("manifest.json", json.dumps(manifest).encode()) + config
+    head += _header(name, size)
+    padding_and_end = b"\0" * (-size % 512) + b"\0" * 1024
+    path = _write(site, gzip.compress(head) + _zeros_gz(size) + gzip.compress(padding_and_end))
+    return path.rename(path.with_name(as_)) if as_ else path
+
+
+def test_a_gigabyte_state_file_in_a_megabyte_archive_is_refused_before_anything_is_written(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The user's archive: 1 MB on disk, a 1 GiB state/residency.json inside (it used to be
+    staged, restored, then read whole by helixd)."""
+    archive = _with_big_member(site, "state/residency.json", GiB)
+    assert archive.stat().st_size < 2 * MiB
+    before = site.snapshot()
+    attempts = _forbid_writes(monkeypatch)
+    with pytest.raises(BackupError) as err:
+        site.verify(archive)
+    assert attempts == []
+    assert str(err.value) == (
+        f"{archive}: member 'state/residency.json': 1073741824 bytes (1.0 GiB), over the "
+        f"{MAX_STATE_BYTES} bytes (4.0 MiB) cap on a state file; nothing was restored; "
+        "pick another backup from 'helixctl backup list'"
+    )
+    monkeypatch.undo()
+    assert site.snapshot() == before and site.staging_left() == []
+
+
+def test_each_kind_of_member_has_its_own_cap(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    over_config = _with_big_member(
+        site, "config/helixd.toml", MAX_CONFIG_BYTES + 1, as_="config.tar.gz"
+    )
+    folder = _manifest(site, roots={"extra-0": str(site.folder)}, kinds={"extra-0": "folder"})
+    over_extra = _with_big_member(
+        site, "extra-0/big.bin", MAX_EXTRA_FILE_BYTES + 1, folder, as_="extra.tar.gz"
+    )
+    at_cap = _with_big_member(site, "state/residency.json", MAX_STATE_BYTES, as_="cap.tar.gz")
+    before = site.snapshot()
+    attempts = _forbid_writes(monkeypatch)
+    with pytest.raises(BackupError) as err:
+        site.verify(over_config)
+    assert (
+        "member 'config/helixd.toml': 4194305 bytes (4.0 MiB), over the 4194304 bytes "
+        "(4.0 MiB) cap on the config file; nothing was restored"
+    ) in str(err.value)
+    with pytest.raises(BackupError) as err:
+        site.verify(over_extra)
+    assert (
+        "member 'extra-0/big.bin': 1073741825 bytes (1.0 GiB), over the 1073741824 bytes "
+        "(1.0 GiB) cap on one file of [jobs.backup] paths; nothing was restored"
+    ) in str(err.value)
+    assert attempts == []
+    monkeypatch.undo()
+    plan = site.verify(at_cap)  # the cap itself is allowed
+    assert [f.target for f in plan.files] == [site.state / "residency.json", site.config]
+    plan.discard()
+    assert site.snapshot() == before and site.staging_left() == []
+
+
+def _tiny_members(prefix: str, count: int) -> Iterator[bytes]:
+    """``count`` one-byte members ``<prefix>000000``…: one header made by tarfile, then
+    only its name digits and checksum change (tarfile's tobuf per member is slow)."""
+    first = bytearray(_member_bytes(f"{prefix}{0:06d}", b"x"))
+    at = len(prefix)
+    first[148:156] = b" " * 8  # the checksum counts its own field as spaces
+    base = sum(first[:512]) - sum(first[at : at + 6])
+    for i in range(count):
+        digits = b"%06d" % i
+        first[at : at + 6] = digits
+        first[148:156] = b"%06o\0 " % (base + sum(digits))
+        yield bytes(first)
+
+
+def test_a_hundred_thousand_and_one_tiny_members_are_refused_before_anything_is_staged(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The user's other archive: 100,001 members, every one of them fine but the count.
+    The member cap is met in the pass that writes nothing (it used to be met after
+    staging and fsyncing 100,000 files)."""
+    tiny = MAX_MEMBERS - 1  # with manifest.json and the config: MAX_MEMBERS + 1 members
+    manifest = _manifest(
+        site, roots={"extra-0": str(site.folder)}, kinds={"extra-0": "folder"}, files=tiny + 1
+    )
+    tar = bytearray(_member_bytes("manifest.json", json.dumps(manifest).encode()))
+    tar += _member_bytes("config/helixd.toml", CONFIG.encode())
+    tar += b"".join(_tiny_members("extra-0/f", tiny)) + b"\0" * 1024
+    archive = _write(site, gzip.compress(bytes(tar), compresslevel=1))
+    before = site.snapshot()
+    attempts = _forbid_writes(monkeypatch)
+    with pytest.raises(BackupError) as err:
+        site.verify(archive)
+    assert attempts == []
+    assert str(err.value) == (
+        f"{archive} has more than {MAX_MEMBERS} members; refused; nothing was restored; "
+        "pick another backup from 'helixctl backup list'"
+    )
+    monkeypatch.undo()
+    assert site.snapshot() == before and site.staging_left() == []
+
+
+def test_an_archive_changed_between_the_passes_is_refused(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second pass stages only what the first one checked, where it checked it."""
+    swapped = _archive(site, [_good(), _file("state/residency.json", b'{"pins": {}}')])
+    swapped_bytes = swapped.read_bytes()
+    checked = _archive(site, [_good(), _file("state/residency.json", b"{}")])  # same path
+    real_scan = archive_module._ArchiveCheck.scan
+
+    def scan_then_swap(self: Any, raw: Any) -> None:
+        real_scan(self, raw)
+        with open(self.archive, "r+b") as out:  # the same file, rewritten in place
+            out.write(swapped_bytes)
+            out.truncate()
+
+    monkeypatch.setattr(archive_module._ArchiveCheck, "scan", scan_then_swap)
+    before = site.snapshot()
+    with pytest.raises(BackupError, match="changed while it was being checked"):
+        site.verify(checked)
+    assert site.snapshot() == before and site.staging_left() == []
+
+
+def test_a_backup_leaves_out_an_oversized_state_file_and_refuses_an_oversized_extra(
+    site: Site,
+) -> None:
+    """create_backup never makes an archive its own restore would refuse."""
+    residency = site.state / "residency.json"
+    os.truncate(residency, MAX_STATE_BYTES + 1)  # sparse: no disk, nothing to read
+    info = site.create()
+    assert any(
+        n.startswith(f"skipped {residency}: 4194305 bytes (4.0 MiB), over the ")
+        and "cap on a state file (helixd does not read it either)" in n
+        for n in info.notes
+    )
+    with tarfile.open(info.path, "r:gz") as tar:
+        assert "state/residency.json" not in tar.getnames()
+    apply_restore(site.verify(info.path))
+
+    big = site.folder / "model.gguf"
+    big.touch()
+    os.truncate(big, MAX_EXTRA_FILE_BYTES + 1)
+    with pytest.raises(BackupError) as err:
+        site.create(now=NOW + timedelta(days=1))
+    assert str(err.value) == (
+        f"{big} is 1073741825 bytes (1.0 GiB), over the 1073741824 bytes (1.0 GiB) cap on "
+        "one file of [jobs.backup] paths; [jobs.backup] paths is for config-sized files, "
+        "not models: remove it from paths"
+    )
+    assert [b.id for b in list_backups(site.dest)] == [info.id]
 
 
 # ---- retention ------------------------------------------------------------------------

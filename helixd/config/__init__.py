@@ -39,6 +39,7 @@ from helixd.paths import Mode, default_paths
 
 __all__ = [
     "FOREVER",
+    "MAX_CONFIG_BYTES",
     "MODEL_PLACEHOLDERS",
     "PROCESS_PLACEHOLDERS",
     "PROVIDER_KINDS",
@@ -146,11 +147,16 @@ def _resolve(config_path: Path, value: Path | None) -> Path | None:
     return value if value.is_absolute() else (config_path.parent / value).resolve()
 
 
+# A config is a few KiB of TOML; anything past this is not one (and is not read whole).
+MAX_CONFIG_BYTES = 4 * 1024**2
+
+
 def load_config(path: Path | str) -> LoadedConfig:
     """Read and validate ``path``; raise :class:`ConfigError` with a precise message."""
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as file:
+            raw = file.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(
             f"{path}: no such file; create one with 'helixctl init' "
@@ -158,6 +164,11 @@ def load_config(path: Path | str) -> LoadedConfig:
         ) from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"{path}: larger than {MAX_CONFIG_BYTES // 1024**2} MiB, which no config is; "
+            "is this the right file?"
+        )
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, cast
 
+from helixd.config import MAX_CONFIG_BYTES
 from helixd.jobs.base import JobFailed
 from helixd.state import MAX_STATE_BYTES, size_text
 
@@ -36,11 +37,11 @@ FORMAT = 1
 # The whole archive, inflated: the most a restore stages on disk.
 MAX_BYTES = 4 * 1024**3
 MAX_MEMBERS = 100_000
-# One file. A config is a few KiB of TOML; helixd reads it whole, as it reads state files
-# (MAX_STATE_BYTES, helixd.state), so neither may be bigger than helixd would read. An
+# One file. A config is a few KiB of TOML; helixd reads it whole, as it reads state files,
+# each with a cap (MAX_CONFIG_BYTES, helixd.config; MAX_STATE_BYTES, helixd.state), so
+# neither may be bigger than helixd would read. An
 # extra path (Modelfiles, templates, an app's small database) may be bigger, but a single
 # file over this is a model or a data set, not what ``[jobs.backup] paths`` is for.
-MAX_CONFIG_BYTES = 4 * 1024**2
 MAX_EXTRA_FILE_BYTES = 1024**3
 EXTRA_RE = re.compile(r"extra-(0|[1-9][0-9]{0,5})")
 _MAX_MANIFEST = 1024 * 1024

@@ -299,3 +299,14 @@ def test_model_mistakes_name_the_key_and_the_fix(tmp_path: Path, text: str, expe
 def test_route_and_proxy_mistakes_name_the_key(tmp_path: Path, text: str, expected: str) -> None:
     coder = '[models.coder]\nprovider = "llama"\npath = "/m.gguf"\nctx = 512\n'
     assert _error(tmp_path, LLAMA + coder + text) == expected
+
+
+def test_a_file_far_too_big_for_a_config_is_refused_unread(tmp_path: Path) -> None:
+    path = tmp_path / "helixd.toml"
+    with path.open("wb") as file:  # sparse: no gigabyte written
+        file.truncate(1024**3)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == (
+        f"{path}: larger than 4 MiB, which no config is; is this the right file?"
+    )

@@ -393,6 +393,46 @@ def init(
     ctx.emit({"file": str(path), "found": found, "todo": todo}, "\n".join(human))
 
 
+@cli.group()
+def export() -> None:
+    """Write configs for other tools from what helixd serves."""
+
+
+@export.command("litellm")
+@click.option(
+    "--host",
+    "hosts",
+    multiple=True,
+    metavar="URL",
+    help="another helixd's endpoint, e.g. http://gpu2:11400 (repeatable)",
+)
+@click.option(
+    "--key-env",
+    metavar="VAR",
+    help="environment variable holding the endpoints' API key (the config refers to it)",
+)
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="write to FILE")
+@click.option("--no-local", is_flag=True, help="leave out the helixd on this host's socket")
+@click.option(
+    "--prefer-loaded",
+    is_flag=True,
+    help="health checks pass only where the model is loaded, so LiteLLM prefers those hosts",
+)
+@pass_ctx
+def export_litellm(
+    ctx: Context,
+    hosts: tuple[str, ...],
+    key_env: str | None,
+    output: str | None,
+    no_local: bool,
+    prefer_loaded: bool,
+) -> None:
+    """A LiteLLM proxy config with this helixd's models and those of each --host."""
+    from helixctl.export import run_litellm
+
+    run_litellm(ctx, hosts, key_env, output, not no_local, prefer_loaded)
+
+
 # The operations commands (jobs, run, backup, alerts) register themselves on ``cli``.
 from helixctl import ops  # noqa: E402, F401
 

@@ -32,6 +32,7 @@ from helixd.proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from helixd.proxy.metrics import Metrics
 from helixd.proxy.ollama import ollama_error, relay_ollama
 from helixd.proxy.ollama_front import OllamaFront
+from helixd.proxy.readiness import GatewayHealth
 from helixd.proxy.relay import EarlyStream, UpstreamRejected, UpstreamUnreachable, relay
 from helixd.proxy.routing import Attempts, Router
 from helixd.proxy.spend import Spending, UsageSniffer
@@ -56,6 +57,7 @@ class ProxyServer:
         self._session: aiohttp.ClientSession | None = None
         self.router = Router(residency.models)
         self.health = ModelHealth()
+        self.readiness = GatewayHealth(self)
         self.metrics = Metrics(residency)
         self.spend = Spending(state_dir / "spend.json" if state_dir is not None else None)
         residency.on_load = self._observe_load
@@ -74,6 +76,7 @@ class ProxyServer:
         for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
             app.router.add_post(path, self.forward)
         OllamaFront(self).add_routes(app)
+        self.readiness.add_routes(app)
         return app
 
     async def start(self) -> None:
@@ -125,6 +128,7 @@ class ProxyServer:
             "url": f"http://{self.host}:{self.port}",
             "cooling_down": self.health.cooling_report(),
             "spend": self.spend.report(),
+            "routes": {r: self.router.describe_route(r) for r in self.router.routes},
         }
 
     # -- middleware --------------------------------------------------------------------
@@ -204,8 +208,11 @@ class ProxyServer:
         helix: dict[str, Any] = {"state": str(entry.state), "provider": entry.adapter.provider}
         if alias is not None:
             helix["alias_of"] = model
-        elif aliases := self.router.aliases_of(model):
-            helix["aliases"] = aliases
+        else:  # a gateway's fields; an alias's are on its model's card
+            if aliases := self.router.aliases_of(model):
+                helix["aliases"] = aliases
+            helix["readiness"] = self.readiness.of_model(model)
+            helix["max_concurrency"] = entry.config.max_concurrency
         return {
             "id": alias or model,
             "object": "model",

@@ -7,10 +7,13 @@ BIN    := $(VENV)/bin
 RUN_STAMP  := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
 USER_CONFIG := $(or $(HELIXD_CONFIG),$(or $(XDG_CONFIG_HOME),$(HOME)/.config)/helixd/helixd.toml)
+# llama.cpp's own llama-server, built from the pinned llama-cpp-python sdist into a cache
+# outside the repository (~/.cache/helixd/llama-server-VERSION); the script prints its path.
+LLAMA_SERVER_BUILD := tests/tools/build_llama_server.sh
 # Debian packages the system tests need (systemd-analyze, debootstrap, systemd-nspawn).
 SYSTEM_TEST_DEBS := systemd debootstrap systemd-container
 
-.PHONY: run test test-fast lint typecheck bench system-deps deb clean
+.PHONY: run test test-fast llama-server lint typecheck bench system-deps deb clean
 
 # Two install levels: `make run` installs helixd and its runtime dependencies only (a
 # minute or so); `make test` adds the test extras, which include llama-cpp-python, built
@@ -37,12 +40,18 @@ run: $(RUN_STAMP)
 	$(BIN)/helixd --user --config "$(USER_CONFIG)"
 
 ## The whole test suite: unit, process, e2e and system (boots a Debian root when root).
-test: $(TEST_STAMP) system-deps
-	HELIXD_TEST_REAL_PROVIDERS=1 $(BIN)/pytest
+test: $(TEST_STAMP) system-deps llama-server
+	HELIXD_TEST_LLAMA_SERVER="$$($(LLAMA_SERVER_BUILD) --path)" HELIXD_TEST_REAL_PROVIDERS=1 \
+	  $(BIN)/pytest
 
 ## Everything but the system tests.
 test-fast: $(TEST_STAMP)
 	$(BIN)/pytest -m "not system"
+
+## llama.cpp's llama-server, CPU only, for the real-server tests: built once (about
+## 8 minutes on 2 cores, download included), then reused from the cache at once.
+llama-server: $(RUN_STAMP)
+	PYTHON=$(BIN)/python $(LLAMA_SERVER_BUILD)
 
 system-deps:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \

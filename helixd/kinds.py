@@ -16,6 +16,9 @@ class KindDefaults:
     command: tuple[str, ...] | None
     health_path: str | None
     health_tcp: bool = False
+    # Probed instead of ``health_path`` once the server answers 404 there (it has no such
+    # route); only when the provider does not set health.path itself.
+    health_fallback_path: str | None = None
     env: dict[str, str] = field(default_factory=dict)
     # Replaces the provider default of 60 s unless the provider sets start_seconds.
     start_seconds: float | None = None
@@ -49,10 +52,36 @@ _KINDS: dict[str, KindDefaults] = {
     "llamacpp": KindDefaults(
         command=None,
         health_path="/health",
+        # llama.cpp's llama-server answers /health (503 while loading); llama-cpp-python's
+        # server (python -m llama_cpp.server), which this kind also covers, has no /health
+        # and answers 404 there, but both answer /v1/models (llama-server with the same
+        # 503 while loading). A 404 is the server itself saying the route does not exist,
+        # so falling back on it works however the server is launched (a wrapper script, a
+        # container, uvicorn on llama_cpp.server.app), where recognising llama_cpp.server
+        # in the command would miss those and misfire on commands that merely mention it.
+        health_fallback_path="/v1/models",
         example=(
             "['llama-server', '-m', '{model_path}', '--host', '{host}', '--port', '{port}', "
             "'-c', '{ctx}', '-ngl', '{gpu_layers}']"
         ),
+    ),
+    "llamacpp-router": KindDefaults(
+        command=("llama-server",),
+        health_path="/health",
+        # llama-server without a model is a router (helixd.providers.llama_router): its
+        # models come from the preset file helixd writes, and helixd decides what is
+        # resident, so the router never evicts (models-max 0: no limit) nor loads a model
+        # a request names (autoload off). Children inherit the environment: CUDA numbers
+        # devices as NVML does, so the preset's CUDA<i> is helixd's GPU i.
+        env={
+            "LLAMA_ARG_HOST": "{host}",
+            "LLAMA_ARG_PORT": "{port}",
+            "LLAMA_ARG_MODELS_PRESET": "{state_dir}/{name}.models.ini",
+            "LLAMA_ARG_MODELS_MAX": "0",
+            "LLAMA_ARG_MODELS_AUTOLOAD": "false",
+            "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+        },
+        example="['/opt/llama.cpp/bin/llama-server']",
     ),
     "vllm": KindDefaults(
         command=None,

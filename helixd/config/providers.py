@@ -12,14 +12,32 @@ from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from helixd.config.types import ByteSize, Seconds, Strict, parse_duration_s
 
-PROVIDER_KINDS = ("echo", "ollama", "llamacpp", "vllm", "localai", "tabbyapi", "openai", "remote")
+PROVIDER_KINDS = (
+    "echo",
+    "ollama",
+    "llamacpp",
+    "llamacpp-router",
+    "vllm",
+    "localai",
+    "tabbyapi",
+    "openai",
+    "remote",
+)
 ProviderKind = Literal[
-    "echo", "ollama", "llamacpp", "vllm", "localai", "tabbyapi", "openai", "remote"
+    "echo",
+    "ollama",
+    "llamacpp",
+    "llamacpp-router",
+    "vllm",
+    "localai",
+    "tabbyapi",
+    "openai",
+    "remote",
 ]
 
 # Kinds whose one server loads and unloads many models through its API (an adapter
 # drives them); any other provider-level command serves no configured models.
-MULTI_MODEL_KINDS = ("remote", "ollama", "localai", "tabbyapi")
+MULTI_MODEL_KINDS = ("remote", "ollama", "llamacpp-router", "localai", "tabbyapi")
 # Kinds whose server may want an API key (``api_key_env``).
 KEYED_KINDS = ("remote", "localai", "tabbyapi")
 

@@ -157,16 +157,18 @@ class ControlAPI:
             return error(400, "bad_request", "timeout must be a number of seconds from 0 to 86400")
         self._audit(request, f"{action} {name}")
         # One change at a time: a reload must not replace a process under our feet.
+        generation = None
         async with self.backend.supervisor.lock:
             if action == "stop":
                 await process.stop()
             elif action == "start":
-                await process.start()
+                generation = await process.start()
             else:
-                await process.restart()
+                generation = await process.restart()
             self.backend.operator_stopped(name, action == "stop")
         if wait and action != "stop":
-            state = await process.wait_settled(timeout)
+            # The outcome of this start, never an earlier one (the `failed` it replaces).
+            state = await process.wait_settled(timeout, generation)
             if state in (ProcessState.FAILED, ProcessState.STOPPED):
                 info = process.info()
                 why = info["message"] or "it exited"

@@ -8,16 +8,22 @@ not restarted by the supervisor: when it dies the scheduler hears of it and deci
 Checked against the real llama-cpp-python 0.3.36 server (``python -m llama_cpp.server``,
 which the end-to-end tests run with a tiny generated GGUF model: load, RAM measured from
 its process, chat, eviction, a broken file's own error), and against llama.cpp's
-``llama-server`` as its ``tools/server`` README describes it at 00dc805 (503 "Loading
-model" on every endpoint until the model is loaded, which the start probe waits out)
-through the protocol fake ``tests/fakes/llama_server.py``; ``llama-server`` itself is not
-built on the test machine. vLLM's specifics are in :mod:`helixd.providers.vllm`.
+``llama-server`` itself, built from the llama.cpp tree llama-cpp-python 0.3.36 vendors
+(``make llama-server``; ``tests/e2e/test_llama_server_real.py``: 503 "Loading model" on
+every endpoint until the model is loaded, which the start probe waits out; its own words
+when a model does not load; a connection it ends after every streamed answer), which the
+protocol fake ``tests/fakes/llama_server.py`` follows. Kind ``llamacpp`` serves both
+without a health key: it probes ``/health`` and, once that answers 404 (llama-cpp-python's
+server has none), ``/v1/models`` (see :mod:`helixd.kinds`). vLLM's specifics are in
+:mod:`helixd.providers.vllm`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import re
+from collections.abc import Sequence
 from typing import Any
 
 from helixd.config import DaemonPaths, ProviderConfig
@@ -31,6 +37,28 @@ log = logging.getLogger("helixd.providers")
 
 LOAD_LOG_TAIL = 20
 _SERVING = frozenset({ProcessState.READY, ProcessState.UNHEALTHY})
+
+
+# What a server says when it gives up: the first such line of its last words is the
+# cause (llama-server follows "gguf_init_from_reader: invalid magic characters …" with
+# several "failed to load model" lines and "exiting due to model loading error").
+_TELLING = re.compile(r"error|failed|invalid|unable|cannot|not found|no such|out of memory", re.I)
+# llama.cpp's log prefix: time since start and level ("0.00.006.346 E ").
+_LLAMA_PREFIX = re.compile(r"^\d+\.\d+\.\d+\.\d+ ([A-Z]) ")
+
+
+def telling_line(lines: Sequence[str]) -> str | None:
+    """The line of a server's last words that says why it stopped; None if none does.
+
+    llama.cpp's first error-level line when it marks levels, else the first line with
+    words of failure; without llama.cpp's time-and-level prefix.
+    """
+    marked = [(m.group(1), line[m.end() :]) for line in lines if (m := _LLAMA_PREFIX.match(line))]
+    said = next((text for level, text in marked if level == "E"), None)
+    if said is None:
+        said = next((line for line in lines if _TELLING.search(line)), None)
+        said = _LLAMA_PREFIX.sub("", said) if said is not None else None
+    return said.strip() if said is not None else None
 
 
 def process_name(provider: str, model: str) -> str:
@@ -86,8 +114,17 @@ class ProcessPerModelAdapter(ModelAdapter):
             extra_env={**kind_env, **env},
         )
         # The scheduler, not the supervisor, brings a dead model back (it must re-check
-        # memory first); one failed start is a failed load.
-        return dataclasses.replace(spec, restart="never", start_retries=0, autostart=False)
+        # memory first); one failed start is a failed load. The process's note says so
+        # rather than quote a start_retries = 0 or restart = never the config never said.
+        one_run = (
+            f"a model's server is started once per load, never restarted by the supervisor "
+            f"(providers.{self.provider}.start_retries = {self.config.start_retries} and "
+            f'restart = "{self.config.restart}" do not apply); '
+            f"helixctl load {target.name} starts it again"
+        )
+        return dataclasses.replace(
+            spec, restart="never", start_retries=0, autostart=False, one_run=one_run
+        )
 
     def launch_extras(self, target: ModelTarget) -> tuple[tuple[str, ...], dict[str, str]]:
         """Arguments and environment a provider kind adds for this model (vLLM's sleep)."""
@@ -111,13 +148,22 @@ class ProcessPerModelAdapter(ModelAdapter):
             self._serving.add(target.name)
             return
         tail = [line.text for line in process.sink.tail(LOAD_LOG_TAIL)]
-        if process.last_exit is not None:
-            why = describe_exit(process.last_exit)
+        last_exit, detail = process.last_exit, ""
+        if last_exit is not None and last_exit.reason == "start-timeout":
+            # What the probes answered goes last: it ends with the fix.
+            why = f"did not become ready within start_seconds ({spec.start_seconds:g} s)"
+            detail = f": {last_exit.detail}" if last_exit.detail else ""
+        elif last_exit is not None:
+            why = describe_exit(last_exit)
+            lines = process.sink.tail(LOAD_LOG_TAIL)
+            own = [line.text for line in lines if line.stream != "helixd"]
+            said = telling_line(own)  # the server's own words, after helixd's
+            detail = f": {said}" if said else ""
         else:
             why = process.message or f"ended {state}"
         await self.unload(target.name)
         raise LoadError(
-            f"{spec.name} {why} while loading; see helixctl logs {spec.name}",
+            f"{spec.name} {why} while loading{detail}; see helixctl logs {spec.name}",
             out_of_memory=says_out_of_memory(tail),
             log_tail=tail,
         )
@@ -151,6 +197,17 @@ class ProcessPerModelAdapter(ModelAdapter):
     def upstream_model(self, model: str) -> str:
         """The model's id as its own server knows it (``id``, default: the name)."""
         return self._upstream_ids.get(model, model)
+
+    def upstream_headers(self, model: str) -> dict[str, str]:
+        """One connection per request to llama.cpp's server.
+
+        llama-server closes the connection after a streamed answer although its headers
+        promise keep-alive (no ``Connection: close``); a pooled connection reused after
+        one fails the next request before it is sent (a retry, or a 502 under load). A
+        fresh loopback connection per request costs a fraction of a millisecond (the warm
+        overhead in ``bench/vs_llamacpp_router.py``).
+        """
+        return {"Connection": "close"} if self.config.kind == "llamacpp" else {}
 
     def memory_pids(self, model: str) -> list[int]:
         """The model's server process (its tree holds the model's memory)."""

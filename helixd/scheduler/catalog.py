@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from helixd.config import DaemonPaths, HelixConfig, ModelConfig, ProviderConfig
 from helixd.providers.base import ModelAdapter
 from helixd.providers.estimate import EstimateError, estimate_path
+from helixd.providers.llama_router import LlamaRouterAdapter
 from helixd.providers.localai import LocalAIAdapter
 from helixd.providers.ollama import OllamaAdapter
 from helixd.providers.one_server import OneServerAdapter
@@ -59,11 +60,15 @@ def build_adapters(
         else:  # config refuses models on any other one-server provider
             one_server = _ONE_SERVER[provider.kind]
             adapters[name] = one_server(name, provider, functools.partial(servers, name))
+        adapter = adapters[name]
+        if isinstance(adapter, LlamaRouterAdapter):
+            adapter.ensure_preset()  # llama-server will not start without it
     return adapters
 
 
 _ONE_SERVER: dict[str, type[OneServerAdapter]] = {
     "ollama": OllamaAdapter,
+    "llamacpp-router": LlamaRouterAdapter,
     "localai": LocalAIAdapter,
     "tabbyapi": TabbyAdapter,
 }

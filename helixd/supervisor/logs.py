@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import subprocess
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
@@ -151,3 +152,36 @@ def split_lines(buffer: bytearray, chunk: bytes) -> Iterator[str]:
         line = buffer[:newline]
         del buffer[: newline + 1]
         yield line.rstrip(b"\r").decode(errors="replace")
+
+
+def attach_pipes(sink: LogSink, popen: subprocess.Popen[bytes]) -> None:
+    """Send a child's stdout and stderr to ``sink``, line by line, from the event loop."""
+    loop = asyncio.get_running_loop()
+    for stream_name, pipe in (("stdout", popen.stdout), ("stderr", popen.stderr)):
+        if pipe is None:
+            continue
+        # Own a duplicate of the fd and let Popen's file object go, so exactly one
+        # close() ever touches it.
+        fd = os.dup(pipe.fileno())
+        pipe.close()
+        os.set_blocking(fd, False)
+        buffer = bytearray()
+
+        def on_readable(fd: int = fd, name: str = stream_name, buf: bytearray = buffer) -> None:
+            try:
+                chunk = os.read(fd, 65536)
+            except BlockingIOError:
+                return
+            except OSError:
+                chunk = b""
+            if not chunk:
+                loop.remove_reader(fd)
+                if buf:
+                    sink.emit(name, buf.decode(errors="replace"))
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+                return
+            for line in split_lines(buf, chunk):
+                sink.emit(name, line)
+
+        loop.add_reader(fd, on_readable)

@@ -9,17 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import logging
-import os
 import signal
 import time
 from collections.abc import Callable
 from typing import Any
 
 from helixd.supervisor import health, spawn
-from helixd.supervisor.logs import LogSink, RotatingFile, split_lines
-from helixd.supervisor.policy import ExitInfo, RestartCounters, RestartPolicy, describe_exit
+from helixd.supervisor.logs import LogSink, RotatingFile, attach_pipes
+from helixd.supervisor.policy import (
+    ExitInfo,
+    RestartCounters,
+    RestartPolicy,
+    describe_exit,
+    describe_stop,
+)
 from helixd.supervisor.registry import ChildRegistry
 from helixd.supervisor.spec import ProcessSpec
 
@@ -88,42 +94,71 @@ class ManagedProcess:
         self._lock = asyncio.Lock()
         self._changed = asyncio.Event()
         self._closed = False
+        # The probe in use: the spec's, or its fallback once the server answered 404.
+        self._probe = spec.health
+        # Each start, restart and stop is a new generation; every state is stamped with the
+        # generation it was reached in. A wait for the outcome of a start settles only on a
+        # state of that start's generation or a later one, never on an earlier outcome (the
+        # `failed` a start from `failed` is meant to replace) still showing when it begins.
+        self._generation = 0
+        self._state_generation = 0
+        # When the latest start began: a failure's log tail shows that start's lines only.
+        self._run_began = 0.0
+        # The signals helixd sent the current child: any other death is not helixd's doing.
+        self._signalled: set[int] = set()
 
     # -- public operations -------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Start supervising (no-op while it already runs). Counters of a past failure reset."""
+    async def start(self) -> int:
+        """Start supervising (no-op while it already runs). Counters of a past failure reset.
+
+        Returns the generation whose outcome :meth:`wait_settled` should wait for: this
+        start's, or the running one's when it already runs.
+        """
         async with self._lock:
             self._check_open()
             if self._task is not None and not self._task.done():
-                return
-            self._task = asyncio.create_task(self._run(), name=f"process:{self.spec.name}")
+                return self._generation
+            return self._new_run()
 
     async def stop(self) -> None:
         """Stop the process and its whole group: stop signal, grace, then SIGKILL."""
         async with self._lock:
             await self._stop_locked()
 
-    async def restart(self) -> None:
-        """Stop, then start again."""
+    async def restart(self) -> int:
+        """Stop, then start again; returns the new start's generation (see :meth:`start`)."""
         async with self._lock:
             self._check_open()
             await self._stop_locked()
-            self._task = asyncio.create_task(self._run(), name=f"process:{self.spec.name}")
+            return self._new_run()
+
+    def _new_run(self) -> int:
+        self._generation += 1
+        self._run_began = time.time()
+        self._task = asyncio.create_task(self._run(), name=f"process:{self.spec.name}")
+        return self._generation
 
     def _check_open(self) -> None:
         if self._closed:
             raise ProcessClosed(f"{self.spec.name} was just replaced by a reload; try again")
 
-    async def wait_spawned(self) -> None:
-        """Wait until a just-started process has left ``stopped`` (spawned, or failed to)."""
-        while self._starting_soon():
+    async def wait_spawned(self, generation: int | None = None) -> None:
+        """Wait until a just-started process has left its old state (spawned, or failed to)."""
+        wanted = self._generation if generation is None else generation
+        while self._state_generation < wanted:
             await self._changed.wait()
 
-    async def wait_settled(self, timeout: float) -> ProcessState:
-        """Wait until the process is ready, failed or stopped (or ``timeout`` passes)."""
+    async def wait_settled(self, timeout: float, generation: int | None = None) -> ProcessState:
+        """Wait until the process is ready, failed or stopped (or ``timeout`` passes).
+
+        Only a state reached by ``generation`` (what :meth:`start` or :meth:`restart`
+        returned; default: the latest) or a later one counts: a start from ``failed``
+        waits for its own outcome, not the failure it is replacing.
+        """
+        wanted = self._generation if generation is None else generation
         deadline = self._clock() + timeout
-        while self.state not in SETTLED_STATES or self._starting_soon():
+        while self.state not in SETTLED_STATES or self._state_generation < wanted:
             remaining = deadline - self._clock()
             if remaining <= 0:
                 break
@@ -161,7 +196,8 @@ class ManagedProcess:
             "log_file": str(self.spec.log_path),
         }
         if self.state == ProcessState.FAILED:
-            data["log_tail"] = [line.text for line in self.sink.tail(FAILED_LOG_TAIL)]
+            tail = self.sink.tail(FAILED_LOG_TAIL)
+            data["log_tail"] = [line.text for line in tail if line.ts >= self._run_began]
         return data
 
     def close(self) -> None:
@@ -171,14 +207,9 @@ class ManagedProcess:
 
     # -- state -------------------------------------------------------------------------
 
-    def _starting_soon(self) -> bool:
-        # "stopped" right after start() was called but before the task ran is not settled.
-        return (
-            self.state == ProcessState.STOPPED and self._task is not None and not self._task.done()
-        )
-
     def _set(self, state: ProcessState, message: str = "") -> None:
-        if state == self.state and message == self.message:
+        generation = self._generation
+        if state == self.state and message == self.message and generation == self._state_generation:
             return
         if state != self.state:
             self.since = time.time()
@@ -191,6 +222,7 @@ class ManagedProcess:
             )
         self.state = state
         self.message = message
+        self._state_generation = generation
         if state == ProcessState.READY and self.ready_since is None:
             self.ready_since = time.time()
         elif state not in (ProcessState.READY, ProcessState.UNHEALTHY):
@@ -207,7 +239,12 @@ class ManagedProcess:
     def _policy(self) -> RestartPolicy:
         s = self.spec
         return RestartPolicy(
-            s.restart, s.start_retries, s.backoff_initial_s, s.backoff_max_s, s.backoff_reset_s
+            s.restart,
+            s.start_retries,
+            s.backoff_initial_s,
+            s.backoff_max_s,
+            s.backoff_reset_s,
+            one_run=s.one_run,
         )
 
     async def _run(self) -> None:
@@ -262,18 +299,22 @@ class ManagedProcess:
         """Watch one run of the child until it ends; return how, whether ready, for how long."""
         self._child = child
         self.pid = child.pid
+        self._signalled = set()
         self._registry.add(self.spec.name, child)
         self.sink.emit("helixd", f"started pid {child.pid}: {' '.join(self.spec.argv)}")
-        self._attach_pipes(child)
+        attach_pipes(self.sink, child.popen)
         exit_task = asyncio.create_task(spawn.wait_exit(child))
         try:
-            became_ready = await self._until_ready(child, exit_task)
+            tally = health.ProbeTally()
+            became_ready = await self._until_ready(exit_task, tally)
             if not became_ready:
                 if exit_task.done():
                     return self._exit_info(exit_task.result(), "exited"), False, 0.0
-                self.sink.emit("helixd", f"not ready after {self.spec.start_seconds:g} s")
+                probed = tally.summary(self._probe, self.spec.port)
+                self.sink.emit("helixd", f"not ready after {self.spec.start_seconds:g} s: {probed}")
                 code = await self._terminate(child, exit_task)
-                return self._exit_info(code, "start-timeout"), False, 0.0
+                exit_info = self._exit_info(code, "start-timeout")
+                return dataclasses.replace(exit_info, detail=probed), False, 0.0
             ready_at = self._clock()
             reason = await self._while_ready(exit_task)
             if reason == "unhealthy":
@@ -290,9 +331,10 @@ class ManagedProcess:
             if self._child is child and child.popen.returncode is not None:
                 self._forget_child(child)
 
-    async def _until_ready(self, child: spawn.Child, exit_task: asyncio.Task[int]) -> bool:
+    async def _until_ready(self, exit_task: asyncio.Task[int], tally: health.ProbeTally) -> bool:
         deadline = self._clock() + self.spec.start_seconds
-        probe = self.spec.health
+        # Each run starts from the configured path; a fallback is found again if needed.
+        self._probe = probe = self.spec.health
         wait_s = START_PROBE_FIRST_S
         if probe.kind == "none":
             done, _ = await asyncio.wait(
@@ -303,24 +345,39 @@ class ManagedProcess:
             self._set(ProcessState.READY, "")
             return True
         while True:
-            result = await health.probe(probe, self.spec.host, self.spec.port)
+            result = await health.probe(self._probe, self.spec.host, self.spec.port)
             if exit_task.done():
                 return False
+            tally.add(result, self._probe.path)
             if result.ok:
                 self._set(ProcessState.READY, "")
                 return True
+            if self._fall_back(result):
+                continue  # ask the fallback path at once: the server is up
             remaining = deadline - self._clock()
             if remaining <= 0:
-                self.message = f"last probe: {result.detail}"
                 return False
             done, _ = await asyncio.wait({exit_task}, timeout=min(wait_s, remaining))
             if done:
                 return False
             wait_s = min(START_PROBE_MAX_S, wait_s * 1.5)
 
+    def _fall_back(self, result: health.ProbeResult) -> bool:
+        """Switch to the kind's fallback path when the server says it has no health path."""
+        probe = self._probe
+        if result.status != 404 or probe.fallback_path in (None, probe.path):
+            return False
+        self.sink.emit(
+            "helixd",
+            f"GET {probe.path} answered HTTP 404: this server has no {probe.path}; "
+            f"probing GET {probe.fallback_path} instead",
+        )
+        self._probe = dataclasses.replace(probe, path=probe.fallback_path)
+        return True
+
     async def _while_ready(self, exit_task: asyncio.Task[int]) -> str:
         """Probe at the configured interval until the process exits or fails N probes."""
-        probe = self.spec.health
+        probe = self._probe
         while True:
             done, _ = await asyncio.wait(
                 {exit_task}, timeout=probe.interval_s if probe.kind != "none" else None
@@ -351,27 +408,42 @@ class ManagedProcess:
     # -- stopping ----------------------------------------------------------------------
 
     async def _stop_locked(self) -> None:
+        self._generation += 1
         task, self._task = self._task, None
         child = self._child
         if task is not None:
             await _cancel_and_wait(task)
-        if child is not None:
+        if child is None:
+            self._set(ProcessState.STOPPED, "")
+            return
+        # Whether the leader had ended before this stop reached it (a kill -9 from outside,
+        # the OOM killer, a crash the run loop was still handling): that is its own doing,
+        # and its note must say so, not "stopped on request".
+        ended_before = spawn.has_ended(child)
+        if ended_before:
+            self._set(ProcessState.STOPPING, "it had ended; stopping what is left of its group")
+            code = await spawn.wait_exit(child)  # reaped, or a zombie: at once either way
+            # The leader is gone already (its pid may be reused): only its group is left.
+            await self._reap_group(child, self.spec.stop_timeout_s)
+        else:
             self._set(ProcessState.STOPPING, f"sending {self.spec.stop_signal.name} to the group")
-            if child.popen.returncode is not None:
-                # The leader is gone already (its pid may be reused): only its group is left.
-                await self._reap_group(child, self.spec.stop_timeout_s)
-                code = child.popen.returncode
-            else:
-                code = await self._terminate(child, asyncio.create_task(spawn.wait_exit(child)))
-            self.last_exit = self._exit_info(code, "stopped")
-            self._forget_child(child)
-        self._set(ProcessState.STOPPED, "stopped on request" if child is not None else "")
+            code = await self._terminate(child, asyncio.create_task(spawn.wait_exit(child)))
+        self.last_exit = describe_stop(
+            code,
+            ended_before=ended_before,
+            sent=frozenset(self._signalled),
+            stop_signal=self.spec.stop_signal,
+            grace_s=self.spec.stop_timeout_s,
+        )
+        self._forget_child(child)
+        self._set(ProcessState.STOPPED, describe_exit(self.last_exit))
 
     async def _terminate(self, child: spawn.Child, exit_task: asyncio.Task[int]) -> int:
         """Stop signal to the group, wait up to stop_timeout_s, then SIGKILL what is left."""
         grace = self.spec.stop_timeout_s
         escaped = await asyncio.to_thread(spawn.descendants, child.pid)
         started = self._clock()
+        self._signalled.add(self.spec.stop_signal)
         spawn.signal_group(child.pgid, self.spec.stop_signal)
         done, _ = await asyncio.wait({exit_task}, timeout=grace)
         if done:
@@ -380,6 +452,7 @@ class ManagedProcess:
             self.sink.emit(
                 "helixd", f"still running after {grace:g} s; sending SIGKILL to the group"
             )
+            self._signalled.add(signal.SIGKILL)
             spawn.signal_group(child.pgid, signal.SIGKILL)
             spawn.kill_all(escaped, signal.SIGKILL)
             await self._reap_group(child, 0.0, escaped)
@@ -393,7 +466,7 @@ class ManagedProcess:
         signalled = killed_at = None
         while True:
             found = await asyncio.to_thread(spawn.group_members, child.pgid)
-            found += [p for p in escaped or () if _alive(p)]
+            found += [p for p in escaped or () if spawn.alive(p)]
             members = list({p.pid: p for p in found}.values())
             if not members:
                 return
@@ -423,39 +496,6 @@ class ManagedProcess:
         self._child = None
         self.pid = None
 
-    # -- output ------------------------------------------------------------------------
-
-    def _attach_pipes(self, child: spawn.Child) -> None:
-        loop = asyncio.get_running_loop()
-        for stream_name, pipe in (("stdout", child.popen.stdout), ("stderr", child.popen.stderr)):
-            if pipe is None:
-                continue
-            # Own a duplicate of the fd and let Popen's file object go, so exactly one
-            # close() ever touches it.
-            fd = os.dup(pipe.fileno())
-            pipe.close()
-            os.set_blocking(fd, False)
-            buffer = bytearray()
-
-            def on_readable(fd: int = fd, name: str = stream_name, buf: bytearray = buffer) -> None:
-                try:
-                    chunk = os.read(fd, 65536)
-                except BlockingIOError:
-                    return
-                except OSError:
-                    chunk = b""
-                if not chunk:
-                    loop.remove_reader(fd)
-                    if buf:
-                        self.sink.emit(name, buf.decode(errors="replace"))
-                    with contextlib.suppress(OSError):
-                        os.close(fd)
-                    return
-                for line in split_lines(buf, chunk):
-                    self.sink.emit(name, line)
-
-            loop.add_reader(fd, on_readable)
-
 
 async def _cancel_and_wait(task: asyncio.Task[None]) -> None:
     """Cancel ``task`` and wait for it to end, cancelling again should it swallow one.
@@ -468,10 +508,3 @@ async def _cancel_and_wait(task: asyncio.Task[None]) -> None:
         await asyncio.wait({task}, timeout=1.0)
     if not task.cancelled() and task.exception() is not None:
         log.error("supervision task ended with %r", task.exception())
-
-
-def _alive(proc: Any) -> bool:
-    try:
-        return bool(proc.is_running()) and proc.status() != "zombie"
-    except Exception:
-        return False

@@ -177,6 +177,17 @@ async def wait_exit(child: Child) -> int:
     return child.popen.wait()
 
 
+def has_ended(child: Child) -> bool:
+    """Whether ``child`` has ended, reaped or not; it stays a zombie for Popen to reap."""
+    if child.popen.returncode is not None:
+        return True
+    try:
+        # WNOWAIT: look without reaping, so wait_exit still gets its returncode.
+        return os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True  # no longer a child of ours to wait for: it has been reaped
+
+
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
@@ -221,3 +232,11 @@ def kill_all(processes: list[psutil.Process], sig: int) -> None:
     for proc in processes:
         with contextlib.suppress(psutil.Error):
             proc.send_signal(sig)
+
+
+def alive(proc: psutil.Process) -> bool:
+    """Whether a psutil process still runs (not a zombie, not gone, not a reused pid)."""
+    try:
+        return bool(proc.is_running()) and proc.status() != "zombie"
+    except Exception:
+        return False

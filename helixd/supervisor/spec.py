@@ -32,6 +32,9 @@ class HealthProbe:
     interval_s: float
     timeout_s: float
     failures: int
+    # The kind's second guess, probed once ``path`` answers 404 (never for a path the
+    # provider set itself: that one is meant).
+    fallback_path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,11 @@ class ProcessSpec:
     log_max_bytes: int
     log_backups: int
     extra: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+    # Set when the supervisor gives this process one run, never restarting it nor retrying
+    # its start, because someone else decides what follows (a model's process: the
+    # scheduler). The text says so in the process's note, instead of quoting a
+    # start_retries or restart the provider's config never said.
+    one_run: str | None = None
 
 
 class SpecError(Exception):
@@ -151,6 +159,7 @@ def build_spec(
 def _probe(provider: ProviderConfig) -> HealthProbe:
     defaults = kind_defaults(provider.kind)
     h = provider.health
+    fallback = None
     if not h.enabled:
         kind, path = "none", None
     elif h.path is not None:
@@ -159,11 +168,12 @@ def _probe(provider: ProviderConfig) -> HealthProbe:
         kind, path = "tcp", None
     elif defaults.health_path is not None:
         kind, path = "http", defaults.health_path
+        fallback = defaults.health_fallback_path
     elif defaults.health_tcp:
         kind, path = "tcp", None
     else:
         kind, path = "none", None
-    return HealthProbe(kind, path, h.interval_s, h.timeout_s, h.failures)
+    return HealthProbe(kind, path, h.interval_s, h.timeout_s, h.failures, fallback)
 
 
 def provider_env(provider: ProviderConfig, values: dict[str, str]) -> dict[str, str]:

@@ -1,7 +1,7 @@
 """A fake llama.cpp ``llama-server``: its CLI, start-up and HTTP API, on fake GPUs.
 
     python tests/fakes/llama_server.py -m MODEL [--host H] [--port P] [-c CTX] [-ngl N]
-        [-a ALIAS] [-np N] [--api-key K] [--embeddings] [--metrics]
+        [-a ALIAS] [-np N] [-t N] [--api-key K] [--embeddings] [--metrics]
 
 Long forms ``--model``, ``--ctx-size``, ``--n-gpu-layers`` (``--gpu-layers``), ``--alias``,
 ``--parallel`` work too, and so do llama.cpp's environment variables ``LLAMA_ARG_MODEL``,
@@ -13,15 +13,19 @@ optional ``"n_ctx_train"`` (default 4096) and ``"n_params"`` for ``/v1/models``.
 
 What it follows (ggml-org/llama.cpp ``tools/server/server-http.cpp``, ``server-context.cpp``,
 ``server-common.cpp``, ``ggml/src/ggml-cuda``, read through the code search in November
-2026, and ``shared/PROVIDERS.md``; "unverified" marks what could not be confirmed):
+2026, and ``shared/PROVIDERS.md``), checked since against the real ``llama-server`` built
+from the llama.cpp that llama-cpp-python 0.3.36 vendors (CPU only: ``make llama-server``;
+``tests/e2e/test_llama_server_real.py``); "unverified" marks what that build could not
+confirm (the CUDA lines):
 
 - The HTTP server listens *at once*, before the model loads (server.cpp: "start the HTTP
   server before loading the model to be able to serve /health requests"). Until the model
   is loaded, **every** request gets 503 ``{"error": {"code": 503, "message": "Loading
   model", "type": "unavailable_error"}}`` (``middleware_server_state``: "no endpoints are
   allowed to be accessed when the server is not ready"), except ``/`` and ``*.html``, which
-  get an HTML loading page with 503. Then ``GET /health`` (and ``/v1/health``) → 200
-  ``{"status": "ok"}``.
+  get an HTML loading page with 503 (a build with the web UI, as released; one without it,
+  as ``make llama-server`` builds, answers 404 there, loading or not). Then ``GET
+  /health`` (and ``/v1/health``) → 200 ``{"status": "ok"}``.
 - GPU: with ``-ngl`` other than 0 (the default, -1, is llama.cpp's "auto": all layers) and a
   visible device (gpu_holder's ``visible_device``), the model's MiB are allocated on the
   GPU *at once*, the way ggml allocates a model buffer in one ``cudaMalloc``, and the
@@ -30,25 +34,37 @@ What it follows (ggml-org/llama.cpp ``tools/server/server-http.cpp``, ``server-c
   llama.cpp lines, ``ggml_backend_cuda_buffer_type_alloc_buffer: allocating N MiB on device
   0: cudaMalloc failed: out of memory``, ``alloc_tensor_range: failed to allocate CUDA0
   buffer of size B``, ``llama_model_load: error loading model: unable to allocate CUDA0
-  buffer``, …, ``main: exiting due to model loading error``, and exit 1. ``-ngl 0``, no
-  visible device or no fake NVML: the model runs on the CPU and holds nothing on the GPU.
+  buffer``, …, ``llama_server: exiting due to model loading error``, and exit 1
+  (unverified). ``-ngl 0``, no visible device or no fake NVML: the model runs on the CPU
+  and holds nothing on the GPU.
 - A model file that is missing or not a model: ``gguf_init_from_file: failed to open GGUF
-  file '…'``, ``llama_model_load: error loading model: …``, ``common_init_from_params:
-  failed to load model '…'``, …, exit 1 (after the port listened, as in llama.cpp).
+  file '…' (No such file or directory)`` or ``gguf_init_from_reader: invalid magic
+  characters: 'xxxx', expected 'GGUF'``, then ``llama_model_load: error loading model: …``
+  — all twice, as llama.cpp reads the file once to fit its parameters to free memory —
+  ``common_init_: failed to load model '…'``, ``exiting due to model loading error``, exit
+  1 (after the port listened, as in llama.cpp).
 - ``GET /v1/models`` (and ``/models``): llama.cpp's single-model answer, an Ollama-style
-  ``models`` list and ``{"object": "list", "data": [{"id": alias or model path, "aliases",
-  "tags", "object": "model", "created", "owned_by": "llamacpp", "meta": {"vocab_type",
-  "n_vocab", "n_ctx_train", "n_embd", "n_params", "size"}}]}`` (``size`` in bytes).
+  ``models`` list and ``{"object": "list", "data": [{"id": alias or model path, "aliases"
+  (the id, alias or not), "tags", "object": "model", "created", "owned_by": "llamacpp",
+  "meta": {"vocab_type", "n_vocab", "n_ctx", "n_ctx_train", "n_embd", "n_params", "size",
+  "ftype"}}]}`` (``size`` in bytes).
 - ``GET /props``: ``default_generation_settings {n_ctx, params}``, ``total_slots``,
   ``model_alias``, ``model_path``, ``modalities``, ``endpoint_*``, ``build_info``,
   ``is_sleeping`` (always false: ``--sleep-idle-seconds`` is not modelled). ``GET /slots``:
-  one entry per slot with ``id``, ``n_ctx``, ``is_processing``. ``-np`` defaults to 4 with a
-  unified KV cache (each slot gets the whole context; llama.cpp's "auto"); an explicit
-  ``-np N`` divides the context between slots (kv_unified off).
+  one entry per slot with ``id``, ``n_ctx``, ``speculative``, ``is_processing`` (``id_task``
+  and the task's fields only once the slot ran one). ``-np`` defaults to 4 with a unified
+  KV cache (each slot gets the whole context; llama.cpp's "auto"); an explicit ``-np N``
+  gives each slot its share of ``-c``, padded up to a multiple of 256 (kv_unified off), or
+  the whole training context without ``-c``. A slot never gets more than the model's
+  training context, whatever ``-c`` says.
 - Inference: ``/v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings`` (and their
   un-prefixed aliases) answer with the echo provider; the request's ``model`` is not
-  checked (one model serves any name). Embeddings need ``--embeddings``, else 501 ``This
-  server does not support embeddings. Start it with `--embeddings``` — as llama.cpp.
+  checked (one model serves any name) and the answer names the server's own model (its
+  alias or path), not the one asked for. After a streamed answer the server closes the
+  connection, although its headers said ``Keep-Alive: timeout=5, max=100`` and no
+  ``Connection: close``; after a whole answer it keeps it. Embeddings need
+  ``--embeddings``, else 501 ``This server does not support embeddings. Start it with
+  `--embeddings``` — as llama.cpp.
   ``/metrics`` needs ``--metrics`` likewise.
 - ``--api-key``: ``Authorization: Bearer K`` or ``X-Api-Key: K`` on everything but
   ``/health``, ``/v1/health``, ``/models``, ``/v1/models`` and ``/``; else 401 ``{"error":
@@ -57,8 +73,12 @@ What it follows (ggml-org/llama.cpp ``tools/server/server-http.cpp``, ``server-c
 - Errors: ``{"error": {"code", "message", "type"}}``; unknown routes 404 ``File Not Found``.
 - Unknown flags: ``error: invalid argument: X`` and exit 1 (common/arg.cpp). Without ``-m``
   llama-server starts its router mode, which this fake does not model: it exits 1.
-- Logs go to stderr (llama.cpp's common_log; unverified), in its ``srv    load_model: …``
-  style. SIGTERM/SIGINT: exits 0, loading or not (exit status while loading unverified).
+- Logs go to stderr, each line prefixed with the time since start and a level, as
+  llama.cpp's common_log writes them (``0.00.006.346 E gguf_init_from_reader: …``);
+  ``warning: no usable GPU found, --gpu-layers option will be ignored`` (for an explicit
+  ``-ngl``) comes unprefixed, before the log starts. SIGTERM/SIGINT once loaded: exits 0;
+  while loading (llama-server installs its handlers only after the load) the signal kills
+  it, with no last words.
 - Not llama.cpp: SIGUSR1 wedges the server the way a lost CUDA context does: ``/health``
   still answers 200, every generation answers 500 ``CUDA error: an illegal memory access
   was encountered`` until the process is restarted (for helixd's inference health check).
@@ -104,7 +124,19 @@ ERROR_TYPES = {
 LOADING_HTML = "<html><body>Loading model…</body></html>"
 
 
-def log(message: str) -> None:
+STARTED = time.monotonic()
+
+
+def log(message: str, level: str = "I") -> None:
+    """One line as llama.cpp's common_log writes it: time since start, level, text."""
+    t = time.monotonic() - STARTED
+    us = int(t * 1_000_000)
+    stamp = f"{us // 60_000_000}.{us // 1_000_000 % 60:02d}.{us // 1000 % 1000:03d}.{us % 1000:03d}"
+    print(f"{stamp} {level} {message}", file=sys.stderr, flush=True)
+
+
+def plain(message: str) -> None:
+    """A line llama.cpp prints before its log starts (argument warnings), unprefixed."""
     print(message, file=sys.stderr, flush=True)
 
 
@@ -148,6 +180,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--api-key", action="append", default=None)
     parser.add_argument("--embedding", "--embeddings", dest="embeddings", action="store_true")
     parser.add_argument("--metrics", action="store_true")
+    parser.add_argument("-t", "--threads", type=int, default=-1)  # accepted, not modelled
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         raise ArgError(f"invalid argument: {unknown[0]}")
@@ -183,21 +216,33 @@ class LoadFailed(Exception):
 def read_model(path: str) -> Model:
     loader = f"llama_model_loader: failed to load model from {path}"
     failed = f"llama_model_load: error loading model: {loader}"
+    # llama.cpp reads the file twice: once to fit the parameters to free device memory
+    # (a failure there is only logged), then to load it.
+    once = [failed, "llama_model_load_from_file_impl: failed to load model"]
+    fit = (
+        "common_fit_params: encountered an error while trying to fit params to free device "
+        "memory: failed to load model"
+    )
     tail = [
-        failed,
-        "llama_model_load_from_file_impl: failed to load model",
-        f"common_init_from_params: failed to load model '{path}'",
+        f"cmn  common_init_: failed to load model '{path}'",
         f"srv    load_model: failed to load model, '{path}'",
     ]
+    raw = b""
     try:
-        data = json.loads(Path(path).read_text())
+        raw = Path(path).read_bytes()
+        data = json.loads(raw)
         mib = float(data["mib"])
     except FileNotFoundError:
         why = f"gguf_init_from_file: failed to open GGUF file '{path}' (No such file or directory)"
-        raise LoadFailed([why, *tail]) from None
+        raise LoadFailed([why, *once, fit, why, *once, *tail]) from None
     except (OSError, ValueError, TypeError, KeyError):
-        why = "gguf_init_from_file_impl: invalid magic characters: expected 'GGUF'"
-        raise LoadFailed([why, *tail]) from None
+        magic = raw[:4].decode("latin-1")
+        why = (
+            f"gguf_init_from_reader: invalid magic characters: '{magic}', expected 'GGUF'"
+            if len(magic) == 4
+            else "gguf_init_from_reader: failed to read magic"
+        )
+        raise LoadFailed([why, *once, fit, why, *once, *tail]) from None
     n_params = int(data.get("n_params", mib * MIB * 2))  # ~4 bits a weight, as a Q4 GGUF
     load_seconds = float(data.get("load_seconds", 0.0))
     return Model(mib, load_seconds, int(data.get("n_ctx_train", 4096)), n_params)
@@ -268,22 +313,31 @@ class FakeLlama(EchoServer):
 
     @property
     def n_ctx(self) -> int:
+        """The context llama.cpp allocates: -c (0: the training context), padded to 256;
+        with an explicit -np, each slot's share padded to 256, times the slots."""
         assert self.model is not None
-        return self.args.ctx_size or self.model.n_ctx_train
+        ctx = _pad(self.args.ctx_size) if self.args.ctx_size else self.model.n_ctx_train
+        if self.args.parallel and self.args.ctx_size:
+            return _pad(ctx // self.slots + (ctx % self.slots > 0)) * self.slots
+        if self.args.parallel:
+            return ctx * self.slots
+        return ctx
 
     @property
     def slot_n_ctx(self) -> int:
-        # An explicit -np turns the unified KV cache off: the slots share the context.
-        return self.n_ctx // self.slots if self.args.parallel else self.n_ctx
+        """Each slot's context: all of it with the unified KV cache (-np auto), its share
+        with an explicit -np; never more than the model's training context."""
+        assert self.model is not None
+        share = self.n_ctx // self.slots if self.args.parallel else self.n_ctx
+        return min(share, self.model.n_ctx_train)
 
     def check_model(self, body: dict[str, Any], *, ollama: bool = False) -> str:
-        model = body.get("model")  # one model serves whatever name a request gives
-        return model if isinstance(model, str) and model else self.model_id
+        # One model serves whatever name a request gives, and answers with its own.
+        return self.model_id
 
     async def load(self, gpu: Gpu | None) -> None:
         """Load the model; LoadFailed with llama.cpp's lines when it does not."""
         path = self.args.model
-        log("main: loading model")
         log(f"srv    load_model: loading model '{path}'")
         model = read_model(path)
         if gpu is not None and self.args.n_gpu_layers != 0:
@@ -300,19 +354,21 @@ class FakeLlama(EchoServer):
                         f"alloc_tensor_range: failed to allocate CUDA0 buffer of size {model.size}",
                         "llama_model_load: error loading model: unable to allocate CUDA0 buffer",
                         "llama_model_load_from_file_impl: failed to load model",
-                        f"common_init_from_params: failed to load model '{path}'",
+                        f"cmn  common_init_: failed to load model '{path}'",
                         f"srv    load_model: failed to load model, '{path}'",
                     ]
                 )
             log("load_tensors: offloaded all layers to GPU")
             log(f"load_tensors:        CUDA0 model buffer size = {model.mib:10.2f} MiB")
         else:
-            if gpu is None and self.args.n_gpu_layers != 0:
-                log("warning: no usable GPU found, --gpu-layers option will be ignored")
             log(f"load_tensors:   CPU_Mapped model buffer size = {model.mib:10.2f} MiB")
         await asyncio.sleep(model.load_seconds)  # reading the weights in
         self.model = model
-        log(f"srv    load_model: initializing slots, n_slots = {self.slots}")
+        unified = "false" if self.args.parallel else "true"
+        log(
+            f"srv    load_model: initializing, n_slots = {self.slots}, "
+            f"n_ctx_slot = {self.slot_n_ctx}, kv_unified = '{unified}'"
+        )
         self.ready = True
 
     # -- routes ---------------------------------------------------------------------------
@@ -330,12 +386,14 @@ class FakeLlama(EchoServer):
         meta = {
             "vocab_type": 2,
             "n_vocab": 32000,
+            "n_ctx": self.n_ctx,
             "n_ctx_train": self.model.n_ctx_train,
             "n_embd": 2048,
             "n_params": self.model.n_params,
             "size": self.model.size,
+            "ftype": "Q4_K - Medium",
         }
-        aliases = [self.args.alias] if self.args.alias else []
+        aliases = [self.model_id]  # the alias, or the model's path: never empty
         return {
             "id": self.model_id,
             "aliases": aliases,
@@ -380,7 +438,8 @@ class FakeLlama(EchoServer):
                 "total_slots": self.slots,
                 "model_alias": self.model_id,
                 "model_path": self.args.model,
-                "modalities": {"vision": False, "audio": False},
+                "model_ftype": "Q4_K - Medium",
+                "modalities": {"vision": False, "video": False, "audio": False},
                 "endpoint_slots": True,
                 "endpoint_props": False,
                 "endpoint_metrics": self.args.metrics,
@@ -393,16 +452,18 @@ class FakeLlama(EchoServer):
         )
 
     async def get_slots(self, request: web.Request) -> web.Response:
-        slots = [
+        # A slot that never ran a task has no id_task (nor the task's fields).
+        slots: list[dict[str, Any]] = [
             {
                 "id": i,
-                "id_task": -1,
                 "n_ctx": self.slot_n_ctx,
                 "speculative": False,
                 "is_processing": i < self.processing,
             }
             for i in range(self.slots)
         ]
+        for i in range(min(self.processing, self.slots)):
+            slots[i]["id_task"] = i
         return web.json_response(slots)
 
     async def metrics(self, request: web.Request) -> web.Response:
@@ -410,10 +471,10 @@ class FakeLlama(EchoServer):
             message = "This server does not support metrics endpoint. Start it with `--metrics`"
             raise EchoError(501, message)
         lines = [
-            "# HELP llamacpp:requests_processing Number of requests processing.",
+            "# HELP llamacpp:requests_processing Number of requests processing",
             "# TYPE llamacpp:requests_processing gauge",
             f"llamacpp:requests_processing {self.processing}",
-            "# HELP llamacpp:requests_deferred Number of requests deferred.",
+            "# HELP llamacpp:requests_deferred Number of requests deferred",
             "# TYPE llamacpp:requests_deferred gauge",
             "llamacpp:requests_deferred 0",
         ]
@@ -421,13 +482,18 @@ class FakeLlama(EchoServer):
 
     async def processing_one(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if self.wedged:
-            log("CUDA error: an illegal memory access was encountered")
+            log("CUDA error: an illegal memory access was encountered", "E")
             raise EchoError(500, "CUDA error: an illegal memory access was encountered")
         self.processing += 1
         try:
-            return await handler(request)
+            response = await handler(request)
         finally:
             self.processing -= 1
+        if type(response) is web.StreamResponse and request.transport is not None:
+            # llama-server closes the connection after a streamed answer, though its
+            # headers promise keep-alive (no "Connection: close"): so does the fake.
+            request.transport.close()  # after what is buffered has gone out
+        return response
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         return await self.processing_one(request, self.chat_completions)
@@ -474,7 +540,7 @@ def middlewares(server: FakeLlama) -> list[Any]:
             key = request.headers.get("Authorization", "") or request.headers.get("X-Api-Key", "")
             key = key.removeprefix("Bearer ")
             if key not in keys:
-                log("srv  log_server_r: unauthorized: Invalid API Key")
+                log("srv  log_server_r: unauthorized: Invalid API Key", "W")
                 error = {"message": "Invalid API Key", "type": "authentication_error", "code": 401}
                 return web.json_response({"error": error}, status=401)
         return await handler(request)
@@ -506,10 +572,22 @@ def create_app(server: FakeLlama) -> web.Application:
 
 async def serve(args: argparse.Namespace) -> int:
     stop = asyncio.Event()
+    received: list[signal.Signals] = []
     loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        received.append(sig)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    log(f"build: 7100 ({BUILD}) with cc (fake) for x86_64-linux-gnu")
+        loop.add_signal_handler(sig, on_signal, sig)
+    if args.n_gpu_layers not in (0, AUTO) and find_gpu() is None:
+        plain("warning: no usable GPU found, --gpu-layers option will be ignored")
+        plain("warning: one possible reason is that llama.cpp was compiled without GPU support")
+        plain("warning: consult docs/build.md for compilation instructions")
+    log("srv  llama_server: initializing ...")
+    if not args.api_key:
+        log("srv  llama_server: security: no API key is set and CORS allows all origins", "W")
     server = FakeLlama(args)
     loop.add_signal_handler(signal.SIGUSR1, lambda: setattr(server, "wedged", True))
     gpu = find_gpu()
@@ -522,35 +600,50 @@ async def serve(args: argparse.Namespace) -> int:
         try:
             await web.TCPSite(runner, args.host, args.port).start()
         except OSError:
-            log(f"main: couldn't bind HTTP server socket, hostname: {args.host}, port: {args.port}")
+            log(
+                f"srv    start: couldn't bind HTTP server socket, hostname: {args.host}, "
+                f"port: {args.port}",
+                "E",
+            )
+            log("srv  llama_server: exiting due to HTTP server error", "E")
             return 1
         port = runner.addresses[0][1]
-        log(f"main: HTTP server is listening, hostname: {args.host}, port: {port}, http threads: 5")
         loading = asyncio.ensure_future(server.load(gpu))
         stopping = asyncio.ensure_future(stop.wait())
         await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
         if not loading.done():
-            loading.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await loading
-            return 0
+            # llama-server installs its SIGTERM/SIGINT handlers only once the model is
+            # loaded: until then the signal kills it, with no last words.
+            die_of(received[0])
         try:
             loading.result()
         except LoadFailed as failed:
             for line in failed.lines:
-                log(line)
+                log(line, "E")
             log("srv    operator(): operator(): cleaning up before exit...")
-            log("main: exiting due to model loading error")
+            log("srv  llama_server: exiting due to model loading error", "E")
             stopping.cancel()
             return 1
-        log("main: model loaded")
-        log(f"main: server is listening on http://{args.host}:{port} - starting the main loop")
-        log("srv  update_slots: all slots are idle")
+        log("srv  llama_server: model loaded")
+        log(f"srv  llama_server: listening on http://{args.host}:{port}")
         await stopping
         log("srv    operator(): operator(): cleaning up before exit...")
         return 0
     finally:
         await runner.cleanup()
+
+
+def _pad(n: int) -> int:
+    """Up to a multiple of 256, as llama.cpp pads context sizes."""
+    return -(-n // 256) * 256
+
+
+def die_of(sig: signal.Signals) -> NoReturn:
+    """End as a process without a handler for ``sig`` does: killed by it."""
+    signal.signal(sig, signal.SIG_DFL)
+    os.kill(os.getpid(), sig)
+    time.sleep(5)  # the signal is on its way
+    os._exit(128 + sig)
 
 
 def main(argv: list[str]) -> int:

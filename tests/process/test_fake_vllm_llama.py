@@ -430,7 +430,7 @@ async def test_llama_out_of_memory_exits_1_with_cudamalloc_text(lab: Lab) -> Non
         text,
     )
     assert "llama_model_load: error loading model" in text
-    assert "main: exiting due to model loading error" in text
+    assert "llama_server: exiting due to model loading error" in text
     assert (await lab.monitor.sample()).process_gpu_bytes == {}
 
 

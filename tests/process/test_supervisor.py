@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -337,3 +339,250 @@ async def test_stop_ends_a_run_loop_that_swallows_a_cancellation(
     assert stop in done, "stop() hung on a run loop that swallowed its cancellation"
     assert proc.state == ProcessState.STOPPED
     assert _pids_alive([child_pid]) == []
+
+
+# -- waits report the outcome of the start they asked for ------------------------------
+
+
+def _fails_until(flag: Path, *then: str) -> list[str]:
+    """A command that prints and exits 3 until ``flag`` exists, then runs ``then``."""
+    script = f'if [ -e "{flag}" ]; then exec "$0" "$@"; fi; echo "not fixed yet"; exit 3'
+    return ["sh", "-c", script, *then]
+
+
+async def test_start_from_failed_waits_for_its_own_outcome(tmp_path: Path) -> None:
+    # The README's recovery step: fix the cause of a `failed`, then `start --wait`. The
+    # wait must not settle on the old failure still showing when the new start begins.
+    flag = tmp_path / "fixed"
+    proc = _process(
+        tmp_path,
+        command=_fails_until(flag, *child_argv("--port", "{port}")),
+        port=free_port(),
+        start_retries=0,
+        health={"path": "/", "interval_s": 0.1},
+    )
+    await proc.start()
+    assert await proc.wait_settled(15) == ProcessState.FAILED
+    flag.touch()
+    generation = await proc.start()
+    assert await proc.wait_settled(15) == ProcessState.READY  # the latest start by default
+    assert proc._state_generation >= generation
+    # A restart from ready waits for the new run, not the ready one it replaces.
+    flag.unlink()
+    generation = await proc.restart()
+    assert await proc.wait_settled(15, generation) == ProcessState.FAILED
+    assert "not fixed yet" in proc.info()["log_tail"]
+
+
+async def test_start_from_failed_reports_the_new_failure_not_the_old(tmp_path: Path) -> None:
+    counter = tmp_path / "count"
+    script = (
+        f'n=$(cat "{counter}" 2>/dev/null || echo 0); n=$((n+1)); echo $n > "{counter}"; '
+        'echo "attempt $n"; exit 3'
+    )
+    proc = _process(tmp_path, command=["sh", "-c", script], start_retries=0)
+    await proc.start()
+    assert await proc.wait_settled(15) == ProcessState.FAILED
+    assert "attempt 1" in proc.info()["log_tail"]
+    await proc.start()
+    assert await proc.wait_settled(15) == ProcessState.FAILED
+    assert "attempt 2" in proc.info()["log_tail"]
+
+
+# -- what a start that never gets ready says -----------------------------------------
+
+
+def _static_server(root: Path) -> list[str]:
+    """An HTTP server that answers 404 for every path but the files under ``root``."""
+    root.mkdir(exist_ok=True)
+    return [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "--directory", str(root)]
+
+
+async def test_a_health_path_answering_404_says_so_and_how_to_fix_it(tmp_path: Path) -> None:
+    proc = _process(
+        tmp_path,
+        command=[*_static_server(tmp_path / "www"), "{port}"],
+        port=free_port(),
+        health={"path": "/health"},
+        start_seconds=1.5,
+        start_retries=0,
+    )
+    await proc.start()
+    assert await proc.wait_settled(15) == ProcessState.FAILED
+    message = proc.message
+    # Connections refused until it listens are normal; what it answered then is the news.
+    assert "did not become ready within start_seconds: GET /health answered HTTP 404 " in message
+    assert re.search(r"404 on (every probe \(\d+ probes\)|the last \d+ of \d+ probes)", message)
+    assert 'this server has no /health; set health = { path = "/v1/models" }' in message
+    assert proc.last_exit is not None and proc.last_exit.reason == "start-timeout"
+    assert any(
+        "not ready after 1.5 s: GET /health answered HTTP 404" in line.text
+        for line in proc.sink.tail(50)
+    )
+
+
+async def test_llamacpp_kind_falls_back_to_v1_models_when_health_is_404(tmp_path: Path) -> None:
+    # llama-cpp-python's server has no /health; both it and llama-server answer /v1/models.
+    www = tmp_path / "www"
+    (www / "v1").mkdir(parents=True)
+    (www / "v1" / "models").write_text('{"data": []}')
+    proc = _process(
+        tmp_path,
+        kind="llamacpp",
+        command=[*_static_server(www), "{port}"],
+        port=free_port(),
+        health={"interval_s": 0.1},
+        start_retries=0,
+    )
+    await proc.start()
+    assert await proc.wait_settled(15) == ProcessState.READY
+    notes = [line.text for line in proc.sink.tail(50) if line.stream == "helixd"]
+    assert any("answered HTTP 404" in n and "probing GET /v1/models instead" in n for n in notes)
+
+    # The ready-state probes use the fallback too (http.server logs each request).
+    def probes_of_models() -> int:
+        return sum('"GET /v1/models HTTP' in line.text for line in proc.sink.tail(200))
+
+    await wait_for(lambda: probes_of_models() >= 3, what="two probes while ready")
+    assert proc.state == ProcessState.READY and proc.health_failures == 0
+
+
+async def test_a_provider_that_sets_its_health_path_gets_no_fallback(tmp_path: Path) -> None:
+    www = tmp_path / "www"
+    (www / "v1").mkdir(parents=True)
+    (www / "v1" / "models").write_text("{}")
+    proc = _process(
+        tmp_path,
+        kind="llamacpp",
+        command=[*_static_server(www), "{port}"],
+        port=free_port(),
+        health={"path": "/health"},  # meant: a 404 there is an error, not a hint
+        start_seconds=1,
+        start_retries=0,
+    )
+    await proc.start()
+    assert await proc.wait_settled(15) == ProcessState.FAILED
+    assert "GET /health answered HTTP 404 on " in proc.message
+    assert not any("GET /v1/models" in line.text for line in proc.sink.tail(100))
+
+
+async def test_a_server_that_never_listens_is_reported_as_refused(tmp_path: Path) -> None:
+    port = free_port()
+    proc = _process(
+        tmp_path,
+        command=child_argv(),  # listens nowhere
+        port=port,
+        health={"path": "/"},
+        start_seconds=0.5,
+        start_retries=1,
+    )
+    await proc.start()
+    assert await proc.wait_settled(15) == ProcessState.FAILED
+    assert proc.message.startswith("gave up after 2 failed starts (start_retries = 1); the last")
+    assert f"connection refused on 127.0.0.1:{port} on every probe (" in proc.message
+    assert f"is it listening on port {port}? Its command must use {{port}}" in proc.message
+
+
+# -- notes that say what happened ------------------------------------------------------
+
+
+async def test_a_model_process_note_quotes_the_configured_start_retries(tmp_path: Path) -> None:
+    from helixd.config import ProviderConfig
+    from helixd.providers.base import LoadError, ModelTarget
+    from helixd.providers.per_model import ProcessPerModelAdapter
+    from tests.conftest import test_paths
+
+    config = ProviderConfig.model_validate(
+        {
+            "kind": "openai",
+            "command": child_argv("--exit-code", "3", "--env", "{model}"),
+            "start_retries": 1,
+        }
+    )
+    adapter = ProcessPerModelAdapter(
+        "llama", config, test_paths(tmp_path), ChildRegistry(tmp_path / "state")
+    )
+    target = ModelTarget("m", "m", None, None, 0, (), None, 0.9)
+    with pytest.raises(LoadError, match="llama:m exited with code 3 while loading"):
+        await adapter.load(target)
+    process = adapter.last_process["m"]
+    notes = [line.text for line in process.sink.tail(50) if line.stream == "helixd"]
+    failed = next(n for n in notes if n.startswith("failed: "))
+    assert "start_retries = 0" not in failed
+    assert failed == (
+        "failed: exited with code 3 while starting; a model's server is started once per "
+        "load, never restarted by the supervisor (providers.llama.start_retries = 1 and "
+        'restart = "on-failure" do not apply); helixctl load m starts it again'
+    )
+
+
+async def test_a_process_killed_from_outside_is_never_stopped_on_request(tmp_path: Path) -> None:
+    # As the scheduler does for a model's process: when it stops serving, stop it at once.
+    # The stop meets a process that had already died: its note must say how it died.
+    proc = _process(
+        tmp_path,
+        command=child_argv("--port", "{port}"),
+        port=free_port(),
+        restart="never",
+        health={"path": "/", "interval_s": 0.1},
+    )
+    stops: list[asyncio.Task[None]] = []
+
+    def on_change(p: ManagedProcess) -> None:
+        if p.state == ProcessState.STOPPING and not stops:
+            stops.append(asyncio.create_task(p.stop()))
+
+    proc._on_change = on_change
+    await proc.start()
+    assert await proc.wait_settled(15) == ProcessState.READY
+    assert proc.pid is not None
+    os.kill(proc.pid, signal.SIGKILL)
+    await wait_for(lambda: bool(stops) and stops[0].done(), what="the stop after the kill")
+    assert proc.state == ProcessState.STOPPED
+    notes = [line.text for line in proc.sink.tail(50) if line.stream == "helixd"]
+    assert not any("stopped on request" in n for n in notes), notes
+    assert notes[-1].startswith("stopped: killed by SIGKILL, not by helixd (a kill from outside")
+    assert proc.last_exit is not None
+    assert proc.last_exit.signal == signal.SIGKILL and proc.last_exit.reason == "exited"
+    assert proc.info()["last_exit"]["description"].startswith("killed by SIGKILL, not by helixd")
+
+
+async def test_a_stop_that_needed_sigkill_says_so(tmp_path: Path) -> None:
+    proc = _process(
+        tmp_path, command=child_argv("--ignore-term"), health={"enabled": False}, stop_timeout_s=0.3
+    )
+    await proc.start()
+    assert await proc.wait_settled(15) == ProcessState.READY
+    await proc.stop()
+    assert proc.message == (
+        "stopped on request: still running 0.3 s after SIGTERM (stop_timeout_s), "
+        "so killed by SIGKILL"
+    )
+    assert proc.last_exit is not None and proc.last_exit.signal == signal.SIGKILL
+    assert proc.last_exit.reason == "stopped"
+
+
+async def test_a_plain_stop_is_stopped_on_request(tmp_path: Path) -> None:
+    proc = _process(tmp_path, command=child_argv(), health={"enabled": False})
+    await proc.start()
+    assert await proc.wait_settled(15) == ProcessState.READY
+    await proc.stop()
+    assert proc.message == "stopped on request"
+    assert proc.last_exit is not None and proc.last_exit.signal == signal.SIGTERM
+
+
+async def test_a_server_with_neither_probe_path_says_what_was_tried(tmp_path: Path) -> None:
+    proc = _process(
+        tmp_path,
+        kind="llamacpp",
+        command=[*_static_server(tmp_path / "www"), "{port}"],
+        port=free_port(),
+        health={"interval_s": 0.1},
+        start_seconds=1,
+        start_retries=0,
+    )
+    await proc.start()
+    assert await proc.wait_settled(15) == ProcessState.FAILED
+    assert "GET /v1/models answered HTTP 404 on the last " in proc.message
+    assert "(before that: GET /health answered HTTP 404)" in proc.message
+    assert "this server has no /v1/models; set health.path to one it answers" in proc.message

@@ -197,7 +197,7 @@ def test_residency_sections_parse_with_defaults(tmp_path: Path) -> None:
             "helixd.toml: models.x.provider: 'srv' (kind openai) runs one server for all "
             "its models, which this version cannot load or unload for that kind; use a "
             "provider whose command is a per-model template (with {model_path} or {model}), "
-            "or one of kind remote, ollama, localai or tabbyapi",
+            "or one of kind remote, ollama, llamacpp-router, localai or tabbyapi",
         ),
         (
             '[models.x]\nprovider = "ollama"\nsleep_mode = true\n',

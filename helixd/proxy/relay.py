@@ -45,6 +45,13 @@ class UpstreamRejected(Exception):
 # Answers up to this size that are not event streams are passed on in one piece.
 WHOLE_BODY_BYTES = 1024 * 1024
 
+# A pooled connection the upstream closed while it sat idle (uvicorn's 5 s keep-alive in
+# vLLM and friends; llama-server after every stream) fails the next request before any
+# answer. aiohttp sends such a request again only for idempotent methods, and ours are
+# POSTs: sent again here, once, on the connection the pool gives next. A refused connect
+# is not retried (nothing listens), nor anything after the status line.
+STALE_CONNECTION_RETRIES = 1
+
 # Statuses worth another candidate: the server is failing, overloaded or timing out.
 RETRYABLE = frozenset({429, 500, 502, 503, 504})
 
@@ -72,14 +79,20 @@ async def open_upstream(
     status is raised as :class:`UpstreamRejected` (with its body) so the caller can try
     elsewhere before the client sees anything.
     """
-    try:
-        upstream = await session.post(
-            url,
-            data=payload,
-            headers={"Content-Type": "application/json", **(upstream_headers or {})},
-        )
-    except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-        raise UpstreamUnreachable(str(exc) or type(exc).__name__) from None
+    headers = {"Content-Type": "application/json", **(upstream_headers or {})}
+    for attempt in range(1 + STALE_CONNECTION_RETRIES):
+        try:
+            upstream = await session.post(url, data=payload, headers=headers)
+            break
+        except aiohttp.ClientConnectorError as exc:  # nothing listens: no point again
+            raise UpstreamUnreachable(str(exc) or type(exc).__name__) from None
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+            if attempt < STALE_CONNECTION_RETRIES:
+                log.debug("%s: connection closed before an answer (%s); once more", url, exc)
+                continue
+            raise UpstreamUnreachable(str(exc) or type(exc).__name__) from None
+        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+            raise UpstreamUnreachable(str(exc) or type(exc).__name__) from None
     if may_retry and upstream.status in RETRYABLE:
         async with upstream:
             raise UpstreamRejected(upstream.status, await upstream.read())

@@ -1,0 +1,99 @@
+"""A pooled upstream connection closed while idle: the request goes once more, on a new one.
+
+A real socket server on loopback that answers with keep-alive and then drops the next
+request on that connection unanswered, as an upstream does when its keep-alive timer
+fires as the request arrives (uvicorn's 5 s) or when it closes after every stream while
+promising keep-alive (llama-server).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aiohttp
+import pytest
+
+from helixd.proxy.relay import UpstreamUnreachable, open_upstream
+from helixd.supervisor.spec import free_port
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+
+
+class Upstream:
+    """Counts connections and requests; ``answers(n_on_connection)`` says whether to reply."""
+
+    def __init__(self, answers: Callable[[int], bool]) -> None:
+        self.answers = answers
+        self.connections = 0
+        self.requests = 0
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        n = 0
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(
+                    int(line.split(b":", 1)[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                )
+                await reader.readexactly(length)
+                self.requests += 1
+                n += 1
+                if not self.answers(n):
+                    return  # closed unanswered
+                writer.write(OK)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return
+        finally:
+            writer.close()
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Callable[[Upstream], Awaitable[str]]]:
+    servers: list[asyncio.Server] = []
+
+    async def start(upstream: Upstream) -> str:
+        port = free_port()
+        servers.append(await asyncio.start_server(upstream.serve, "127.0.0.1", port))
+        return f"http://127.0.0.1:{port}/v1/chat/completions"
+
+    yield start
+    for server in servers:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_request_on_a_connection_closed_while_idle_is_sent_again(
+    serve: Callable[[Upstream], Awaitable[str]],
+) -> None:
+    upstream = Upstream(answers=lambda n: n == 1)  # each connection answers once only
+    url = await serve(upstream)
+    async with aiohttp.ClientSession() as session:
+        for _ in range(3):
+            async with await open_upstream(session, url, b"{}", None, may_retry=False) as answer:
+                assert answer.status == 200
+                assert await answer.read() == b"{}"
+    # the 2nd and 3rd requests each went to a pooled connection that dropped them
+    assert (upstream.connections, upstream.requests) == (3, 5)
+
+
+async def test_an_upstream_that_drops_every_request_is_tried_twice_then_unreachable(
+    serve: Callable[[Upstream], Awaitable[str]],
+) -> None:
+    upstream = Upstream(answers=lambda n: False)
+    url = await serve(upstream)
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(UpstreamUnreachable, match="disconnected"):
+            await open_upstream(session, url, b"{}", None, may_retry=False)
+    assert upstream.requests == 2
+
+
+async def test_a_refused_connection_is_not_tried_again() -> None:
+    url = f"http://127.0.0.1:{free_port()}/v1/chat/completions"
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(UpstreamUnreachable, match="onnect"):
+            await open_upstream(session, url, b"{}", None, may_retry=False)

@@ -223,8 +223,9 @@ def render_initial_config(found: Findings) -> tuple[str, list[str]]:
                 "providers": {
                     "llama": {
                         "kind": "llamacpp",
+                        # no health key: the kind probes /health, then /v1/models
+                        # where that is 404 (llama-cpp-python's server)
                         "command": command,
-                        "health": {"path": "/v1/models"},
                     }
                 }
             },

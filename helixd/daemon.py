@@ -35,7 +35,6 @@ from helixd.proxy.server import ProxyServer
 from helixd.resources.gpu import GpuSelectionError
 from helixd.resources.monitor import ResourceMonitor
 from helixd.scheduler.catalog import build_adapters, build_entries
-from helixd.scheduler.core import HOLDING
 from helixd.scheduler.residency import ModelEntry, Residency
 from helixd.state import OperatorStops, ResidencyRecord
 from helixd.supervisor.arbiter import Supervisor, UnknownProcess
@@ -112,11 +111,11 @@ class Daemon:
         await self.supervisor.start_autostart(skip=self.operator_stops.stopped)
         self.notifier.ready(self.summary())
         log.info(
-            "helixd %s ready (%s mode): control socket %s, %d provider(s)",
+            "helixd %s ready (%s mode): control socket %s; %s",
             __version__,
             self.paths.mode,
             self.paths.socket,
-            len(self.supervisor.processes),
+            self.summary(),
         )
         self.ops.start()
         tasks = [
@@ -141,8 +140,7 @@ class Daemon:
         finally:
             self.stopping = True
             self.notifier.stopping()
-            resident = sum(e.state in HOLDING for e in self.residency.models.values())
-            what = f"{len(self.supervisor.processes)} provider(s), {resident} model(s)"
+            what = self.summary()
             self.notifier.status(f"stopping {what}")
             log.info("stopping: %s", what)
             for task in tasks:

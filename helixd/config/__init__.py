@@ -350,6 +350,12 @@ def _check_models(config: HelixConfig) -> list[str]:
                 f"{key}.path: required, because providers.{model.provider}.command uses "
                 "{model_path}; e.g. path = '/models/qwen2.5-7b-instruct-q4_k_m.gguf'"
             )
+        elif provider.kind == "llamacpp-router" and model.path is None:
+            problems.append(
+                f"{key}.path: required, because providers.{model.provider} is a llama-server "
+                "router (kind llamacpp-router) that loads the GGUF file helixd names; "
+                "e.g. path = '/models/qwen2.5-7b-instruct-q4_k_m.gguf'"
+            )
         if model.sleep_mode and provider is not None and provider.kind != "vllm":
             problems.append(
                 f"{key}.sleep_mode: only vLLM has a sleep mode; providers.{model.provider} "

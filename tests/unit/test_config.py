@@ -210,6 +210,12 @@ def test_residency_sections_parse_with_defaults(tmp_path: Path) -> None:
             "{model_path}; e.g. path = '/models/qwen2.5-7b-instruct-q4_k_m.gguf'",
         ),
         (
+            '[providers.router]\nkind = "llamacpp-router"\n[models.x]\nprovider = "router"\n',
+            "helixd.toml: models.x.path: required, because providers.router is a llama-server "
+            "router (kind llamacpp-router) that loads the GGUF file helixd names; "
+            "e.g. path = '/models/qwen2.5-7b-instruct-q4_k_m.gguf'",
+        ),
+        (
             '[models.x]\nprovider = "llama"\npath = "/m.gguf"\n',
             "helixd.toml: models.x.ctx: required, because providers.llama.command uses {ctx}; "
             "e.g. ctx = 8192",

@@ -358,6 +358,15 @@ def pct(values: list[float], q: float) -> str:
     return f"{ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000:.0f} ms"
 
 
+def ratio(baseline: str, other: str) -> str:
+    """``other / baseline`` of two cells such as ``87 ms`` or ``371``; ``-`` when undefined."""
+    try:
+        a, b = float(baseline.split()[0]), float(other.split()[0])
+    except (ValueError, IndexError):
+        return "-"
+    return f"{b / a:.2f}x" if a else "-"
+
+
 def report(results: dict[str, dict[int, Phase]], warm: dict[str, dict[str, float]]) -> None:
     systems = list(results)
     rows: list[tuple[str, ...]] = []
@@ -381,10 +390,12 @@ def report(results: dict[str, dict[int, Phase]], warm: dict[str, dict[str, float
     ):
         rows.append((label, *(f"{warm[s][key]:.2f} ms" for s in systems)))
     print()
-    print("| | " + " | ".join(systems) + " |")
-    print("|---|" + "---|" * len(systems))
+    ratio_head = f" {systems[-1]} / {systems[0]} |" if len(systems) == 2 else ""
+    print("| | " + " | ".join(systems) + " |" + ratio_head)
+    print("|---|" + "---|" * (len(systems) + bool(ratio_head)))
     for row in rows:
-        print("| " + " | ".join(row) + " |")
+        extra = f" {ratio(row[1], row[2])} |" if ratio_head else ""
+        print("| " + " | ".join(row) + " |" + extra)
     for system, phases in results.items():
         for c, phase in phases.items():
             if phase.errors:

@@ -1,47 +1,34 @@
 """``helixctl``: drive helixd over its control socket.
 
 Exit codes (DESIGN.md): 0 done; 1 the operation failed; 2 usage; 3 helixd not reachable.
-Commands that talk to the daemon import neither aiohttp, pydantic nor helixd, so the
-whole process stays fast; ``config check`` and ``init`` import ``helixd`` lazily.
+Commands that talk to the daemon import neither aiohttp, pydantic nor helixd beyond
+:mod:`helixd.protocol` (every request is built from its commands, and their help is the
+commands' own), so the whole process stays fast; ``config check`` and ``init`` import
+``helixd`` lazily.
+
+This module defines the daemon and config commands and imports the other command
+modules (``helixctl.ops``), all registering on the group of ``helixctl.group``.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
-from typing import Any, TypeVar
-from urllib.parse import quote
+from typing import Any
 
 import click
 
-from helixctl.core import EXIT_FAILED, EXIT_UNREACHABLE, Context, echo, fail, show_status
+from helixctl import ops  # noqa: F401  (registers jobs, run, backup and alerts)
+from helixctl.context import EXIT_FAILED, Context, echo, fail
+from helixctl.group import accept_json_everywhere, cli, pass_ctx, timeout_option
+from helixctl.status import show_status
 from helixctl.transport import ProtocolError, Unreachable
-
-pass_ctx = click.make_pass_decorator(Context)
-FC = TypeVar("FC", bound=Callable[..., Any])
+from helixd import protocol
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "--socket",
-    "socket_path",
-    metavar="PATH",
-    envvar="HELIXD_SOCKET",
-    help="control socket (default: the user's, then the system one)",
-)
-@click.option("--json", "as_json", is_flag=True, help="machine-readable JSON output")
-@click.version_option(package_name="helixd", prog_name="helixctl")
-@click.pass_context
-def cli(ctx: click.Context, socket_path: str | None, as_json: bool) -> None:
-    """Control helixd, the local LLM serving supervisor."""
-    ctx.obj = Context(socket_path, as_json)
-
-
-@cli.command()
+@cli.command(help=protocol.Status.help())
 @pass_ctx
 def status(ctx: Context) -> None:
-    """Show the daemon and its providers."""
     show_status(ctx)
 
 
@@ -66,60 +53,38 @@ def diagnose(ctx: Context, config_file: str | None, mode: str | None) -> None:
     run(ctx, config_file, mode)
 
 
-def _provider_action(ctx: Context, action: str, name: str, wait: bool, timeout: float) -> None:
-    query = f"?wait=1&timeout={timeout:g}" if wait else ""
-    doc = ctx.call(
-        "POST",
-        f"/v1/providers/{quote(name, safe='')}/{action}{query}",
-        timeout=timeout + 30 if wait else 180,
-    )
+def _provider_action(
+    ctx: Context, command: type[protocol.Command], name: str, wait: bool, timeout: float
+) -> None:
+    query = {"wait": "1", "timeout": f"{timeout:g}"} if wait else None
+    doc = ctx.call(command, query, timeout=timeout + 30 if wait else 180, name=name)
     p = doc["provider"]
     ctx.emit(doc, f"{p['name']}: {p['state']}" + (f" (pid {p['pid']})" if p.get("pid") else ""))
 
 
-def _seconds(ctx: click.Context, param: click.Parameter, value: float) -> float:
-    # FloatRange lets NaN through (every comparison with it is false).
-    if value != value:
-        raise click.BadParameter("must be a number of seconds, not nan")
-    return value
-
-
-def timeout_option(default: float, help_text: str, zero_ok: bool = False) -> Callable[[FC], FC]:
-    """``--timeout S``: seconds, up to a day; NaN refused."""
-    return click.option(
-        "--timeout",
-        type=click.FloatRange(min=0, max=86400, min_open=not zero_ok),
-        callback=_seconds,
-        default=default,
-        show_default=True,
-        help=help_text,
-    )
-
-
-def _provider_command(action: str, help_text: str) -> None:
+def _provider_command(action: str, command: type[protocol.Command]) -> None:
     """Register ``helixctl ACTION PROVIDER [--wait] [--timeout S]``."""
 
-    @cli.command(name=action, help=help_text)
+    @cli.command(name=action, help=command.help())
     @click.argument("provider")
     @click.option("--wait", is_flag=True, help="wait until ready (or failed)")
     @timeout_option(120.0, "seconds to wait with --wait", zero_ok=True)
     @pass_ctx
-    def command(ctx: Context, provider: str, wait: bool, timeout: float) -> None:
-        _provider_action(ctx, action, provider, wait and action != "stop", timeout)
+    def run(ctx: Context, provider: str, wait: bool, timeout: float) -> None:
+        _provider_action(ctx, command, provider, wait and action != "stop", timeout)
 
 
-_provider_command("start", "Start PROVIDER.")
-_provider_command("stop", "Stop PROVIDER and its whole process group (stopping always waits).")
-_provider_command("restart", "Restart PROVIDER.")
+_provider_command("start", protocol.StartProvider)
+_provider_command("stop", protocol.StopProvider)
+_provider_command("restart", protocol.RestartProvider)
 
 
-@cli.command()
+@cli.command(help=protocol.ListModels.help())
 @pass_ctx
 def models(ctx: Context) -> None:
-    """Show every model: state, device, memory (and where the figure came from), use."""
     from helixctl.render import MODEL_HEADERS, device_lines, model_rows, table
 
-    doc = ctx.call("GET", "/v1/models")
+    doc = ctx.call(protocol.ListModels)
     lines = device_lines(doc.get("devices") or {})
     if doc["models"]:
         lines += ["", table(MODEL_HEADERS, model_rows(doc["models"]))]
@@ -128,12 +93,8 @@ def models(ctx: Context) -> None:
     ctx.emit(doc, "\n".join(lines))
 
 
-def _model_action(ctx: Context, action: str, name: str, timeout: float) -> None:
-    doc = ctx.call(
-        "POST",
-        f"/v1/models/{quote(name, safe='')}/{action}?timeout={timeout:g}",
-        timeout=timeout + 30,
-    )
+def _model_action(ctx: Context, command: type[protocol.Command], name: str, timeout: float) -> None:
+    doc = ctx.call(command, {"timeout": f"{timeout:g}"}, timeout=timeout + 30, name=name)
     m = doc["model"]
     asleep = m["state"] == "sleeping"
     where = f" on {m['device']}" if m.get("device") and (asleep or m["state"] == "loaded") else ""
@@ -143,24 +104,24 @@ def _model_action(ctx: Context, action: str, name: str, timeout: float) -> None:
     ctx.emit(doc, f"{m['name']}: {m['state']}{where}{pinned}{hint}")
 
 
-def _model_command(action: str, help_text: str) -> None:
+def _model_command(action: str, command: type[protocol.Command]) -> None:
     """Register ``helixctl ACTION MODEL [--timeout S]``."""
 
-    @cli.command(name=action, help=help_text)
+    @cli.command(name=action, help=command.help())
     @click.argument("model")
     @timeout_option(600.0, "seconds to wait for the load (or for room to be made)")
     @pass_ctx
-    def command(ctx: Context, model: str, timeout: float) -> None:
-        _model_action(ctx, action, model, timeout)
+    def run(ctx: Context, model: str, timeout: float) -> None:
+        _model_action(ctx, command, model, timeout)
 
 
-_model_command("load", "Load MODEL now, evicting idle unpinned models if it needs the room.")
-_model_command("unload", "Unload MODEL (refused while it is pinned or busy).")
-_model_command("pin", "Pin MODEL: load it and never evict it (kept across restarts).")
-_model_command("unpin", "Unpin MODEL: it may be evicted and unloaded when idle again.")
+_model_command("load", protocol.LoadModel)
+_model_command("unload", protocol.UnloadModel)
+_model_command("pin", protocol.PinModel)
+_model_command("unpin", protocol.UnpinModel)
 
 
-@cli.command()
+@cli.command(help=protocol.ProviderLogs.help())
 @click.argument("provider")
 @click.option("-f", "--follow", is_flag=True, help="keep printing new lines")
 @click.option(
@@ -173,22 +134,16 @@ _model_command("unpin", "Unpin MODEL: it may be evicted and unloaded when idle a
 )
 @pass_ctx
 def logs(ctx: Context, provider: str, follow: bool, lines: int) -> None:
-    """Print PROVIDER's recent output (stdout, stderr and helixd's notes)."""
-    path = f"/v1/providers/{quote(provider, safe='')}/logs?lines={lines}"
     if not follow:
-        doc = ctx.call("GET", path)
+        doc = ctx.call(protocol.ProviderLogs, {"lines": str(lines)}, name=provider)
         human = "\n".join(_log_text(line) for line in doc["lines"])
         if ctx.as_json:
             ctx.emit(doc, "")
         elif human:
             echo(human)
         return
-    try:
-        response = ctx.client.request("GET", path + "&follow=1", timeout=None)
-    except Unreachable as exc:
-        fail(str(exc), EXIT_UNREACHABLE)
-    if response.status >= 400:
-        ctx.api_error(response.json())
+    query = {"lines": str(lines), "follow": "1"}
+    response = ctx.stream(protocol.ProviderLogs, query, name=provider)
     try:
         for raw in response.iter_lines():
             if ctx.as_json:
@@ -205,31 +160,24 @@ def logs(ctx: Context, provider: str, follow: bool, lines: int) -> None:
         response.close()
 
 
-@cli.command()
+@cli.command(help=protocol.PullModel.help())
 @click.argument("model")
 @click.option("--provider", help="the Ollama provider to pull into (default: the only one)")
 @pass_ctx
 def pull(ctx: Context, model: str, provider: str | None) -> None:
-    """Download MODEL into an Ollama provider, showing its progress."""
     from helixctl.progress import PullProgress
 
     if provider is None:
         ollamas = [
             p["name"]
-            for p in ctx.call("GET", "/v1/providers")["providers"]
+            for p in ctx.call(protocol.ListProviders)["providers"]
             if p.get("kind") == "ollama"
         ]
         if len(ollamas) != 1:
             found = ", ".join(ollamas) or "none configured"
             fail(f"name the Ollama provider with --provider (Ollama providers: {found})", 2)
         provider = ollamas[0]
-    path = f"/v1/providers/{quote(provider, safe='')}/pull?model={quote(model, safe='')}"
-    try:
-        response = ctx.client.request("POST", path, timeout=None)
-    except Unreachable as exc:
-        fail(str(exc), EXIT_UNREACHABLE)
-    if response.status >= 400:
-        ctx.api_error(response.json())
+    response = ctx.stream(protocol.PullModel, {"model": model}, name=provider)
     progress, tty = PullProgress(), sys.stdout.isatty()
     last, step = "", None
     try:
@@ -276,11 +224,10 @@ def _log_text(line: dict[str, Any]) -> str:
     return f"{stamp} {tag}{line['text']}"
 
 
-@cli.command()
+@cli.command(help=protocol.Reload.help())
 @pass_ctx
 def reload(ctx: Context) -> None:
-    """Re-read the config and apply it; a broken config is refused (exit 1)."""
-    doc = ctx.call("POST", "/v1/reload", timeout=300)
+    doc = ctx.call(protocol.Reload, timeout=300)
     changes = doc["changes"]
     parts = [
         f"{k.replace('_', ' ')} {', '.join(v)}"
@@ -345,7 +292,7 @@ def _running_config(ctx: Context) -> Any:
     from pathlib import Path
 
     try:
-        status, doc = ctx.client.call("GET", "/v1/status", timeout=5)
+        status, doc = ctx.client.call(protocol.Status.method, protocol.Status.target(), 5)
     except (Unreachable, ProtocolError):
         return None
     return Path(doc["config"]) if status == 200 and isinstance(doc, dict) else None
@@ -433,37 +380,7 @@ def export_litellm(
     run_litellm(ctx, hosts, key_env, output, not no_local, prefer_loaded)
 
 
-# The operations commands (jobs, run, backup, alerts) register themselves on ``cli``.
-from helixctl import ops  # noqa: E402, F401
-
-
-def _json_after_command(ctx: click.Context, param: click.Parameter, value: bool) -> None:
-    shared = ctx.find_object(Context)  # set by the group, which runs before the command
-    if value and shared is not None:
-        shared.as_json = True
-
-
-def accept_json_everywhere(group: click.Group) -> None:
-    """Let ``--json`` follow the command too (``helixctl status --json``), as people type it.
-
-    The group's own ``--json`` comes before the command; this adds the same flag to every
-    command and subcommand, setting the one shared :class:`Context`.
-    """
-    for command in group.commands.values():
-        if isinstance(command, click.Group):
-            accept_json_everywhere(command)
-        if not any(isinstance(p, click.Option) and "--json" in p.opts for p in command.params):
-            command.params.append(
-                click.Option(
-                    ["--json"],
-                    is_flag=True,
-                    expose_value=False,
-                    callback=_json_after_command,
-                    help="machine-readable JSON output",
-                )
-            )
-
-
+# Every command is registered by now (this module's and those of helixctl.ops).
 accept_json_everywhere(cli)
 
 

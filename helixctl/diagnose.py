@@ -42,7 +42,7 @@ from helixctl.diagnose_rules_net import (
 )
 
 if TYPE_CHECKING:
-    from helixctl.core import Context
+    from helixctl.context import Context
     from helixd.config import LoadedConfig
     from helixd.paths import Mode
 

@@ -29,10 +29,11 @@ LOOPBACK = "127.0.0.1"  # where helixd puts providers (helixd.supervisor.spec.LO
 def probe_socket(path: str, looked_at: list[str]) -> SocketFacts:
     """``GET /v1/status`` through helixctl's own transport; if that fails, why."""
     from helixctl.transport import Client, ProtocolError, Unreachable
+    from helixd.protocol import Status
 
     client = Client(path, looked_at, timeout=SOCKET_TIMEOUT_S)
     try:
-        status, document = client.call("GET", "/v1/status")
+        status, document = client.call(Status.method, Status.target())
     except Unreachable as exc:
         return _why_unreachable(path, looked_at, str(exc))
     except ProtocolError as exc:

@@ -17,7 +17,8 @@ objects carry state, readiness, aliases and routes) and writes the proxy's confi
   probe fails (LiteLLM sends to all of them again when every probe fails).
 
 Pure functions build the config; :func:`run_litellm` does the I/O. Like every helixctl
-command that talks to the daemon, this imports neither aiohttp, pydantic nor helixd.
+command that talks to the daemon, this imports neither aiohttp, pydantic nor helixd
+beyond :mod:`helixd.protocol`.
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from helixctl.core import EXIT_FAILED, Context, echo, fail
+from helixctl.context import EXIT_FAILED, Context, echo, fail
 from helixctl.yaml_out import Note, plain, to_yaml
+from helixd.protocol import ListModels, Status
 
 LITELLM_VERSION = "1.108.5"  # the version the config is written for and tested with
 DEFAULT_MAX_CONCURRENCY = 4  # helixd's own default, for a host that does not say
@@ -374,9 +376,7 @@ def run_litellm(
     except ExportError as exc:
         fail(str(exc), EXIT_USAGE)
     if local:
-        hosts.append(
-            host_from_control(ctx.call("GET", "/v1/status"), ctx.call("GET", "/v1/models"))
-        )
+        hosts.append(host_from_control(ctx.call(Status), ctx.call(ListModels)))
     elif not bases:
         fail("nothing to export: name hosts with --host URL (or drop --no-local)", EXIT_USAGE)
     for base in dict.fromkeys(bases):

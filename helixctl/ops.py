@@ -5,13 +5,13 @@ from __future__ import annotations
 import sys
 import time
 from typing import Any
-from urllib.parse import quote
 
 import click
 
-from helixctl.cli import cli, pass_ctx, timeout_option
-from helixctl.core import EXIT_FAILED, Context
+from helixctl.context import EXIT_FAILED, Context
+from helixctl.group import cli, pass_ctx, timeout_option
 from helixctl.render import duration, table
+from helixd import protocol
 
 JOB_HEADERS = ("JOB", "KIND", "SCHEDULE", "NEXT RUN", "LAST RUN", "RESULT", "MESSAGE")
 
@@ -54,23 +54,21 @@ def _one_line(text: str, width: int = 80) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-@cli.command()
+@cli.command(help=protocol.ListJobs.help())
 @pass_ctx
 def jobs(ctx: Context) -> None:
-    """Show the scheduled jobs: schedule, next run, last run and its result."""
-    doc = ctx.call("GET", "/v1/jobs")
+    doc = ctx.call(protocol.ListJobs)
     ctx.emit(doc, table(JOB_HEADERS, job_rows(doc["jobs"])))
 
 
-@cli.command()
+@cli.command(help=protocol.RunJob.help())
 @click.argument("job")
 @timeout_option(
     3600.0, "seconds to wait for the result (the run goes on in helixd if this runs out)"
 )
 @pass_ctx
 def run(ctx: Context, job: str, timeout: float) -> None:
-    """Run JOB now and wait for its result (exit 1 when it fails)."""
-    doc = ctx.call("POST", f"/v1/jobs/{quote(job, safe='')}/run", timeout=timeout)
+    doc = ctx.call(protocol.RunJob, timeout=timeout, name=job)
     r = doc["run"]
     ctx.emit(doc, f"{r['job']}: {r['result']} in {r['duration_s']:.1f} s: {r['message']}")
     if r["result"] != "ok":
@@ -88,31 +86,28 @@ def backup(click_ctx: click.Context) -> None:
 BACKUP_HEADERS = ("BACKUP", "CREATED", "SIZE", "LABEL")
 
 
-@backup.command("list")
+@backup.command("list", help=protocol.ListBackups.help())
 @pass_ctx
 def backup_list(ctx: Context) -> None:
-    """List the backups, newest first."""
-    doc = ctx.call("GET", "/v1/backups")
+    doc = ctx.call(protocol.ListBackups)
     rows = [[b["id"], b["created"], _size(b["size"]), b.get("label") or ""] for b in doc["backups"]]
     human = table(BACKUP_HEADERS, rows) if rows else "no backups yet (helixctl backup create)"
     ctx.emit(doc, f"{human}\nin {doc['dir']}")
 
 
-@backup.command("create")
+@backup.command("create", help=protocol.CreateBackup.help())
 @pass_ctx
 def backup_create(ctx: Context) -> None:
-    """Back up the config, the state and the backup job's paths now."""
-    doc = ctx.call("POST", "/v1/backups", timeout=600)
+    doc = ctx.call(protocol.CreateBackup, timeout=600)
     b = doc["backup"]
     ctx.emit(doc, f"wrote {b['id']} ({_size(b['size'])}): {b['path']}")
 
 
-@backup.command("restore")
+@backup.command("restore", help=protocol.RestoreBackup.help())
 @click.argument("backup_id", metavar="ID")
 @pass_ctx
 def backup_restore(ctx: Context, backup_id: str) -> None:
-    """Restore backup ID: checked first, the current files kept in a safety backup."""
-    doc = ctx.call("POST", f"/v1/backups/{quote(backup_id, safe='')}/restore", timeout=600)
+    doc = ctx.call(protocol.RestoreBackup, timeout=600, id=backup_id)
     lines = [f"restored {doc['restored']}: {len(doc['files'])} file(s); config reloaded"]
     lines += [f"  {path}" for path in doc["files"]]
     lines += [f"skipped: {note}" for note in doc.get("skipped", [])]
@@ -127,12 +122,11 @@ def backup_restore(ctx: Context, backup_id: str) -> None:
 ALERT_HEADERS = ("SEVERITY", "ALERT", "SINCE", "MESSAGE")
 
 
-@cli.command()
+@cli.command(help=protocol.ListAlerts.help())
 @click.option("--all", "include_resolved", is_flag=True, help="also show resolved alerts")
 @pass_ctx
 def alerts(ctx: Context, include_resolved: bool) -> None:
-    """Show active alerts (and, with --all, the recently resolved ones)."""
-    doc = ctx.call("GET", "/v1/alerts" + ("?all=1" if include_resolved else ""))
+    doc = ctx.call(protocol.ListAlerts, {"all": "1"} if include_resolved else None)
     now = time.time()
     active = doc.get("active", [])
     rows = [

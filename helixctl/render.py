@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from typing import Any
+
+# typing.TYPE_CHECKING without importing typing, which costs ``helixctl status`` some
+# 3 ms of its start-up (the idiom PEP 781 names; mypy reads it the same way).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
 
 
 def duration(seconds: float | None) -> str:

@@ -11,8 +11,13 @@ from __future__ import annotations
 import json
 import os
 import socket
-from collections.abc import Iterator
-from typing import Any
+
+# typing.TYPE_CHECKING without importing typing, which costs ``helixctl status`` some
+# 3 ms of its start-up (the idiom PEP 781 names; mypy reads it the same way).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import Any
 
 
 class Unreachable(Exception):

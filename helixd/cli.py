@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     _setup_logging(args.log_level or loaded.config.daemon.log_level)
 
-    from helixd.daemon import Daemon, StartupError
+    from helixd.daemon import Daemon
+    from helixd.errors import StartupError
     from helixd.notify import Notifier
     from helixd.supervisor.spec import SpecError
 

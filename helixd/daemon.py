@@ -22,10 +22,11 @@ from aiohttp import web
 
 from helixd import __version__
 from helixd.config import ConfigError, DaemonPaths, LoadedConfig, ProviderConfig, load_config
-from helixd.control.api import ControlAPI, ReloadRefused
+from helixd.control.api import ControlAPI
 from helixd.control.jobs_api import add_jobs_routes
 from helixd.control.models_api import add_model_routes
 from helixd.control.sockets import bind_control_socket
+from helixd.errors import ReloadRefused, StartupError
 from helixd.jobs.alerts import AlertBook
 from helixd.jobs.service import Operations
 from helixd.notify import Notifier
@@ -43,10 +44,6 @@ from helixd.supervisor.registry import ChildRegistry
 from helixd.supervisor.spec import ProcessSpec, SpecError, build_spec
 
 log = logging.getLogger("helixd")
-
-
-class StartupError(Exception):
-    """helixd cannot start; the message says why and what to do."""
 
 
 class Daemon:

@@ -34,6 +34,7 @@ from helixd.config.proxy import ProxyConfig
 from helixd.config.residency import FOREVER, ModelConfig, ResourcesConfig, SchedulerConfig
 from helixd.config.routes import RouteConfig
 from helixd.config.types import NAME_RE, Strict
+from helixd.errors import ConfigError
 from helixd.kinds import kind_defaults
 from helixd.paths import Mode, default_paths
 
@@ -62,10 +63,6 @@ __all__ = [
     "load_config",
     "validate_config",
 ]
-
-
-class ConfigError(Exception):
-    """A config that cannot be used; the message names the file, the key and the fix."""
 
 
 class DaemonConfig(Strict):

@@ -1,5 +1,8 @@
 """The control API: HTTP/1.1 + JSON over the Unix socket, as DESIGN.md's table lays out.
 
+Its commands are those :mod:`helixd.protocol` lists, each served by the handler that
+bears the command's name (``add_commands``); helixctl builds its requests from that list.
+
 Handlers are thin: they parse the request, call the backend (the daemon), and shape the
 answer. Every error is ``{"error": {"code", "message"}}`` with a fitting status. Only
 names from the config are accepted, never command lines.
@@ -8,14 +11,17 @@ names from the config are accepted, never command lines.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 from typing import Any, Protocol
 
 from aiohttp import web
 
+from helixd.control.pull import pull
+from helixd.control.routes import add_commands, error
+from helixd.control.routes import dumps as _dumps
 from helixd.control.sockets import peer_uid
+from helixd.errors import ReloadRefused
 from helixd.supervisor.arbiter import Supervisor, UnknownProcess
 from helixd.supervisor.process import ManagedProcess, ProcessClosed, ProcessState
 
@@ -26,10 +32,6 @@ MAX_LOG_LINES = 10_000
 # cancel a handler when the client goes away, only the next write would notice.
 FOLLOW_CHECK_S = 5.0
 DEFAULT_WAIT_S = 120.0
-
-
-class ReloadRefused(Exception):
-    """The new config is invalid; the message says why and the old config stays."""
 
 
 class ControlBackend(Protocol):
@@ -59,18 +61,6 @@ class ControlBackend(Protocol):
         ...
 
 
-def error(status: int, code: str, message: str, **details: Any) -> web.Response:
-    """The one error shape of the API."""
-    body: dict[str, Any] = {"code": code, "message": message}
-    if details:
-        body["details"] = details
-    return web.json_response({"error": body}, status=status)
-
-
-def _dumps(data: Any) -> str:
-    return json.dumps(data, indent=None, separators=(",", ":"))
-
-
 class ControlAPI:
     """Builds the aiohttp application for a :class:`ControlBackend`."""
 
@@ -80,13 +70,8 @@ class ControlAPI:
     def app(self) -> web.Application:
         """The aiohttp application with every route registered."""
         app = web.Application(middlewares=[self._errors])
-        app.router.add_get("/v1/status", self.get_status)
-        app.router.add_get("/v1/providers", self.list_providers)
-        app.router.add_get("/v1/providers/{name}", self.get_provider)
-        app.router.add_post("/v1/providers/{name}/pull", self.provider_pull)
-        app.router.add_post("/v1/providers/{name}/{action}", self.provider_action)
-        app.router.add_get("/v1/providers/{name}/logs", self.provider_logs)
-        app.router.add_post("/v1/reload", self.reload)
+        add_commands(app, ("daemon", "providers"), self)
+        app.router.add_post("/v1/providers/{name}/{action}", self.unknown_action)
         return app
 
     @web.middleware
@@ -117,34 +102,47 @@ class ControlAPI:
         log.info("control: uid %s requested %s", uid if uid is not None else "?", what)
 
     async def get_status(self, request: web.Request) -> web.Response:
-        """``GET /v1/status``."""
+        """:class:`helixd.protocol.Status`."""
         await self.backend.refresh()
         return web.json_response(self.backend.status(), dumps=_dumps)
 
     async def list_providers(self, request: web.Request) -> web.Response:
-        """``GET /v1/providers``."""
+        """:class:`helixd.protocol.ListProviders`."""
         processes = self.backend.supervisor.processes.values()
         return web.json_response({"providers": [p.info() for p in processes]}, dumps=_dumps)
 
     async def get_provider(self, request: web.Request) -> web.Response:
-        """``GET /v1/providers/{name}``."""
+        """:class:`helixd.protocol.GetProvider`."""
         process = self.backend.supervisor.get(request.match_info["name"])
         return web.json_response({"provider": process.info()}, dumps=_dumps)
 
     async def provider_pull(self, request: web.Request) -> web.StreamResponse:
-        """``POST /v1/providers/{name}/pull?model=NAME``: Ollama's progress, as NDJSON."""
-        from helixd.control.pull import pull
-
+        """:class:`helixd.protocol.PullModel`: Ollama's progress, as NDJSON."""
         self._audit(
             request, f"pull {request.query.get('model', '')!r} into {request.match_info['name']}"
         )
         return await pull(request, self.backend.supervisor)
 
-    async def provider_action(self, request: web.Request) -> web.Response:
+    async def provider_start(self, request: web.Request) -> web.Response:
+        """:class:`helixd.protocol.StartProvider`."""
+        return await self._provider_action(request, "start")
+
+    async def provider_stop(self, request: web.Request) -> web.Response:
+        """:class:`helixd.protocol.StopProvider`."""
+        return await self._provider_action(request, "stop")
+
+    async def provider_restart(self, request: web.Request) -> web.Response:
+        """:class:`helixd.protocol.RestartProvider`."""
+        return await self._provider_action(request, "restart")
+
+    async def unknown_action(self, request: web.Request) -> web.Response:
+        """``POST /v1/providers/{name}/ACTION`` for an action that is not a command."""
+        action = request.match_info["action"]
+        return error(404, "not_found", f"unknown action {action!r}; use start, stop or restart")
+
+    async def _provider_action(self, request: web.Request, action: str) -> web.Response:
         """``POST /v1/providers/{name}/start|stop|restart[?wait=1&timeout=S]``."""
-        name, action = request.match_info["name"], request.match_info["action"]
-        if action not in ("start", "stop", "restart"):
-            return error(404, "not_found", f"unknown action {action!r}; use start, stop or restart")
+        name = request.match_info["name"]
         if self.backend.stopping:
             return error(503, "stopping", "helixd is shutting down")
         process = self.backend.supervisor.get(name)
@@ -183,7 +181,7 @@ class ControlAPI:
         return web.json_response({"provider": process.info()}, dumps=_dumps)
 
     async def provider_logs(self, request: web.Request) -> web.StreamResponse:
-        """``GET /v1/providers/{name}/logs?lines=N&follow=1``: JSON, or NDJSON when following."""
+        """:class:`helixd.protocol.ProviderLogs`: JSON, or NDJSON when following."""
         process = self.backend.log_source(request.match_info["name"])
         try:
             lines = min(int(request.query.get("lines", "100")), MAX_LOG_LINES)
@@ -216,7 +214,7 @@ class ControlAPI:
         return response
 
     async def reload(self, request: web.Request) -> web.Response:
-        """``POST /v1/reload``: 200 with the changes, or 422 naming what is wrong."""
+        """:class:`helixd.protocol.Reload`: 200 with the changes, or 422 naming what is wrong."""
         self._audit(request, "reload")
         if self.backend.stopping:
             return error(503, "stopping", "helixd is shutting down")

@@ -6,7 +6,8 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from helixd.control.api import ControlAPI, error
+from helixd.control.api import ControlAPI
+from helixd.control.routes import add_commands, error
 from helixd.jobs.alerts import AlertBook
 from helixd.jobs.backup import BackupError, UnknownBackup
 from helixd.jobs.backup_ops import BackupOps, RestoreFailed
@@ -24,13 +25,7 @@ class JobsBackend(Protocol):
 
 def add_jobs_routes(api: ControlAPI, app: web.Application, backend: JobsBackend) -> None:
     """Register the jobs, backups and alerts routes on ``app``."""
-    routes = _JobsRoutes(api, backend)
-    app.router.add_get("/v1/jobs", routes.list_jobs)
-    app.router.add_post("/v1/jobs/{name}/run", routes.run_job)
-    app.router.add_get("/v1/backups", routes.list_backups)
-    app.router.add_post("/v1/backups", routes.create_backup)
-    app.router.add_post("/v1/backups/{id}/restore", routes.restore_backup)
-    app.router.add_get("/v1/alerts", routes.list_alerts)
+    add_commands(app, ("jobs", "backups", "alerts"), _JobsRoutes(api, backend))
 
 
 class _JobsRoutes:
@@ -44,11 +39,11 @@ class _JobsRoutes:
         return None
 
     async def list_jobs(self, request: web.Request) -> web.Response:
-        """``GET /v1/jobs``: each job's schedule, next run and last run."""
+        """:class:`helixd.protocol.ListJobs`: each job's schedule, next run and last run."""
         return web.json_response({"jobs": self.backend.jobs.info()})
 
     async def run_job(self, request: web.Request) -> web.Response:
-        """``POST /v1/jobs/{name}/run``: run it now and answer with the finished run.
+        """:class:`helixd.protocol.RunJob`: run it now and answer with the finished run.
 
         200 whatever the run's result (the request did what it asked); the run's
         ``result`` says ``ok`` or ``failed``.
@@ -66,14 +61,14 @@ class _JobsRoutes:
         return web.json_response({"run": run.as_json()})
 
     async def list_backups(self, request: web.Request) -> web.Response:
-        """``GET /v1/backups``: the backups on disk, newest first."""
+        """:class:`helixd.protocol.ListBackups`: the backups on disk, newest first."""
         try:
             return web.json_response(await self.backend.backups.listing())
         except BackupError as exc:
             return error(500, "backup_failed", str(exc))
 
     async def create_backup(self, request: web.Request) -> web.Response:
-        """``POST /v1/backups``: take one now (retention is left to the backup job)."""
+        """:class:`helixd.protocol.CreateBackup`: take one now (the backup job keeps retention)."""
         refused = self._refuse_when_stopping()
         if refused is not None:
             return refused
@@ -85,7 +80,7 @@ class _JobsRoutes:
         return web.json_response({"backup": info.as_json()})
 
     async def restore_backup(self, request: web.Request) -> web.Response:
-        """``POST /v1/backups/{id}/restore``: check it, keep a safety copy, swap, reload."""
+        """:class:`helixd.protocol.RestoreBackup`: check it, keep a safety copy, swap, reload."""
         backup_id = request.match_info["id"]
         refused = self._refuse_when_stopping()
         if refused is not None:
@@ -102,6 +97,6 @@ class _JobsRoutes:
         return web.json_response(result)
 
     async def list_alerts(self, request: web.Request) -> web.Response:
-        """``GET /v1/alerts[?all=1]``: active alerts (and recently resolved ones)."""
+        """:class:`helixd.protocol.ListAlerts`: active alerts (and recently resolved ones)."""
         include = request.query.get("all", "0") not in ("0", "", "false")
         return web.json_response(self.backend.alerts.info(include_resolved=include))

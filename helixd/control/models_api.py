@@ -7,7 +7,9 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from helixd.control.api import ControlAPI, error
+from helixd.control.api import ControlAPI
+from helixd.control.errors import CONTROL_STATUS
+from helixd.control.routes import add_commands, error
 from helixd.scheduler.residency import Residency, ResidencyError
 
 ACTIONS = ("load", "unload", "pin", "unpin")
@@ -27,9 +29,8 @@ class ModelsBackend(Protocol):
 def add_model_routes(api: ControlAPI, app: web.Application, backend: ModelsBackend) -> None:
     """Register the model routes on ``app`` (same error shape and audit as the rest)."""
     routes = _ModelRoutes(api, backend)
-    app.router.add_get("/v1/models", routes.list_models)
-    app.router.add_get("/v1/models/{name}", routes.get_model)
-    app.router.add_post("/v1/models/{name}/{action}", routes.model_action)
+    add_commands(app, ("models",), routes)
+    app.router.add_post("/v1/models/{name}/{action}", routes.unknown_action)
 
 
 class _ModelRoutes:
@@ -38,25 +39,44 @@ class _ModelRoutes:
         self.backend = backend
 
     async def list_models(self, request: web.Request) -> web.Response:
-        """``GET /v1/models``: every model, and the devices they live on."""
+        """:class:`helixd.protocol.ListModels`: every model, and the devices they live on."""
         residency = self.backend.residency
         await residency.refresh()
         models = [residency.info(e) for e in residency.models.values() if not e.removed]
         return web.json_response({"models": models, "devices": residency.devices()})
 
     async def get_model(self, request: web.Request) -> web.Response:
-        """``GET /v1/models/{name}``."""
+        """:class:`helixd.protocol.GetModel`."""
         try:
             entry = self.backend.residency.entry(request.match_info["name"])
         except ResidencyError as exc:
-            return error(exc.status, exc.code, str(exc))
+            return error(CONTROL_STATUS[exc.code], exc.code, str(exc))
         return web.json_response({"model": self.backend.residency.info(entry)})
 
-    async def model_action(self, request: web.Request) -> web.Response:
+    async def model_load(self, request: web.Request) -> web.Response:
+        """:class:`helixd.protocol.LoadModel`."""
+        return await self._model_action(request, "load")
+
+    async def model_unload(self, request: web.Request) -> web.Response:
+        """:class:`helixd.protocol.UnloadModel`."""
+        return await self._model_action(request, "unload")
+
+    async def model_pin(self, request: web.Request) -> web.Response:
+        """:class:`helixd.protocol.PinModel`."""
+        return await self._model_action(request, "pin")
+
+    async def model_unpin(self, request: web.Request) -> web.Response:
+        """:class:`helixd.protocol.UnpinModel`."""
+        return await self._model_action(request, "unpin")
+
+    async def unknown_action(self, request: web.Request) -> web.Response:
+        """``POST /v1/models/{name}/ACTION`` for an action that is not a command."""
+        action = request.match_info["action"]
+        return error(404, "not_found", f"unknown action {action!r}; use {', '.join(ACTIONS)}")
+
+    async def _model_action(self, request: web.Request, action: str) -> web.Response:
         """``POST /v1/models/{name}/load|unload|pin|unpin[?timeout=S]``."""
-        name, action = request.match_info["name"], request.match_info["action"]
-        if action not in ACTIONS:
-            return error(404, "not_found", f"unknown action {action!r}; use {', '.join(ACTIONS)}")
+        name = request.match_info["name"]
         if self.backend.stopping:
             return error(503, "stopping", "helixd is shutting down")
         residency = self.backend.residency
@@ -86,7 +106,7 @@ class _ModelRoutes:
             current = residency.models.get(name)
             if current is not None and exc.code != "unknown_model":
                 details["model"] = residency.info(current)
-            return error(exc.status, exc.code, str(exc), **details)
+            return error(CONTROL_STATUS[exc.code], exc.code, str(exc), **details)
         return web.json_response({"model": residency.info(entry)})
 
 

@@ -1,4 +1,4 @@
-"""``POST /v1/providers/{name}/pull?model=NAME``: download a model into an Ollama server.
+"""Serves :class:`helixd.protocol.PullModel`: download a model into an Ollama server.
 
 Ollama's own NDJSON progress (``{status, digest, total, completed}``, an ``{"error"}``
 line on failure) is streamed to the client as it comes; ``helixctl pull`` draws it.
@@ -12,7 +12,7 @@ import re
 import aiohttp
 from aiohttp import web
 
-from helixd.control.api import error
+from helixd.control.routes import error
 from helixd.supervisor.arbiter import Supervisor
 from helixd.supervisor.process import ProcessState
 

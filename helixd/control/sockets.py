@@ -15,9 +15,13 @@ import socket
 import struct
 from pathlib import Path
 
+from helixd.errors import ControlError
 
-class SocketInUse(ValueError):
+
+class SocketInUse(ControlError, ValueError):
     """Another live process already serves the control socket."""
+
+    code = "socket_in_use"
 
 
 def ensure_not_serving(path: Path) -> None:

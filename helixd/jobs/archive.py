@@ -65,6 +65,8 @@ _TYPE_NAMES = {
 class BackupError(JobFailed):
     """Refused or failed; the message names the culprit (file, member) and the fix."""
 
+    code = "backup_failed"
+
 
 @dataclass(frozen=True)
 class StagedFile:
@@ -225,8 +227,10 @@ def _inside(path: Path, root: Path) -> bool:
     return text == top or text.startswith(top.rstrip("/") + "/")
 
 
-class _Oversize(Exception):
+class _Oversize(BackupError):
     """The inflated stream grew past its cap."""
+
+    code = "archive_too_large"
 
 
 class _CappedReader:

@@ -396,6 +396,8 @@ def list_backups(dest: Path) -> list[BackupInfo]:
 class UnknownBackup(BackupError):
     """No backup of that id in the backups folder."""
 
+    code = "unknown_backup"
+
 
 def find_backup(dest: Path, backup_id: str) -> BackupInfo:
     """The backup named ``backup_id`` (``.tar.gz`` optional)."""

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from helixd.config.jobs import BackupJob
-from helixd.control.api import ReloadRefused
+from helixd.errors import JobError, ReloadRefused
 from helixd.jobs import backup
 from helixd.jobs.base import JobContext, JobOutcome
 
@@ -27,8 +27,10 @@ log = logging.getLogger("helixd.jobs.backup")
 T = TypeVar("T")
 
 
-class RestoreFailed(Exception):
+class RestoreFailed(JobError):
     """The files were restored but the daemon could not take them up; says what to do."""
+
+    code = "restore_failed"
 
 
 class BackupOps:

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from helixd.errors import JobError
+
 if TYPE_CHECKING:
     from helixd.config import DaemonPaths, LoadedConfig
     from helixd.jobs.alerts import AlertBook
@@ -27,8 +29,10 @@ class JobOutcome:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-class JobFailed(Exception):
+class JobFailed(JobError):
     """A job could not do its work; the message says what and what to do."""
+
+    code = "job_failed"
 
 
 class JobContext(Protocol):

@@ -11,6 +11,7 @@ import aiohttp
 import aiohttp.http_exceptions
 
 from helixd.config import HelixConfig
+from helixd.errors import JobError
 from helixd.jobs.base import JobContext
 from helixd.providers.http import error_text
 from helixd.scheduler.core import ModelState
@@ -23,8 +24,10 @@ PULL_STALL_S = 300.0
 API_TIMEOUT_S = 10.0
 
 
-class RefreshError(Exception):
+class RefreshError(JobError):
     """A re-pull that did not happen; the message has Ollama's own words."""
+
+    code = "refresh_failed"
 
 
 async def _tags_digest(session: aiohttp.ClientSession, base: str, model_id: str) -> str | None:

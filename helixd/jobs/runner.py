@@ -21,6 +21,7 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from helixd.config.jobs import JobConfig
+from helixd.errors import JobError
 from helixd.jobs.base import JobContext, JobFailed, JobOutcome
 from helixd.jobs.history import JobHistory, JobRun, Trigger, iso
 
@@ -32,8 +33,10 @@ JobFunction = Callable[[JobContext, Any], Awaitable[JobOutcome]]
 ALERT_ON_FAILURE = ("backup", "cleanup", "rotation")
 
 
-class UnknownJob(KeyError):
+class UnknownJob(JobError, KeyError):
     """No job of that name; the message lists the known ones."""
+
+    code = "unknown_job"
 
 
 class JobRunner:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from helixd.errors import ProviderError
 from helixd.supervisor.process import ManagedProcess
 
 # Words providers use when a load fails for lack of memory (CUDA, llama.cpp, vLLM, ROCm,
@@ -48,8 +49,10 @@ class ModelTarget:
     sleep_mode: bool = False
 
 
-class LoadError(Exception):
+class LoadError(ProviderError):
     """A load that did not succeed; ``out_of_memory`` when the provider said so."""
+
+    code = "load_failed"
 
     def __init__(
         self, message: str, *, out_of_memory: bool = False, log_tail: Sequence[str] = ()

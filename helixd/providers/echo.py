@@ -35,6 +35,7 @@ from typing import Any
 from aiohttp import web
 
 from helixd import __version__
+from helixd.errors import ProviderError
 
 JSON = dict[str, Any]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -66,16 +67,19 @@ class EchoConfig:
     embedding_dim: int = 8
 
 
-class EchoError(Exception):
+class EchoError(ProviderError):
     """A request failure; the middleware renders it in the calling API's error shape."""
+
+    code = "echo_error"
 
     def __init__(self, status: int, message: str, code: str | None = None) -> None:
         super().__init__(message)
-        self.status, self.message, self.code = status, message, code
+        # The OpenAI error code of this failure (None, as OpenAI sends for most).
+        self.status, self.message, self.wire_code = status, message, code
 
     def openai(self) -> JSON:
         kind = "server_error" if self.status >= 500 else "invalid_request_error"
-        return {"message": self.message, "type": kind, "code": self.code}
+        return {"message": self.message, "type": kind, "code": self.wire_code}
 
 
 def tokenize(text: str) -> list[str]:

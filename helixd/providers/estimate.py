@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from helixd.errors import ProviderError
+
 GIB = 1024**3
 MIB = 1024**2
 # llama.cpp's compute buffers grow with the graph (batch * context * width) and the logits
@@ -90,8 +92,10 @@ class MemoryEstimate:
     detail: str  # one line for humans: where the figures came from
 
 
-class EstimateError(Exception):
+class EstimateError(ProviderError):
     """A model's files cannot be estimated; the message names the file and what is wrong."""
+
+    code = "cannot_estimate"
 
 
 def estimate_path(path: Path, ctx: int | None = None) -> MemoryEstimate:

@@ -8,11 +8,11 @@ from typing import Any
 from aiohttp import web
 
 from helixd.config.routes import FailureClass
+from helixd.errors import EndpointError
 from helixd.proxy.ollama import Translation
 from helixd.proxy.routing import Attempts
 
-# Residency's refusals, as an API client should see them, and as a route escalates them.
-RESIDENCY_STATUS = {"queue_full": 429, "does_not_fit": 507, "timeout": 504, "model_failed": 503}
+# Residency's refusals, as a route escalates them (their statuses: each dialect's table).
 FAILURE_OF: dict[str, FailureClass] = {
     "queue_full": "overloaded",
     "timeout": "timeout",
@@ -21,8 +21,10 @@ FAILURE_OF: dict[str, FailureClass] = {
 }
 
 
-class Failed(Exception):
+class Failed(EndpointError):
     """One attempt failed before anything reached the client; ``response`` says how."""
+
+    code = "attempt_failed"
 
     def __init__(self, kind: str, response: web.Response) -> None:
         super().__init__(kind)
@@ -30,12 +32,14 @@ class Failed(Exception):
         self.response = response
 
 
-class Refused(Exception):
-    """A request refused before any model was tried; each dialect words it its own way."""
+class Refused(EndpointError):
+    """A request refused before any model was tried; each dialect words it its own way,
+    with the status its table gives ``code`` (the wire code of this refusal)."""
 
-    def __init__(self, status: int, message: str, code: str) -> None:
+    code = "request_refused"
+
+    def __init__(self, message: str, code: str) -> None:
         super().__init__(message)
-        self.status = status
         self.message = message
         self.code = code
 

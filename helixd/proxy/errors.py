@@ -1,10 +1,44 @@
-"""Errors in the OpenAI shape, which every OpenAI client knows how to show."""
+"""Errors in the OpenAI shape, which every OpenAI client knows how to show, and the
+OpenAI dialect's table of the codes it answers with and their HTTP statuses."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from typing import Final
 
 from aiohttp import web
+
+from helixd.errors import RESIDENCY_REFUSALS, QueueFull
+
+# Where a dialect answers a code with another status than helixd's own API, and why.
+DIALECT_DIFFERENCES: Final[Mapping[str, str]] = {
+    QueueFull.code: "429 with Retry-After: OpenAI clients back off and retry a rate limit, "
+    "while helixd's own API (which never queues) says 503, busy",
+}
+
+# The endpoint's codes (OpenAI dialect) → HTTP status: the one place they are decided. A
+# handler that names a code with a literal status must agree (a test reads them); an
+# upstream's own error status ("upstream_failed") passes through as it came.
+OPENAI_STATUS: Final[Mapping[str, int]] = {
+    # the request itself
+    "invalid_json": 400,
+    "missing_model": 400,
+    "invalid_api_key": 401,
+    "model_not_found": 404,
+    "unknown_endpoint": 404,
+    "method_not_allowed": 405,
+    "request_timeout": 408,
+    "body_too_large": 413,
+    "budget_exceeded": 429,
+    # the models: residency's refusals say as helixd's own API does, but for a full queue
+    **{refusal.code: refusal.status for refusal in RESIDENCY_REFUSALS},
+    QueueFull.code: 429,
+    "model_not_ready": 503,
+    # the upstream
+    "upstream_unreachable": 502,
+}
+PASSED_THROUGH: Final = frozenset({"upstream_failed"})
 
 # HTTP status → OpenAI error type.
 _TYPES = {

@@ -14,11 +14,13 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 import aiohttp
 from aiohttp import web
 
+from helixd.errors import EndpointError
+from helixd.proxy.errors import OPENAI_STATUS
 from helixd.proxy.relay import DROPPED_HEADERS, RelayResult, open_upstream
 
 # Ollama's request options that have an OpenAI field of the same meaning.
@@ -33,8 +35,17 @@ _OPTIONS = {
 }
 
 
-class BadOllamaRequest(ValueError):
+class BadOllamaRequest(EndpointError, ValueError):
     """A request that is not valid Ollama; the message names the field."""
+
+    code = "bad_request"
+
+
+# The Ollama dialect's codes → HTTP status. Ollama's errors carry no code, only the text,
+# so its clients read the status alone: each code means here what it means in the OpenAI
+# dialect (the same requests reach both), and the dialect adds the requests that are not
+# Ollama's. An upstream's own error status passes through as it came.
+OLLAMA_STATUS: Final[Mapping[str, int]] = {**OPENAI_STATUS, BadOllamaRequest.code: 400}
 
 
 @dataclass(frozen=True)

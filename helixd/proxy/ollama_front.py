@@ -14,22 +14,66 @@ import json
 import logging
 import math
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import aiohttp
 from aiohttp import web
 
 from helixd import __version__
-from helixd.proxy.attempt import RESIDENCY_STATUS, Exchange, Refused
-from helixd.proxy.ollama import BadOllamaRequest, now_rfc3339, ollama_error, rfc3339, translate
+from helixd.proxy.attempt import Exchange, Refused
+from helixd.proxy.ollama import (
+    OLLAMA_STATUS,
+    BadOllamaRequest,
+    now_rfc3339,
+    ollama_error,
+    rfc3339,
+    translate,
+)
 from helixd.proxy.ollama_show import ModelFile, ModelFiles, model_details, show_document
-from helixd.proxy.routing import Attempts
+from helixd.proxy.routing import Attempts, Router
 from helixd.scheduler.entry import ModelEntry
-from helixd.scheduler.residency import ResidencyError
+from helixd.scheduler.residency import Residency, ResidencyError
 
-if TYPE_CHECKING:
-    from helixd.proxy.server import ProxyServer
+
+class OllamaBackend(Protocol):
+    """What the front needs from the endpoint's server (``ProxyServer``), which it never
+    imports: the server builds the front, so the front only names what it uses."""
+
+    @property
+    def residency(self) -> Residency:
+        """The models and their residency."""
+        ...
+
+    @property
+    def router(self) -> Router:
+        """Names, aliases and routes."""
+        ...
+
+    async def read_body(self, request: web.Request) -> tuple[bytes, dict[str, Any]]:
+        """The bounded, parsed JSON body; :class:`Refused` when it is not acceptable."""
+        ...
+
+    def resolve_plan(self, asked: str, body: Mapping[str, Any]) -> Attempts:
+        """The models a name stands for, without classifying the request."""
+        ...
+
+    async def plan(self, body: dict[str, Any]) -> Attempts:
+        """The models to try for a request, in order."""
+        ...
+
+    async def attempt_in_order(self, x: Exchange) -> web.StreamResponse:
+        """Serve the exchange from its plan's models, falling back in order."""
+        ...
+
+    def access_log(self, x: Exchange) -> None:
+        """Log the finished exchange."""
+        ...
+
+    def _session_or_fail(self) -> aiohttp.ClientSession:
+        """The upstream client session (the server's own, private to the proxy package)."""
+        ...
 
 
 log = logging.getLogger("helixd.proxy")
@@ -45,7 +89,7 @@ SHOW_TIMEOUT_S = 30.0
 class OllamaFront:
     """Ollama's HTTP API on the endpoint's port."""
 
-    def __init__(self, server: ProxyServer) -> None:
+    def __init__(self, server: OllamaBackend) -> None:
         self.server = server
         self.files = ModelFiles()
 
@@ -140,13 +184,13 @@ class OllamaFront:
             # Ollama still accepts the older "name"; aiohttp kept the body read_body read.
             named = await _legacy_named(request) if refused.code == "missing_model" else None
             if named is None:
-                return ollama_error(refused.status, refused.message)
+                return ollama_error(OLLAMA_STATUS[refused.code], refused.message)
             body = named
         asked = body["model"]
         try:
             plan = self.server.resolve_plan(asked, body)
         except Refused as refused:
-            return ollama_error(refused.status, refused.message)
+            return ollama_error(OLLAMA_STATUS[refused.code], refused.message)
         if not plan.order:
             return ollama_error(404, f"route {asked!r} has no model left to serve it")
         model = plan.order[0]  # a route is shown as the model a request would get first
@@ -214,9 +258,9 @@ class OllamaFront:
             translation = translate(request.path, body)
             plan = await self.server.plan(body)
         except Refused as refused:
-            return ollama_error(refused.status, refused.message)
+            return ollama_error(OLLAMA_STATUS[refused.code], refused.message)
         except BadOllamaRequest as exc:
-            return ollama_error(400, str(exc))
+            return ollama_error(OLLAMA_STATUS[exc.code], str(exc))
         exchange = Exchange(request, body, raw, plan, started, translation)
         try:
             return await self.server.attempt_in_order(exchange)
@@ -237,7 +281,7 @@ class OllamaFront:
                 await self.server.residency.load(model)
                 reason = "load"
         except ResidencyError as exc:
-            return ollama_error(RESIDENCY_STATUS.get(exc.code, exc.status), str(exc))
+            return ollama_error(OLLAMA_STATUS[exc.code], str(exc))
         if path == "/api/embeddings":
             return web.json_response({"embedding": []})
         return web.json_response(

@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from helixd.errors import EndpointError
 from helixd.proxy.errors import sse_error
 from helixd.proxy.spend import UsageSniffer
 
@@ -29,12 +30,16 @@ DROPPED_HEADERS = frozenset(
 )
 
 
-class UpstreamUnreachable(Exception):
+class UpstreamUnreachable(EndpointError):
     """Nothing was received from the upstream: the request may go elsewhere."""
 
+    code = "upstream_unreachable"
 
-class UpstreamRejected(Exception):
+
+class UpstreamRejected(EndpointError):
     """The upstream answered with an error status, and nothing went to the client yet."""
+
+    code = "upstream_failed"
 
     def __init__(self, status: int, body: bytes) -> None:
         super().__init__(f"HTTP {status}: {body[:300].decode(errors='replace')}")

@@ -24,13 +24,13 @@ from aiohttp import web
 from helixd.config import ProviderConfig, ProxyConfig, RouteConfig
 from helixd.config.proxy import split_listen
 from helixd.config.routes import FailureClass
-from helixd.proxy.attempt import FAILURE_OF, RESIDENCY_STATUS, Exchange, Failed, Outcome, Refused
+from helixd.proxy.attempt import FAILURE_OF, Exchange, Failed, Outcome, Refused
 from helixd.proxy.classify import classify
-from helixd.proxy.errors import openai_error, sse_error
+from helixd.proxy.errors import OPENAI_STATUS, openai_error, sse_error
 from helixd.proxy.health import ModelHealth
 from helixd.proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from helixd.proxy.metrics import Metrics
-from helixd.proxy.ollama import ollama_error, relay_ollama
+from helixd.proxy.ollama import OLLAMA_STATUS, ollama_error, relay_ollama
 from helixd.proxy.ollama_front import OllamaFront
 from helixd.proxy.readiness import GatewayHealth
 from helixd.proxy.relay import EarlyStream, UpstreamRejected, UpstreamUnreachable, relay
@@ -198,7 +198,7 @@ class ProxyServer:
             try:
                 self.resolve_plan(name, {})
             except Refused as refused:
-                return openai_error(refused.status, refused.message, refused.code)
+                return openai_error(OPENAI_STATUS[refused.code], refused.message, refused.code)
         return web.json_response(card)
 
     def _model_card(self, model: str, alias: str | None = None) -> dict[str, Any] | None:
@@ -234,7 +234,7 @@ class ProxyServer:
             raw, body = await self.read_body(request)
             plan = await self.plan(body)
         except Refused as refused:
-            return openai_error(refused.status, refused.message, refused.code)
+            return openai_error(OPENAI_STATUS[refused.code], refused.message, refused.code)
         exchange = Exchange(request, body, raw, plan, started)
         try:
             return await self.attempt_in_order(exchange)
@@ -249,14 +249,14 @@ class ProxyServer:
         except TimeoutError:
             limit = self.config.read_timeout_s
             raise Refused(
-                408, f"request body not received within {limit:g} s", "request_timeout"
+                f"request body not received within {limit:g} s", "request_timeout"
             ) from None
         try:
             body = json.loads(raw)
         except ValueError as exc:
-            raise Refused(400, f"request body is not valid JSON: {exc}", "invalid_json") from None
+            raise Refused(f"request body is not valid JSON: {exc}", "invalid_json") from None
         if not isinstance(body, dict) or not isinstance(body.get("model"), str):
-            raise Refused(400, "the request needs a 'model' (a string)", "missing_model")
+            raise Refused("the request needs a 'model' (a string)", "missing_model")
         return raw, body
 
     def resolve_plan(self, asked: str, body: Mapping[str, Any]) -> Attempts:
@@ -264,7 +264,7 @@ class ProxyServer:
         plan = self.router.attempts(asked, body, self.cooling)
         if plan is None:
             listing = ", ".join(self.router.known()) or "none configured"
-            raise Refused(404, f"model {asked!r} not found; models: {listing}", "model_not_found")
+            raise Refused(f"model {asked!r} not found; models: {listing}", "model_not_found")
         return plan
 
     async def plan(self, body: dict[str, Any]) -> Attempts:
@@ -272,7 +272,7 @@ class ProxyServer:
         plan = await self.classified(self.resolve_plan(body["model"], body), body)
         plan, blocked = self.within_budget(plan)
         if blocked is not None:
-            raise Refused(429, blocked, "budget_exceeded")
+            raise Refused(blocked, "budget_exceeded")
         return plan
 
     async def attempt_in_order(self, x: Exchange) -> web.StreamResponse:
@@ -475,7 +475,7 @@ class ProxyServer:
                         self.spend.record(provider, result.usage)
                 return response
         except ResidencyError as exc:
-            status = RESIDENCY_STATUS.get(exc.code, exc.status)
+            status = (OPENAI_STATUS if translation is None else OLLAMA_STATUS)[exc.code]
             prepared = await early.stop() if early is not None else None
             if prepared is not None:  # the event stream has started: end it with the error
                 return await _end_with_error(prepared, str(exc), exc.code, outcome)

@@ -22,6 +22,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from helixd.errors import DeviceError
+
 log = logging.getLogger("helixd.resources")
 
 GpuSelection = Literal["auto", "none"] | Sequence[int]
@@ -54,8 +56,10 @@ class GpuReading:
     process_bytes: Mapping[int, Mapping[int, int]]
 
 
-class GpuSelectionError(ValueError):
+class GpuSelectionError(DeviceError, ValueError):
     """``resources.gpus`` names a GPU index that this host does not have."""
+
+    code = "no_such_gpu"
 
     def __init__(self, missing: Sequence[int], present: Sequence[tuple[int, str]]) -> None:
         self.missing = tuple(missing)
@@ -69,8 +73,10 @@ class GpuSelectionError(ValueError):
         )
 
 
-class GpuReadError(RuntimeError):
+class GpuReadError(DeviceError, RuntimeError):
     """NVML failed while reading one device (it fell off the bus, the driver reset, …)."""
+
+    code = "gpu_read_failed"
 
     def __init__(self, index: int, reason: str) -> None:
         self.index = index
@@ -78,8 +84,10 @@ class GpuReadError(RuntimeError):
         super().__init__(f"reading GPU {index} failed (NVML: {reason})")
 
 
-class _NoSuchError(Exception):
+class _NoSuchError(DeviceError):
     """Stands in for an exception class that an older nvidia-ml-py does not define."""
+
+    code = "nvml_stand_in"
 
 
 @dataclass(frozen=True)

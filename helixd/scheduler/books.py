@@ -5,7 +5,7 @@ monitor and its last sample, each model's :class:`ModelEntry`, the clocks, the c
 event readers wait on, and the task, lock and device sets loads and unloads share. It
 records state changes and answers questions (which entry, what snapshot, what status),
 but never starts, stops or measures a model through a provider; that is the executor's
-job (:class:`helixd.scheduler.residency.Residency`, a subclass). Kept apart so the
+job (:class:`helixd.scheduler.residency.Residency`, which extends it). Kept apart so the
 record of what is resident changes for its own reasons, not with how models are loaded.
 """
 
@@ -20,10 +20,11 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from helixd.config import ResourcesConfig, SchedulerConfig
+from helixd.errors import ShuttingDown, UnknownModel
 from helixd.resources.monitor import ResourceSample
 from helixd.scheduler import views
-from helixd.scheduler.core import RAM, ModelState, Snapshot
-from helixd.scheduler.entry import ModelEntry, ResidencyError, ResourceSource
+from helixd.scheduler.core import RAM, ModelState, ModelView, Snapshot
+from helixd.scheduler.entry import ModelEntry, ResourceSource
 
 log = logging.getLogger("helixd.scheduler")
 
@@ -178,19 +179,15 @@ class ResidencyBooks(ABC):
         if found is None or found.removed:
             known = ", ".join(sorted(n for n, e in self.models.items() if not e.removed))
             known = known or "none configured"
-            raise ResidencyError(f"no model named {name!r}; models: {known}", "unknown_model", 404)
+            raise UnknownModel(f"no model named {name!r}; models: {known}")
         return found
 
     def _check_current(self, entry: ModelEntry) -> None:
         """A request that waited across a reload or a shutdown must not load a stale entry."""
         if self._closed:
-            raise ResidencyError("helixd is shutting down", "stopping", 503)
+            raise ShuttingDown("helixd is shutting down")
         if entry.removed or self.models.get(entry.name) is not entry:
-            raise ResidencyError(
-                f"{entry.name} was removed from the config while the request waited",
-                "unknown_model",
-                404,
-            )
+            raise UnknownModel(f"{entry.name} was removed from the config while the request waited")
 
     def _fail(self, entry: ModelEntry, why: str) -> None:
         entry.failed_until = self._clock() + self.scheduler.failed_cooldown_s
@@ -214,6 +211,23 @@ class ResidencyBooks(ABC):
         if self.last_sample is None or old or self._figures_moved:
             await self._sample()
 
+    async def resample(self) -> None:
+        """Read fresh figures now."""
+        await self._sample()
+
+    def sampled_at(self) -> float | None:
+        """When the figures were last read (None: never)."""
+        return None if self.last_sample is None else self._sampled_at
+
+    def now(self) -> float:
+        """The injected clock's time."""
+        return self._clock()
+
+    @property
+    def closed(self) -> bool:
+        """helixd is stopping: no load starts and the maintenance loop ends."""
+        return self._closed
+
     async def _sample(self) -> ResourceSample:
         sample = await self.monitor.sample()
         self.last_sample = sample
@@ -223,7 +237,22 @@ class ResidencyBooks(ABC):
 
     def snapshot(self, sample: ResourceSample, leave_out: str | None = None) -> Snapshot:
         """The core's view of the world now."""
-        return views.snapshot(self.models, sample, self.resources, self._loading_devices, leave_out)
+        return views.snapshot(
+            self.models,
+            sample,
+            self.resources,
+            self._loading_devices,
+            leave_out,
+            self.scheduler.keep_alive,
+        )
+
+    def model_views(self) -> dict[str, ModelView]:
+        """Every model's frozen facts now, for the policies that need no figures."""
+        return views.model_views(self.models, self.scheduler.keep_alive)
+
+    def _view(self, entry: ModelEntry) -> ModelView:
+        """One model's frozen facts now."""
+        return views.model_view(entry, self.scheduler.keep_alive)
 
     def devices(self) -> dict[str, Any]:
         """Devices for ``status``: figures, helixd's budget and what it accounts."""

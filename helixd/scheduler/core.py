@@ -11,8 +11,34 @@ other users of the GPU; the second sees a load that has not allocated its memory
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+
+from helixd.scheduler.effects import Join, Load, Ready, Refuse, Wait
+
+__all__ = [
+    "HOLDING",
+    "RAM",
+    "RESIDENT",
+    "DeviceView",
+    "Join",
+    "Load",
+    "LoadRequest",
+    "ModelState",
+    "ModelView",
+    "Plan",
+    "Ready",
+    "Refuse",
+    "Snapshot",
+    "Wait",
+    "accounted_bytes",
+    "format_bytes",
+    "free_bytes",
+    "plan_load",
+    "queue_is_full",
+    "resident_count",
+]
 
 RAM = "ram"
 
@@ -50,7 +76,13 @@ class DeviceView:
 
 @dataclass(frozen=True)
 class ModelView:
-    """One model's residency facts. ``device`` is the GPU it occupies (None: RAM only)."""
+    """One model's residency facts. ``device`` is the GPU it occupies (None: RAM only).
+
+    The last five serve the periodic pass: ``stale`` (its config changed while resident),
+    ``removed`` (it left the config), ``keep_alive_s`` (its idle TTL; inf: forever),
+    ``failed_until`` (the end of a failed load's cool-down) and ``pin_pending`` (a load
+    to bring it back, as a pinned model, is under way).
+    """
 
     name: str
     state: ModelState
@@ -61,6 +93,11 @@ class ModelView:
     in_flight: int = 0
     queued: int = 0
     last_used: float = 0.0
+    stale: bool = False
+    removed: bool = False
+    keep_alive_s: float = math.inf
+    failed_until: float = 0.0
+    pin_pending: bool = False
 
     @property
     def idle(self) -> bool:
@@ -108,51 +145,6 @@ class LoadRequest:
     gpu: bool
     device: str | None = None
     exclusive: frozenset[str] = frozenset()
-
-
-@dataclass(frozen=True)
-class Ready:
-    """The model is loaded: use it."""
-
-    model: str
-
-
-@dataclass(frozen=True)
-class Join:
-    """The model is loading already: wait for that load rather than starting another."""
-
-    model: str
-
-
-@dataclass(frozen=True)
-class Load:
-    """Evict ``evict`` (in this order), then load ``model`` on ``device`` (``ram``: no GPU)."""
-
-    model: str
-    device: str
-    evict: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Wait:
-    """Room can be made only once something in progress ends; try again when it does.
-
-    ``busy``: it waits for requests to finish (bounded by ``busy_wait_s``); otherwise for
-    a load or unload under way, which takes as long as it takes (``load_timeout_s``).
-    """
-
-    model: str
-    reason: str
-    waiting_for: tuple[str, ...] = ()
-    busy: bool = False
-
-
-@dataclass(frozen=True)
-class Refuse:
-    """The model cannot be loaded as things are (pins, sizes); ``reason`` says why."""
-
-    model: str
-    reason: str
 
 
 Plan = Ready | Join | Load | Wait | Refuse

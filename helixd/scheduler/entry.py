@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from helixd.config import ModelConfig
+from helixd.errors import ResidencyError as ResidencyError
 from helixd.providers.base import ModelAdapter
 from helixd.resources.monitor import ResourceSample
 from helixd.scheduler.core import ModelState
@@ -26,15 +27,6 @@ class ResourceSource(Protocol):
     async def sample(self) -> ResourceSample: ...
 
     async def tree_usage(self, pid: int) -> tuple[int, dict[int, int]]: ...
-
-
-class ResidencyError(Exception):
-    """A request for a model that cannot be served; ``code`` and ``status`` for the API."""
-
-    def __init__(self, message: str, code: str, status: int) -> None:
-        super().__init__(message)
-        self.code = code
-        self.status = status
 
 
 @dataclass

@@ -1,65 +1,86 @@
-"""The executor: carries the core's plans out through the adapters and keeps the books.
+"""The executor: carries the decisions out through the adapters and keeps the books.
 
-It owns each model's state, in-flight and queued counts, last use, pins and TTL timers.
-Decisions come from :func:`helixd.scheduler.core.plan_load`; this module only gathers
-the snapshot, acts (unload victims, wait for their memory, load), and feeds results back.
-Time comes from an injected clock, so the unit tests drive TTLs without sleeping.
-The record of one model (:class:`ModelEntry`) lives in :mod:`helixd.scheduler.entry`
-and the read-only views of the books in :mod:`helixd.scheduler.views`; the names other
-modules import from here are re-exported, and the view methods delegate there.
-The books themselves (state, change notices, config reloads, samples and views) live in
-:class:`helixd.scheduler.books.ResidencyBooks` and the maintenance pass (TTLs, pins) in
-:class:`helixd.scheduler.maintenance.ResidencyMaintenance`; :class:`Residency` extends
-them with everything that acts on a provider.
+Every decision is a pure function that returns effects (:mod:`helixd.scheduler.effects`):
+placement (:mod:`.core`), the periodic pass and the unloading requests (:mod:`.policy`),
+sleep or stop and the out-of-memory re-plan (:mod:`.room`). This module takes a snapshot
+of the books, asks, and acts: unload victims, wait for their memory, load, and record
+the outcome. Time comes from an injected clock, so tests drive TTLs without sleeping.
+The books (state, change notices, reloads, samples, views) are
+:class:`helixd.scheduler.books.ResidencyBooks`, which :class:`Residency` extends; the
+periodic pass is a :class:`helixd.scheduler.maintenance.Maintenance` it owns and feeds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
-from collections.abc import AsyncIterator, Iterable
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
+from helixd.config import ResourcesConfig, SchedulerConfig
+from helixd.errors import WaitTimeout, refusal
 from helixd.providers.base import LoadError, ModelTarget, says_out_of_memory
-from helixd.resources.monitor import ResourceSample
 from helixd.scheduler import views
-from helixd.scheduler.core import (
-    RAM,
+from helixd.scheduler.books import ResidencyBooks
+from helixd.scheduler.core import RAM, LoadRequest, ModelState, Snapshot, plan_load
+from helixd.scheduler.effects import (
+    Forget,
     Join,
     Load,
-    LoadRequest,
-    ModelState,
     Ready,
     Refuse,
+    Stop,
+    TickEffect,
+    Unload,
     Wait,
-    format_bytes,
-    free_bytes,
-    plan_load,
-    queue_is_full,
 )
 from helixd.scheduler.entry import ModelEntry, ResidencyError, ResourceSource
-from helixd.scheduler.maintenance import ResidencyMaintenance
+from helixd.scheduler.maintenance import Maintenance
+from helixd.scheduler.policy import (
+    admission_refusal,
+    cooldown_refusal,
+    has_free_slot,
+    on_lost,
+    restart,
+    unload_on_request,
+    unload_refusal,
+)
+from helixd.scheduler.room import (
+    asleep_check,
+    booking,
+    evictions,
+    exclusive_set,
+    load_request,
+    memory_is_back,
+    memory_to_wait_for,
+    plan_oom_retry,
+    plan_sleep,
+)
 from helixd.scheduler.sizing import MemoryFigure
-from helixd.scheduler.views import MiB
 
 __all__ = ["ModelEntry", "Residency", "ResidencyError", "ResourceSource"]
 
 log = logging.getLogger("helixd.scheduler")
 
-# After an out-of-memory load, retry once asking for this much more room.
-OOM_RETRY_FACTOR = 1.5
-OOM_RETRY_MIN_EXTRA = 1024 * MiB
-# An unload counts as done once this share of the model's memory shows up free again.
-MEMORY_BACK_SHARE = 0.8
 MEMORY_POLL_S = 0.1
-# Asleep, a model keeps its CUDA context and little else on the GPU.
-ASLEEP_MAX_SHARE = 0.5
 
 
-class Residency(ResidencyMaintenance):
+class Residency(ResidencyBooks):
     """Keeps the right models in memory; the proxy and the control API go through it."""
+
+    def __init__(
+        self,
+        resources: ResourcesConfig,
+        scheduler: SchedulerConfig,
+        monitor: ResourceSource,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        remember: Callable[[str, int, int], None] | None = None,
+    ) -> None:
+        super().__init__(resources, scheduler, monitor, clock, wall_clock, remember)
+        self._maintenance = Maintenance(self, self._apply_tick)
 
     # -- using a model -----------------------------------------------------------------
 
@@ -67,16 +88,11 @@ class Residency(ResidencyMaintenance):
     async def use(self, name: str, timeout: float | None = None) -> AsyncIterator[ModelEntry]:
         """Hold one slot of ``name``, loading it first if needed; release on exit."""
         entry = self.entry(name)
-        if queue_is_full(
-            entry.in_flight, entry.queued, entry.config.max_concurrency, entry.config.max_queue
-        ):
-            raise ResidencyError(
-                f"{name}: queue full ({entry.queued} waiting for "
-                f"{entry.config.max_concurrency - entry.in_flight} free slot(s), max_queue = "
-                f"{entry.config.max_queue}); try again later",
-                "queue_full",
-                503,
-            )
+        full = admission_refusal(
+            self._view(entry), entry.config.max_concurrency, entry.config.max_queue
+        )
+        if full is not None:
+            raise refusal(full.code, full.reason)
         deadline = self._clock() + (
             timeout if timeout is not None else self.scheduler.load_timeout_s
         )
@@ -85,9 +101,7 @@ class Residency(ResidencyMaintenance):
         try:
             while True:
                 await self._ensure_loaded(entry, deadline)
-                if entry.state == ModelState.LOADED and (
-                    entry.in_flight < entry.config.max_concurrency
-                ):
+                if has_free_slot(self._view(entry), entry.config.max_concurrency):
                     break
                 await self._wait_until(deadline, f"{name}: no free slot")
         finally:
@@ -124,7 +138,7 @@ class Residency(ResidencyMaintenance):
     async def _wait_until(self, deadline: float, what: str) -> None:
         remaining = deadline - self._clock()
         if remaining <= 0:
-            raise ResidencyError(f"{what}; gave up waiting", "timeout", 504)
+            raise WaitTimeout(f"{what}; gave up waiting")
         await self.wait_changed(remaining)
 
     async def _ensure_loaded(self, entry: ModelEntry, deadline: float) -> None:
@@ -133,14 +147,9 @@ class Residency(ResidencyMaintenance):
             self._check_current(entry)
             if entry.state == ModelState.LOADED:
                 return
-            if entry.state == ModelState.FAILED and self._clock() < entry.failed_until:
-                left = entry.failed_until - self._clock()
-                raise ResidencyError(
-                    f"{entry.name} failed to load: {entry.message}; next try in {left:.0f} s "
-                    f"(or now: helixctl load {entry.name})",
-                    "model_failed",
-                    503,
-                )
+            cooling = cooldown_refusal(self._view(entry), entry.message, self._clock())
+            if cooling is not None:
+                raise refusal(cooling.code, cooling.reason)
             if entry.state == ModelState.LOADING and entry.load_task is not None:
                 await self._join(entry, deadline)
                 continue
@@ -151,7 +160,7 @@ class Residency(ResidencyMaintenance):
                 await self._join(entry, deadline)
                 continue
             if isinstance(plan, Refuse):
-                raise ResidencyError(plan.reason, "does_not_fit", 507)
+                raise refusal(plan.code, plan.reason)
             assert isinstance(plan, Wait)
             if not plan.busy:
                 await self._wait_until(deadline, f"{entry.name}: {plan.reason}")
@@ -167,11 +176,11 @@ class Residency(ResidencyMaintenance):
             return
         remaining = deadline - self._clock()
         if remaining <= 0:
-            raise ResidencyError(f"{entry.name}: still loading; gave up waiting", "timeout", 504)
+            raise WaitTimeout(f"{entry.name}: still loading; gave up waiting")
         # shield: a caller that gives up must not cancel the load others wait for.
         await asyncio.wait({asyncio.shield(task)}, timeout=remaining)
         if not task.done():
-            raise ResidencyError(f"{entry.name}: still loading; gave up waiting", "timeout", 504)
+            raise WaitTimeout(f"{entry.name}: still loading; gave up waiting")
 
     async def _plan(self, entry: ModelEntry) -> Ready | Join | Load | Wait | Refuse:
         if entry.figure.source == "unknown" and entry.state != ModelState.LOADING:
@@ -181,8 +190,9 @@ class Residency(ResidencyMaintenance):
                 return Join(entry.name)
             sample = await self._sample()
             self._check_current(entry)  # the sample was an await: look again
-            request = self._request(entry, sample)
-            plan = plan_load(self.snapshot(sample), request)
+            snapshot = self.snapshot(sample)
+            request = self._request(entry, snapshot)
+            plan = plan_load(snapshot, request)
             if isinstance(plan, Load):
                 self._begin(entry, plan, request)
             return plan
@@ -198,40 +208,22 @@ class Residency(ResidencyMaintenance):
         vram, ram = (size, 0) if on_gpu else (0, size)
         entry.figure = MemoryFigure(vram, ram, "estimated", detail)
 
-    def _request(self, entry: ModelEntry, sample: ResourceSample) -> LoadRequest:
-        on_gpu = bool(sample.gpus) and entry.config.gpu_layers != 0 and entry.adapter.holds_memory
+    def _request(self, entry: ModelEntry, snapshot: Snapshot) -> LoadRequest:
         exclusive: frozenset[str] = frozenset()
         if entry.adapter.one_model_at_a_time:
-            exclusive = frozenset(
-                n for n, e in self.models.items() if e.adapter is entry.adapter and n != entry.name
-            )
-        figure = entry.figure
-        if entry.state == ModelState.SLEEPING and entry.device not in (None, RAM):
-            # Waking happens where the process sleeps and adds only what it does not hold.
-            return LoadRequest(
-                entry.name,
-                max(0, figure.vram_bytes - entry.accounted_vram),
-                max(0, figure.ram_bytes - entry.accounted_ram),
-                gpu=True,
-                device=entry.device,
-                exclusive=exclusive,
-            )
-        return LoadRequest(
-            entry.name, figure.vram_bytes, figure.ram_bytes, on_gpu, exclusive=exclusive
-        )
+            servers = {n: e.adapter for n, e in self.models.items()}
+            exclusive = exclusive_set(entry.name, servers)
+        figure = (entry.figure.vram_bytes, entry.figure.ram_bytes)
+        wants_gpu = entry.config.gpu_layers != 0 and entry.adapter.holds_memory
+        return load_request(snapshot, entry.name, figure, wants_gpu, exclusive)
 
     def _begin(self, entry: ModelEntry, plan: Load, request: LoadRequest) -> None:
         """Book the plan at once, so the next plan sees it, then act in a task."""
         for victim in plan.evict:
             self._set(self.models[victim], ModelState.UNLOADING, f"evicted for {entry.name}")
         waking = entry.state == ModelState.SLEEPING
-        if waking:  # what it holds asleep stays booked until it is measured awake
-            entry.accounted_vram += request.vram_bytes
-            entry.accounted_ram += request.ram_bytes
-        elif plan.device == RAM:
-            entry.accounted_vram, entry.accounted_ram = 0, request.vram_bytes + request.ram_bytes
-        else:
-            entry.accounted_vram, entry.accounted_ram = request.vram_bytes, request.ram_bytes
+        held = (entry.accounted_vram, entry.accounted_ram)
+        entry.accounted_vram, entry.accounted_ram = booking(plan, request, waking, held)
         entry.accounted_measured = False  # booked from the plan until measured again
         entry.device = plan.device
         self._loading_devices.add(plan.device)
@@ -335,49 +327,25 @@ class Residency(ResidencyMaintenance):
             log.exception("model %s: stopping a failed load failed", entry.name)
 
     async def _oom_victims(self, entry: ModelEntry, request: LoadRequest) -> tuple[str, ...]:
-        """Plan again on the same device as if the model needed more than looked free.
-
-        The provider knows better than our figures: ask for more than the whole budget
-        that seemed free, so the core names at least one more victim, in LRU order.
-        """
+        """Plan again on the same device as if the model needed more than looked free
+        (:func:`helixd.scheduler.room.plan_oom_retry`); book the victims it names."""
         async with self._plan_lock:
             sample = await self._sample()
             snapshot = self.snapshot(sample, leave_out=entry.name)
-            device = entry.device or RAM
-            if device == RAM:
-                budget = free_bytes(snapshot, snapshot.ram)
-                need = request.ram_bytes + request.vram_bytes
-                bigger = dataclasses.replace(
-                    request, vram_bytes=0, ram_bytes=self._more_than(need, budget)
-                )
-            else:
-                snapshot = dataclasses.replace(
-                    snapshot, gpus=tuple(g for g in snapshot.gpus if g.id == device)
-                )
-                budget = free_bytes(snapshot, snapshot.gpus[0])
-                bigger = dataclasses.replace(
-                    request, vram_bytes=self._more_than(request.vram_bytes, budget)
-                )
-            plan = plan_load(snapshot, bigger)
-            if not isinstance(plan, Load) or not plan.evict:
-                reason = plan.reason if isinstance(plan, Refuse | Wait) else "nothing to evict"
-                raise LoadError(f"out of memory on {device}, and no more room: {reason}")
+            plan = plan_oom_retry(snapshot, request, entry.device or RAM)
+            if isinstance(plan, Refuse):
+                raise LoadError(plan.reason)
             for victim in plan.evict:
                 self._set(self.models[victim], ModelState.UNLOADING, f"evicted for {entry.name}")
             return plan.evict
 
-    @staticmethod
-    def _more_than(need: int, budget: int) -> int:
-        return int(max(need * OOM_RETRY_FACTOR, need + OOM_RETRY_MIN_EXTRA, budget + 1))
-
     async def _evict(self, victims: Iterable[str], device: str) -> None:
-        for name in victims:
-            victim = self.models.get(name)
+        for effect in evictions(victims, device):
+            victim = self.models.get(effect.model)
             if victim is not None and victim.state == ModelState.UNLOADING:
-                # Asleep, a model gives its GPU memory back but takes host RAM.
-                await self._unload(victim, f"evicted for a load on {device}", sleep=device != RAM)
+                await self._unload(victim, effect.why, sleep=effect.sleep)
                 if self.on_evict is not None:
-                    self.on_evict(name)
+                    self.on_evict(effect.model)
 
     async def _memory_back(self, device: str, before: int, expected: int) -> None:
         """Poll until most of what was unloaded shows up free (drivers free lazily).
@@ -387,7 +355,7 @@ class Residency(ResidencyMaintenance):
         polls = max(1, int(self.scheduler.memory_return_s / MEMORY_POLL_S))
         for attempt in range(polls):
             sample = await self._sample()
-            if self._device_free(sample, device) - before >= expected * MEMORY_BACK_SHARE:
+            if memory_is_back(self._device_free(sample, device) - before, expected):
                 return
             if attempt + 1 < polls:
                 await asyncio.sleep(MEMORY_POLL_S)
@@ -420,10 +388,7 @@ class Residency(ResidencyMaintenance):
             log.info("model %s: stopping it instead of sleeping: %s", entry.name, why_not)
             why = f"{why}; stopped, not asleep: {why_not}"
         device = entry.device or RAM
-        # Only GPU drivers free lazily; host RAM is back when the process is gone. A lost
-        # model's process is gone already: its memory was freed before we could look.
-        lazy = device != RAM and not process_gone
-        expected = entry.accounted_vram if lazy else 0
+        expected = memory_to_wait_for(device, entry.accounted_vram, process_gone)
         self._set(entry, ModelState.UNLOADING, why)
         self._unloading.add(entry.name)
         stopped = False
@@ -461,27 +426,19 @@ class Residency(ResidencyMaintenance):
         try:
             async with self._plan_lock:
                 snapshot = self.snapshot(await self._sample())
-                room = free_bytes(snapshot, snapshot.ram)
-                # Asleep, the weights live in host RAM: at most what it holds on the GPU.
-                need = max(entry.accounted_vram, entry.figure.vram_bytes)
-                if need > room:
-                    return (
-                        f"host RAM too short to hold it asleep ({format_bytes(room)} free, "
-                        f"up to {format_bytes(need)} needed)"
-                    )
-                entry.accounted_ram = awake_ram + need
+                decision = plan_sleep(snapshot, entry.name, entry.figure.vram_bytes)
+                if isinstance(decision, Stop):
+                    return decision.reason
+                entry.accounted_ram = awake_ram + decision.ram_bytes
             try:
                 await _uncancellable(entry.adapter.sleep(entry.name))
             except LoadError as exc:
                 return f"it did not fall asleep: {exc}"
             figures = await self._tree_figures(entry)
             if figures is not None:
-                # vLLM answers a sleep even when it was started without sleep mode, and
-                # then frees nothing: trust the GPU, not the answer.
-                if entry.accounted_vram and figures[0] > entry.accounted_vram * ASLEEP_MAX_SHARE:
-                    return (
-                        f"it said it sleeps but still holds {format_bytes(figures[0])} of the GPU"
-                    )
+                disbelieved = asleep_check(entry.name, entry.accounted_vram, figures[0])
+                if disbelieved is not None:
+                    return disbelieved.reason
                 entry.accounted_vram, entry.accounted_ram = figures
                 entry.accounted_measured = True
             asleep = True
@@ -544,36 +501,31 @@ class Residency(ResidencyMaintenance):
         if self._closed:
             return  # helixd is stopping: the adapters are stopping every model anyway
         entry = self.models.get(name)
-        if entry is None or entry.state not in (ModelState.LOADED, ModelState.SLEEPING):
-            return
-        self._start_unload(entry, f"lost: {why}", process_gone=True)
+        effect = None if entry is None else on_lost(self._view(entry), why)
+        if entry is not None and effect is not None:
+            self._start_unload(entry, effect.why, process_gone=effect.process_gone)
 
     # -- operator actions --------------------------------------------------------------
 
     async def unload(self, name: str) -> ModelEntry:
         """Unload on request: never a pinned or busy model."""
         entry = self.entry(name)
-        if entry.pinned:
-            raise ResidencyError(
-                f"{name} is pinned; unpin it first (helixctl unpin {name})", "pinned", 409
-            )
-        if not entry.idle:
-            raise ResidencyError(
-                f"{name} is busy ({entry.in_flight} in flight, {entry.queued} queued); "
-                "try again when it is idle",
-                "busy",
-                409,
-            )
+        refused = unload_refusal(self._view(entry))
+        if refused is not None:
+            raise refusal(refused.code, refused.reason)
+        await self._cancel_load(entry)
+        effect = unload_on_request(self._view(entry))
+        if effect is not None:
+            await self._unload(entry, effect.why, sleep=effect.sleep)
+        return entry
+
+    @staticmethod
+    async def _cancel_load(entry: ModelEntry) -> None:
+        """Cancel a load under way and wait for it to end (its books are repaired)."""
         if entry.state == ModelState.LOADING and entry.load_task is not None:
             entry.load_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await entry.load_task
-        if entry.state == ModelState.SLEEPING:
-            await self._unload(entry, "stopped on request (it was asleep)")
-        elif entry.state in (ModelState.LOADED, ModelState.FAILED):
-            # A sleep-mode model sleeps; a second unload stops it.
-            await self._unload(entry, "unloaded on request", sleep=entry.state == ModelState.LOADED)
-        return entry
 
     async def recycle(self, name: str, why: str, timeout: float | None = None) -> ModelEntry:
         """Stop a resident model's server and load it again, pinned or busy.
@@ -582,13 +534,11 @@ class Residency(ResidencyMaintenance):
         update job): requests in flight on it fail, as they would on the broken server.
         """
         entry = self.entry(name)
-        if entry.state == ModelState.LOADING and entry.load_task is not None:
-            entry.load_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await entry.load_task
-        if entry.state in (ModelState.LOADED, ModelState.SLEEPING, ModelState.FAILED):
+        await self._cancel_load(entry)
+        effect = restart(self._view(entry), why)
+        if effect is not None:
             log.warning("model %s: restarting it: %s", name, why)
-            await self._unload(entry, why)
+            await self._unload(entry, effect.why)
         return await self.load(name, timeout)
 
     def set_pin(self, name: str, pinned: bool) -> ModelEntry:
@@ -601,6 +551,44 @@ class Residency(ResidencyMaintenance):
         return entry
 
     # -- maintenance -------------------------------------------------------------------
+
+    async def tick(self) -> float:
+        """One maintenance pass (TTLs, config changes, pins); returns when the next is due."""
+        return await self._maintenance.tick()
+
+    async def run(self) -> None:
+        """The maintenance loop: a pass when something changes or a timer is due."""
+        await self._maintenance.run()
+
+    def _apply_tick(self, effect: TickEffect) -> None:
+        """Carry out one effect of a maintenance pass."""
+        entry = self.models[effect.model]
+        if isinstance(effect, Forget):
+            entry.stale, entry.failed_until = False, 0.0
+            self._unloaded(entry, entry.message)
+        elif isinstance(effect, Unload):
+            entry.stale = False
+            self._start_unload(entry, effect.why, sleep=effect.sleep)
+        else:
+            entry.pin_task = self._spawn(self._keep_pinned(entry), f"pin:{entry.name}")
+
+    def _start_unload(
+        self, entry: ModelEntry, why: str, process_gone: bool = False, sleep: bool = False
+    ) -> None:
+        """Unload in a task (a pass must not wait for a process to stop); booked at once.
+
+        ``sleep``: a model that can sleep (vLLM) sleeps instead of stopping.
+        """
+        self._set(entry, ModelState.UNLOADING, why)
+        self._spawn(self._unload(entry, why, process_gone, sleep), f"unload:{entry.name}")
+
+    async def _keep_pinned(self, entry: ModelEntry) -> None:
+        try:
+            await self.load(entry.name)
+        except ResidencyError as exc:
+            log.warning("pinned model %s not loaded: %s", entry.name, exc)
+            if entry.state != ModelState.FAILED:
+                self._fail(entry, str(exc))
 
     async def close(self) -> None:
         """Stop maintenance and loads, then unload everything (helixd is stopping)."""

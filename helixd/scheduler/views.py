@@ -39,8 +39,9 @@ def snapshot(
     resources: ResourcesConfig,
     loading_devices: AbstractSet[str],
     leave_out: str | None = None,
+    keep_alive: float = math.inf,
 ) -> Snapshot:
-    """The core's view of the world now."""
+    """The core's view of the world now; ``keep_alive``: the default idle TTL."""
     reserve = resources.vram_reserve_mib * MiB
     gpus = tuple(
         DeviceView(f"gpu{g.index}", g.total_bytes, reserve, g.free_bytes) for g in sample.gpus
@@ -51,24 +52,39 @@ def snapshot(
         resources.ram_reserve_mib * MiB,
         sample.ram.available_bytes,
     )
-    views = {
-        e.name: ModelView(
-            name=e.name,
-            state=ModelState.UNLOADED if e.name == leave_out else e.state,
-            device=e.device if e.device != RAM else None,
-            vram_bytes=e.accounted_vram,
-            ram_bytes=e.accounted_ram,
-            pinned=e.pinned,
-            in_flight=e.in_flight,
-            queued=e.queued,
-            last_used=e.last_used,
-        )
-        for e in models.values()
-    }
+    views = model_views(models, keep_alive, leave_out)
     loading = frozenset(loading_devices)
     if leave_out is not None and models[leave_out].device is not None:
         loading = loading - {models[leave_out].device or ""}
     return Snapshot(gpus, ram, views, resources.max_loaded_models, loading)
+
+
+def model_views(
+    models: Mapping[str, ModelEntry], keep_alive: float, leave_out: str | None = None
+) -> dict[str, ModelView]:
+    """Each model's frozen facts, in the books' order; ``leave_out`` shows as unloaded."""
+    return {e.name: model_view(e, keep_alive, e.name == leave_out) for e in models.values()}
+
+
+def model_view(entry: ModelEntry, keep_alive: float, as_unloaded: bool = False) -> ModelView:
+    """One model's frozen facts; ``keep_alive``: the default idle TTL."""
+    e = entry
+    return ModelView(
+        name=e.name,
+        state=ModelState.UNLOADED if as_unloaded else e.state,
+        device=e.device if e.device != RAM else None,
+        vram_bytes=e.accounted_vram,
+        ram_bytes=e.accounted_ram,
+        pinned=e.pinned,
+        in_flight=e.in_flight,
+        queued=e.queued,
+        last_used=e.last_used,
+        stale=e.stale,
+        removed=e.removed,
+        keep_alive_s=e.config.keep_alive or keep_alive,
+        failed_until=e.failed_until,
+        pin_pending=e.pin_task is not None and not e.pin_task.done(),
+    )
 
 
 def devices(

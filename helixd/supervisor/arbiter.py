@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from helixd.errors import SupervisionError
 from helixd.supervisor.process import ManagedProcess, ProcessState
 from helixd.supervisor.registry import ChildRegistry
 from helixd.supervisor.spec import ProcessSpec
@@ -35,8 +36,10 @@ class ReloadChanges:
         }
 
 
-class UnknownProcess(KeyError):
+class UnknownProcess(SupervisionError, KeyError):
     """A name that is not configured."""
+
+    code = "unknown_provider"
 
 
 class Supervisor:

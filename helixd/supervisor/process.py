@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from helixd.errors import SupervisionError
 from helixd.supervisor import health, spawn
 from helixd.supervisor.logs import LogSink, RotatingFile, attach_pipes
 from helixd.supervisor.policy import (
@@ -31,9 +32,12 @@ from helixd.supervisor.spec import ProcessSpec
 
 log = logging.getLogger("helixd.supervisor")
 
-# How often a starting process is probed: quickly at first, then settling at 1 s.
-START_PROBE_FIRST_S = 0.05
-START_PROBE_MAX_S = 1.0
+# How often a starting process is probed: quickly at first (a small model on llama-server
+# is ready in tens of milliseconds, and every model swap waits for this), growing by half
+# each time to one probe per quarter second (a refused connect or a 503 costs a fraction
+# of a millisecond, and a coarser step would add up to that much to every slow start).
+START_PROBE_FIRST_S = 0.01
+START_PROBE_MAX_S = 0.25
 # A process without a health probe counts as ready once it has survived this long.
 NO_PROBE_READY_S = 1.0
 GROUP_POLL_S = 0.05
@@ -56,8 +60,10 @@ RUNNING_STATES = frozenset({ProcessState.STARTING, ProcessState.READY, ProcessSt
 SETTLED_STATES = frozenset({ProcessState.READY, ProcessState.FAILED, ProcessState.STOPPED})
 
 
-class ProcessClosed(Exception):
+class ProcessClosed(SupervisionError):
     """The process was replaced or removed by a reload; its name may now mean another one."""
+
+    code = "replaced"
 
 
 # After SIGKILL, how long to wait for the group to vanish before reporting it as stuck

@@ -24,14 +24,17 @@ from pathlib import Path
 
 import psutil
 
+from helixd.errors import SupervisionError
 from helixd.supervisor.spec import ProcessSpec
 
 _PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-class SpawnError(Exception):
+class SpawnError(SupervisionError):
     """The process could not be started at all (missing binary, bad cwd, bad user)."""
+
+    code = "spawn_failed"
 
 
 def child_setup(parent_pid: int) -> Callable[[], None]:

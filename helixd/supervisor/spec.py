@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from helixd.config import DaemonPaths, ProviderConfig
+from helixd.errors import SupervisionError
 from helixd.kinds import kind_defaults
 
 LOOPBACK = "127.0.0.1"
@@ -71,8 +72,10 @@ class ProcessSpec:
     one_run: str | None = None
 
 
-class SpecError(Exception):
+class SpecError(SupervisionError):
     """A provider that cannot be turned into a runnable process (names the key and the fix)."""
+
+    code = "bad_spec"
 
 
 def free_port(host: str = LOOPBACK) -> int:

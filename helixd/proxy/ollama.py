@@ -21,7 +21,7 @@ from aiohttp import web
 
 from helixd.errors import EndpointError
 from helixd.proxy.errors import OPENAI_STATUS
-from helixd.proxy.relay import DROPPED_HEADERS, RelayResult, open_upstream
+from helixd.proxy.relay import DROPPED_HEADERS, RelayResult, open_upstream, read_bounded
 
 # Ollama's request options that have an OpenAI field of the same meaning.
 _OPTIONS = {
@@ -207,7 +207,7 @@ async def relay_ollama(
         result = RelayResult(upstream.status, None)
         if upstream.status >= 400:
             # Ollama's error shape: {"error": "text"}.
-            raw = await upstream.read()
+            raw = await read_bounded(upstream)
             try:
                 message = json.loads(raw)["error"]["message"]
             except (ValueError, KeyError, TypeError):

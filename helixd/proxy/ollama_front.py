@@ -32,6 +32,7 @@ from helixd.proxy.ollama import (
     translate,
 )
 from helixd.proxy.ollama_show import ModelFile, ModelFiles, model_details, show_document
+from helixd.proxy.relay import read_bounded
 from helixd.proxy.routing import Attempts, Router
 from helixd.scheduler.entry import ModelEntry
 from helixd.scheduler.residency import Residency, ResidencyError
@@ -84,6 +85,9 @@ _NEVER = "2318-08-01T00:00:00Z"
 
 # An Ollama answers /api/show from its own files: seconds, unless it is stuck.
 SHOW_TIMEOUT_S = 30.0
+# Ollama's own /api/show answer, passed through: templates and model_info, not tensors
+# worth of junk (verbose answers stay well under this).
+SHOW_BYTES = 8 * 1024 * 1024
 
 
 class OllamaFront:
@@ -230,7 +234,7 @@ class OllamaFront:
                 headers=entry.adapter.upstream_headers(entry.name),
                 timeout=aiohttp.ClientTimeout(total=SHOW_TIMEOUT_S),
             ) as upstream:
-                answer = await upstream.read()
+                answer = await read_bounded(upstream, SHOW_BYTES)
                 content_type = upstream.headers.get("Content-Type", "application/json")
                 status = upstream.status
         except (aiohttp.ClientError, TimeoutError) as exc:

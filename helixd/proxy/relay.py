@@ -61,6 +61,24 @@ STALE_CONNECTION_RETRIES = 1
 RETRYABLE = frozenset({429, 500, 502, 503, 504})
 
 
+# An upstream's error answer is read up to this much: enough for any message, and a
+# broken server that streams junk with an error status cannot fill helixd's memory.
+ERROR_BODY_BYTES = 64 * 1024
+
+
+async def read_bounded(response: aiohttp.ClientResponse, limit: int = ERROR_BODY_BYTES) -> bytes:
+    """At most ``limit`` bytes of ``response``'s body; the rest is left unread."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await response.content.read(limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
 @dataclass
 class RelayResult:
     """What happened, for the access log and metrics."""
@@ -100,7 +118,7 @@ async def open_upstream(
             raise UpstreamUnreachable(str(exc) or type(exc).__name__) from None
     if may_retry and upstream.status in RETRYABLE:
         async with upstream:
-            raise UpstreamRejected(upstream.status, await upstream.read())
+            raise UpstreamRejected(upstream.status, await read_bounded(upstream))
     return upstream
 
 
@@ -131,7 +149,7 @@ async def relay(
             response = prepared
             event_stream = True
             if upstream.status >= 400:
-                body = (await upstream.read())[:500].decode(errors="replace")
+                body = (await read_bounded(upstream))[:500].decode(errors="replace")
                 await response.write(sse_error(f"HTTP {upstream.status}: {body}", "upstream_error"))
                 await response.write_eof()
                 return response, result

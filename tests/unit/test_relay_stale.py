@@ -9,12 +9,18 @@ promising keep-alive (llama-server).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import pytest
 
-from helixd.proxy.relay import UpstreamUnreachable, open_upstream
+from helixd.proxy.relay import (
+    ERROR_BODY_BYTES,
+    UpstreamRejected,
+    UpstreamUnreachable,
+    open_upstream,
+)
 from helixd.supervisor.spec import free_port
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
@@ -97,3 +103,28 @@ async def test_a_refused_connection_is_not_tried_again() -> None:
     async with aiohttp.ClientSession() as session:
         with pytest.raises(UpstreamUnreachable, match="onnect"):
             await open_upstream(session, url, b"{}", None, may_retry=False)
+
+
+async def test_an_error_answer_is_read_only_up_to_its_cap() -> None:
+    """A server that sends a huge body with an error status cannot fill helixd's memory."""
+    huge = 4 * ERROR_BODY_BYTES
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(f"HTTP/1.1 500 Oops\r\nContent-Length: {huge}\r\n\r\n".encode())
+        writer.write(b"x" * huge)
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+        writer.close()
+
+    port = free_port()
+    server = await asyncio.start_server(answer, "127.0.0.1", port)
+    try:
+        async with aiohttp.ClientSession() as session:
+            with pytest.raises(UpstreamRejected) as caught:
+                await open_upstream(session, f"http://127.0.0.1:{port}/", b"{}", None, True)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert caught.value.status == 500
+    assert caught.value.body == b"x" * ERROR_BODY_BYTES

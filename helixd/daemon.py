@@ -399,6 +399,21 @@ class Daemon:
                 "cannot record that %s was %s: %s", name, "stopped" if stopped else "started", exc
             )
 
+    def provider_process(self, name: str) -> ManagedProcess:
+        """Provider ``name``'s own process; a configured one without a process says why."""
+        provider = self.loaded.config.providers.get(name)
+        if name in self.supervisor.processes or provider is None:
+            return self.supervisor.get(name)
+        if provider.kind == "remote":
+            why = "a remote provider: helixd runs no process for it"
+        else:
+            models = sorted(m for m, c in self.loaded.config.models.items() if c.provider == name)
+            why = (
+                "a per-model provider: it has no process of its own, one per loaded model; "
+                f"use helixctl load/unload MODEL ({', '.join(models) or 'no models'})"
+            )
+        raise UnknownProcess(f"{name!r} is {why}")
+
     def log_source(self, name: str) -> ManagedProcess:
         """A provider's process, else a model's (by model name or ``provider:model``)."""
         if name in self.supervisor.processes:

@@ -60,6 +60,10 @@ class ControlBackend(Protocol):
         """The process whose log ``name`` means: a provider, or a model's own process."""
         ...
 
+    def provider_process(self, name: str) -> ManagedProcess:
+        """Provider ``name``'s own process; :class:`UnknownProcess` says why there is none."""
+        ...
+
 
 class ControlAPI:
     """Builds the aiohttp application for a :class:`ControlBackend`."""
@@ -113,7 +117,7 @@ class ControlAPI:
 
     async def get_provider(self, request: web.Request) -> web.Response:
         """:class:`helixd.protocol.GetProvider`."""
-        process = self.backend.supervisor.get(request.match_info["name"])
+        process = self.backend.provider_process(request.match_info["name"])
         return web.json_response({"provider": process.info()}, dumps=_dumps)
 
     async def provider_pull(self, request: web.Request) -> web.StreamResponse:
@@ -145,7 +149,7 @@ class ControlAPI:
         name = request.match_info["name"]
         if self.backend.stopping:
             return error(503, "stopping", "helixd is shutting down")
-        process = self.backend.supervisor.get(name)
+        process = self.backend.provider_process(name)
         wait = request.query.get("wait", "0") not in ("0", "", "false")
         try:
             timeout = float(request.query.get("timeout", DEFAULT_WAIT_S))

@@ -30,3 +30,16 @@ def test_json_goes_before_or_after_the_command(helix: Any) -> None:
     assert unknown.returncode == 1
     assert json.loads(unknown.stdout)["error"]["code"]
     assert h.ctl("status", "--json", "--socket", "/x").returncode == 2  # --socket is global
+
+
+def test_start_or_stop_of_a_per_model_provider_says_what_it_is(helix: Any) -> None:
+    """``helixctl stop echo`` on a per-model provider: not "no provider named 'echo'"."""
+    h = helix(echo_models("m", "n"))
+    for action in ("start", "stop", "restart"):
+        result = h.ctl(action, "echo")
+        assert result.returncode == 1, result
+        assert result.stderr.strip() == (
+            "helixctl: 'echo' is a per-model provider: it has no process of its own, one per "
+            "loaded model; use helixctl load/unload MODEL (m, n)"
+        )
+    assert "no provider named 'nope'" in h.ctl("stop", "nope").stderr

@@ -6,23 +6,12 @@ import re
 import signal
 import string
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from helixd.config.types import ByteSize, Seconds, Strict, parse_duration_s
 
-PROVIDER_KINDS = (
-    "echo",
-    "ollama",
-    "llamacpp",
-    "llamacpp-router",
-    "vllm",
-    "localai",
-    "tabbyapi",
-    "openai",
-    "remote",
-)
 ProviderKind = Literal[
     "echo",
     "ollama",
@@ -34,6 +23,7 @@ ProviderKind = Literal[
     "openai",
     "remote",
 ]
+PROVIDER_KINDS: tuple[str, ...] = get_args(ProviderKind)
 
 # Kinds whose one server loads and unloads many models through its API (an adapter
 # drives them); any other provider-level command serves no configured models.

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -413,7 +415,6 @@ def test_follow_ends_cleanly_when_a_reload_replaces_the_provider(helix: Any) -> 
     config = _child_provider("talker", env='{ A = "1" }')
     h = helix(config)
     h.wait_state("talker", "ready")
-    baseline = _unix_connections(h)
     follower = subprocess.Popen(
         [str(Path(sys.executable).parent / "helixctl"), "logs", "talker", "-f", "-n", "1"],
         env=h.env,
@@ -422,7 +423,12 @@ def test_follow_ends_cleanly_when_a_reload_replaces_the_provider(helix: Any) -> 
         text=True,
     )
     try:
-        wait_for_sync(lambda: _unix_connections(h) > baseline, what="the follower to attach")
+        # The last line comes on the follow stream itself, so once it is read the follower is
+        # attached. (Counting the daemon's sockets raced with a helixctl call still closing.)
+        assert follower.stdout is not None
+        first = queue.Queue[str]()
+        threading.Thread(target=lambda: first.put(follower.stdout.readline()), daemon=True).start()
+        assert first.get(timeout=30), "the follower printed nothing"
         h.write_config(config.replace('A = "1"', 'A = "2"'))
         assert h.ctl("reload").returncode == 0
         _, stderr = follower.communicate(timeout=30)

@@ -31,17 +31,25 @@ from helixd.jobs.alerts import AlertBook
 from helixd.jobs.service import Operations
 from helixd.notify import Notifier
 from helixd.providers.base import ModelAdapter
-from helixd.providers.ollama import server_env as ollama_server_env
+from helixd.providers.specs import provider_specs
 from helixd.proxy.server import ProxyServer
 from helixd.resources.gpu import GpuSelectionError
 from helixd.resources.monitor import ResourceMonitor
-from helixd.scheduler.catalog import build_adapters, build_entries
-from helixd.scheduler.residency import ModelEntry, Residency
+from helixd.scheduler import (
+    Catalog,
+    Changed,
+    Event,
+    LoadEnded,
+    Measured,
+    Residency,
+    build_adapters,
+    build_entries,
+)
 from helixd.state import OperatorStops, ResidencyRecord
 from helixd.supervisor.arbiter import Supervisor, UnknownProcess
 from helixd.supervisor.process import ManagedProcess, ProcessState
 from helixd.supervisor.registry import ChildRegistry
-from helixd.supervisor.spec import ProcessSpec, SpecError, build_spec
+from helixd.supervisor.spec import SpecError
 
 log = logging.getLogger("helixd")
 
@@ -66,7 +74,6 @@ class Daemon:
         resources = loaded.config.resources
         self.monitor = ResourceMonitor(resources.gpus)
         self.residency = Residency(resources, loaded.config.scheduler, self.monitor)
-        self.residency.on_change = self._status_dirty.set
         self.record: ResidencyRecord | None = None  # read once the state dir is ours
         self.proxy = ProxyServer(loaded.config.proxy, self.residency, paths.state_dir)
         self.proxy.configure(_aliases(loaded), dict(loaded.config.routes), loaded.config.providers)
@@ -77,7 +84,7 @@ class Daemon:
         )
         self.jobs = self.ops.jobs
         self.backups = self.ops.backups
-        self.residency.on_load_outcome = self.ops.load_outcome
+        self.residency.events.subscribe(self._residency_event)
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -87,7 +94,7 @@ class Daemon:
         cleaned = await asyncio.to_thread(self.registry.clean_up_leftovers)
         if cleaned:
             log.warning("cleaned up after an earlier helixd: %s", "; ".join(cleaned))
-        specs = self._build_specs(self.loaded, previous=None)
+        specs = provider_specs(self.loaded.config, self.paths)
         for spec in specs.values():
             self.supervisor.add(spec)
         await self._start_residency()
@@ -104,7 +111,7 @@ class Daemon:
         self.operator_stops.keep_only(set(self.supervisor.processes))
         for name in sorted(self.operator_stops.stopped):
             log.info("%s stays stopped: stopped with 'helixctl stop' before helixd restarted", name)
-            self.supervisor.processes[name].message = "stopped on request; start it to run it"
+            self.supervisor.get(name).keep_stopped("stopped on request; start it to run it")
         await self.supervisor.start_autostart(skip=self.operator_stops.stopped)
         self.notifier.ready(self.summary())
         log.info(
@@ -195,14 +202,12 @@ class Daemon:
         if self.monitor.mode != "nvml":
             log.info("RAM-only mode: %s", self.monitor.note)
         self.record = ResidencyRecord(self.paths.state_dir)
-        self.residency.remember = self.record.remember
-        for entry in (await self._model_entries(self.loaded, previous=None)).values():
-            self.residency.add(entry)
+        self.residency.adopt(await self._model_entries(self.loaded, previous=None))
         # Pinned models start loading with the first maintenance pass, once all is bound.
 
     async def _model_entries(
         self, loaded: LoadedConfig, previous: dict[str, ModelAdapter] | None
-    ) -> dict[str, ModelEntry]:
+    ) -> Catalog:
         assert self.record is not None
         adapters = build_adapters(
             loaded.config, self.paths, self.registry, self.supervisor.processes.get, previous
@@ -214,12 +219,12 @@ class Daemon:
 
     def set_pin(self, name: str, pinned: bool) -> None:
         """Pin or unpin at run time, persisted so it outlives helixd restarts."""
-        entry = self.residency.set_pin(name, pinned)
+        model = self.residency.set_pin(name, pinned)
         if self.record is not None:
             try:
                 # A runtime pin equal to the config's is no override: the config decides again.
-                override = None if pinned == entry.pinned_by_config else pinned
-                self.record.set_pin(entry.name, override)
+                override = None if pinned == model.pinned_by_config else pinned
+                self.record.set_pin(model.name, override)
             except OSError as exc:
                 log.warning("cannot persist the pin of %s: %s", name, exc)
 
@@ -269,7 +274,8 @@ class Daemon:
             try:
                 try:
                     new = load_config(self.loaded.path)
-                    specs = self._build_specs(new, previous=self.supervisor.processes)
+                    running = {n: p.spec for n, p in self.supervisor.processes.items()}
+                    specs = provider_specs(new.config, self.paths, previous=running)
                 except (ConfigError, SpecError) as exc:
                     log.error("reload refused, keeping the running config:\n%s", exc)
                     raise ReloadRefused(str(exc)) from None
@@ -312,29 +318,6 @@ class Daemon:
             log.warning(message)
         return messages
 
-    def _build_specs(
-        self, loaded: LoadedConfig, previous: dict[str, ManagedProcess] | None
-    ) -> dict[str, ProcessSpec]:
-        specs: dict[str, ProcessSpec] = {}
-        for name, provider in loaded.config.providers.items():
-            if provider.kind == "remote" or provider.is_model_template:
-                continue  # nothing to supervise at provider level
-            if (provider.user or provider.group) and os.geteuid() != 0:
-                log.warning(
-                    "providers.%s: user/group are ignored: helixd does not run as root", name
-                )
-            old = previous.get(name) if previous else None
-            # Keep an auto port across reloads so an unchanged provider stays unchanged.
-            port = old.spec.port if old is not None and provider.port == "auto" else None
-            extra_env = None
-            if provider.kind == "ollama":
-                models = [m for m in loaded.config.models.values() if m.provider == name]
-                # The provider's own env wins over what helixd works out.
-                wanted = ollama_server_env(models).items()
-                extra_env = {k: v for k, v in wanted if k not in provider.env}
-            specs[name] = build_spec(name, provider, self.paths, port=port, extra_env=extra_env)
-        return specs
-
     # -- what jobs need ----------------------------------------------------------------
 
     def budgets_exceeded(self) -> dict[str, str]:
@@ -345,10 +328,20 @@ class Daemon:
     def _state_restored(self) -> None:
         """A restore replaced the state files: take up their pins and learned sizes."""
         self.record = ResidencyRecord(self.paths.state_dir)
-        self.residency.remember = self.record.remember
-        for name, entry in self.residency.models.items():
-            entry.runtime_pin = self.record.pins.get(name)
+        self.residency.restore_pins(self.record.pins)
         self._status_dirty.set()
+
+    def _residency_event(self, event: Event) -> None:
+        """Residency changed: refresh STATUS=, raise or clear alerts, keep learned sizes."""
+        if isinstance(event, Changed):
+            self._status_dirty.set()
+        elif isinstance(event, LoadEnded):
+            self.ops.load_outcome(event.model, event.error, event.out_of_memory)
+        elif isinstance(event, Measured) and self.record is not None:
+            try:
+                self.record.remember(event.size_key, event.vram_bytes, event.ram_bytes)
+            except OSError as exc:
+                log.warning("cannot remember the size of %s: %s", event.model, exc)
 
     # -- status ------------------------------------------------------------------------
 
@@ -374,9 +367,7 @@ class Daemon:
             "log_dir": str(self.paths.log_dir),
             "summary": self.summary(),
             "providers": [p.info() for p in self.supervisor.processes.values()],
-            "models": [
-                self.residency.info(e) for e in self.residency.models.values() if not e.removed
-            ],
+            "models": self.residency.infos(),
             "devices": self.residency.devices(),
             "proxy": self.proxy.info(),
         } | self.ops.status()
@@ -418,11 +409,11 @@ class Daemon:
         """A provider's process, else a model's (by model name or ``provider:model``)."""
         if name in self.supervisor.processes:
             return self.supervisor.processes[name]
-        for entry in self.residency.models.values():
-            process = entry.adapter.log_process(entry.name)
-            if process is not None and name in (entry.name, process.spec.name):
+        for model in self.residency.views():
+            process = model.adapter.log_process(model.name)
+            if process is not None and name in (model.name, process.spec.name):
                 return process
-        known = sorted(self.supervisor.processes) + sorted(self.residency.models)
+        known = sorted(self.supervisor.processes) + self.residency.names()
         raise UnknownProcess(
             f"no provider or model process named {name!r}; known: {', '.join(known) or 'none'}"
         )

@@ -10,7 +10,7 @@ from aiohttp import web
 from helixd.control.api import ControlAPI
 from helixd.control.errors import CONTROL_STATUS
 from helixd.control.routes import add_commands, error
-from helixd.scheduler.residency import Residency, ResidencyError
+from helixd.scheduler import Residency, ResidencyError
 
 ACTIONS = ("load", "unload", "pin", "unpin")
 
@@ -42,16 +42,15 @@ class _ModelRoutes:
         """:class:`helixd.protocol.ListModels`: every model, and the devices they live on."""
         residency = self.backend.residency
         await residency.refresh()
-        models = [residency.info(e) for e in residency.models.values() if not e.removed]
-        return web.json_response({"models": models, "devices": residency.devices()})
+        return web.json_response({"models": residency.infos(), "devices": residency.devices()})
 
     async def get_model(self, request: web.Request) -> web.Response:
         """:class:`helixd.protocol.GetModel`."""
         try:
-            entry = self.backend.residency.entry(request.match_info["name"])
+            info = self.backend.residency.info(request.match_info["name"])
         except ResidencyError as exc:
             return error(CONTROL_STATUS[exc.code], exc.code, str(exc))
-        return web.json_response({"model": self.backend.residency.info(entry)})
+        return web.json_response({"model": info})
 
     async def model_load(self, request: web.Request) -> web.Response:
         """:class:`helixd.protocol.LoadModel`."""
@@ -85,29 +84,29 @@ class _ModelRoutes:
             return error(400, "bad_request", "timeout must be a number of seconds from 0 to 86400")
         self.api._audit(request, f"{action} model {name}")
         try:
-            entry = residency.entry(name)
+            residency.view(name)  # an unknown name is refused before anything is done
             if action == "load":
-                entry = await residency.load(name, timeout)
+                await residency.load(name, timeout)
             elif action == "unload":
-                entry = await residency.unload(name)
+                await residency.unload(name)
             else:
                 self.backend.set_pin(name, action == "pin")
                 if action == "pin":
                     # A pin means "resident": say so only once it is (or why it is not).
                     try:
-                        entry = await residency.load(name, timeout)
+                        await residency.load(name, timeout)
                     except ResidencyError as exc:
                         exc.args = (
                             f"{name} is pinned (and will be retried), but not loaded: {exc}",
                         )
                         raise
+            # (Inside the try: a reload may have removed the model meanwhile.)
+            return web.json_response({"model": residency.info(name)})
         except ResidencyError as exc:
             details: dict[str, Any] = {}
-            current = residency.models.get(name)
-            if current is not None and exc.code != "unknown_model":
-                details["model"] = residency.info(current)
+            if residency.find(name) is not None and exc.code != "unknown_model":
+                details["model"] = residency.info(name)
             return error(CONTROL_STATUS[exc.code], exc.code, str(exc), **details)
-        return web.json_response({"model": residency.info(entry)})
 
 
 def _timeout(request: web.Request, default: float) -> float | None:

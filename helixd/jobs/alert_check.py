@@ -18,8 +18,7 @@ from pathlib import Path
 from helixd.config.jobs import AlertsJob
 from helixd.jobs.alert_rules import AlertRules, DiskView, ModelView, ProviderView, RulesInput
 from helixd.jobs.base import JobContext, JobOutcome
-from helixd.scheduler.core import ModelState
-from helixd.scheduler.entry import ModelEntry
+from helixd.scheduler import ModelState, ModelStatus
 from helixd.supervisor.process import ProcessState
 
 _RESIDENT = (ModelState.LOADED, ModelState.LOADING, ModelState.SLEEPING, ModelState.UNLOADING)
@@ -63,9 +62,7 @@ class AlertCheck:
                     ProviderView(p.spec.name, str(p.state), p.message)
                     for p in ctx.supervisor.processes.values()
                 ],
-                models=[
-                    _model_view(ctx, e) for e in ctx.residency.models.values() if not e.removed
-                ],
+                models=[_model_view(ctx, m) for m in ctx.residency.views()],
                 budgets_exceeded=dict(self.budgets()),
                 disks=disks,
             )
@@ -73,17 +70,17 @@ class AlertCheck:
             ctx.alerts.sync("rules", conditions, pending)
 
 
-def _model_view(ctx: JobContext, entry: ModelEntry) -> ModelView:
-    return ModelView(entry.name, str(entry.state), _servable(ctx, entry), entry.queued)
+def _model_view(ctx: JobContext, model: ModelStatus) -> ModelView:
+    return ModelView(model.name, str(model.state), _servable(ctx, model), model.queued)
 
 
-def _servable(ctx: JobContext, entry: ModelEntry) -> bool:
+def _servable(ctx: JobContext, model: ModelStatus) -> bool:
     """Could a request for this model be served now or after a load?"""
-    if entry.state in _RESIDENT:
+    if model.state in _RESIDENT:
         return True
-    if entry.state == ModelState.FAILED:
+    if model.state == ModelState.FAILED:
         return False
-    server = ctx.supervisor.processes.get(entry.adapter.provider)
+    server = ctx.supervisor.processes.get(model.provider)
     if server is not None:  # a one-server provider: only while its server is up
         return server.state == ProcessState.READY
     return True  # a per-model server is started by the load; a remote is asked

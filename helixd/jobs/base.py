@@ -8,6 +8,8 @@ commands run as subprocesses: no job may stall the event loop.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -16,8 +18,8 @@ from helixd.errors import JobError
 if TYPE_CHECKING:
     from helixd.config import DaemonPaths, LoadedConfig
     from helixd.jobs.alerts import AlertBook
-    from helixd.scheduler.residency import Residency
-    from helixd.supervisor.arbiter import Supervisor
+    from helixd.scheduler import ModelStatus
+    from helixd.supervisor.process import ManagedProcess
 
 
 @dataclass
@@ -35,13 +37,51 @@ class JobFailed(JobError):
     code = "job_failed"
 
 
+class JobModels(Protocol):
+    """What jobs may do with models (:class:`helixd.scheduler.Residency` is one): read
+    frozen views, and load, unload or restart one as an operator would."""
+
+    def find(self, name: str) -> ModelStatus | None: ...
+
+    def view(self, name: str) -> ModelStatus: ...
+
+    def views(self) -> list[ModelStatus]: ...
+
+    async def load(self, name: str, timeout: float | None = None) -> ModelStatus: ...
+
+    async def unload(self, name: str) -> ModelStatus: ...
+
+    async def recycle(self, name: str, why: str, timeout: float | None = None) -> ModelStatus: ...
+
+
+class JobProcesses(Protocol):
+    """What jobs may do with providers' processes (:class:`helixd.supervisor.arbiter.
+    Supervisor` is one): read them, and restart one under the lock reloads take."""
+
+    @property
+    def processes(self) -> Mapping[str, ManagedProcess]: ...
+
+    @property
+    def lock(self) -> asyncio.Lock: ...
+
+    def get(self, name: str) -> ManagedProcess: ...
+
+
 class JobContext(Protocol):
     """The parts of the daemon a job may use."""
 
     paths: DaemonPaths
-    supervisor: Supervisor
-    residency: Residency
     alerts: AlertBook
+
+    @property
+    def supervisor(self) -> JobProcesses:
+        """The providers' processes."""
+        ...
+
+    @property
+    def residency(self) -> JobModels:
+        """The models."""
+        ...
 
     @property
     def loaded(self) -> LoadedConfig:

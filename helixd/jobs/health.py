@@ -25,8 +25,7 @@ import aiohttp
 
 from helixd.config.jobs import HealthJob
 from helixd.jobs.base import JobContext, JobOutcome
-from helixd.scheduler.core import ModelState
-from helixd.scheduler.entry import ModelEntry, ResidencyError
+from helixd.scheduler import ModelState, ModelStatus, ResidencyError
 from helixd.supervisor.process import ProcessState
 
 log = logging.getLogger("helixd.jobs.health")
@@ -52,11 +51,11 @@ class InferenceCheck:
         self.failures: dict[str, int] = {}
 
     async def __call__(self, ctx: JobContext, job: HealthJob) -> JobOutcome:
-        entries = _to_check(ctx, job)
+        models = _to_check(ctx, job)
         session = aiohttp.ClientSession(trust_env=False)
         try:
             answers = await asyncio.gather(
-                *(ask(session, e, job.request_timeout_s) for e in entries)
+                *(ask(session, m, job.request_timeout_s) for m in models)
             )
         finally:
             await session.close()
@@ -84,33 +83,37 @@ class InferenceCheck:
         return _outcome(answers, failed, recovered)
 
     def _forget_unloaded(self, ctx: JobContext) -> None:
-        for name, entry in ctx.residency.models.items():
-            if entry.state in (ModelState.UNLOADED, ModelState.SLEEPING) or entry.removed:
-                self.failures.pop(name, None)
-                ctx.alerts.resolve(f"inference:{name}", "it is no longer loaded")
+        models = {m.name: m for m in ctx.residency.views()}
+        gone = [name for name in self.failures if name not in models]
+        resting = [m.name for m in models.values() if m.state in _NOT_SERVING]
+        for name in gone + resting:
+            self.failures.pop(name, None)
+            ctx.alerts.resolve(f"inference:{name}", "it is no longer loaded")
 
 
-def _to_check(ctx: JobContext, job: HealthJob) -> list[ModelEntry]:
+_NOT_SERVING = (ModelState.UNLOADED, ModelState.SLEEPING)
+
+
+def _to_check(ctx: JobContext, job: HealthJob) -> list[ModelStatus]:
     return [
-        entry
-        for entry in ctx.residency.models.values()
-        if entry.state == ModelState.LOADED
-        and entry.adapter.holds_memory  # a remote's health is its owner's business
-        and not entry.removed
-        and (not job.models or entry.name in job.models)
-        and entry.adapter.upstream(entry.name) is not None
+        model
+        for model in ctx.residency.views()
+        if model.loaded
+        and model.adapter.holds_memory  # a remote's health is its owner's business
+        and (not job.models or model.name in job.models)
+        and model.adapter.upstream(model.name) is not None
     ]
 
 
 def _still_serving(ctx: JobContext, model: str) -> bool:
     """A model unloaded or evicted during its check did not fail it."""
-    entry = ctx.residency.models.get(model)
-    return entry is not None and entry.state == ModelState.LOADED
+    now = ctx.residency.find(model)
+    return now is not None and now.loaded
 
 
-async def ask(session: aiohttp.ClientSession, entry: ModelEntry, timeout: float) -> Answer:
-    """Send ``entry`` one generation of one token on its own server."""
-    adapter, name = entry.adapter, entry.name
+async def ask(session: aiohttp.ClientSession, model: ModelStatus, timeout: float) -> Answer:
+    """Send ``model`` one generation of one token on its own server."""
+    adapter, name = model.adapter, model.name
     base = adapter.upstream(name)
     upstream_model = adapter.upstream_model(name)
     if adapter.native_dialect == "ollama":
@@ -161,11 +164,11 @@ async def _recover(ctx: JobContext, failed: list[Answer]) -> dict[str, str]:
     done: dict[str, str] = {}
     by_server: dict[str, list[str]] = {}
     for answer in failed:
-        entry = ctx.residency.models.get(answer.model)
-        if entry is None:  # a reload took it out of the config meanwhile
+        model = ctx.residency.find(answer.model)
+        if model is None:  # a reload took it out of the config meanwhile
             done[answer.model] = "not restarted: no longer configured"
             continue
-        server = entry.adapter.provider if entry.adapter.shape == "multi-model" else None
+        server = model.provider if model.adapter.shape == "multi-model" else None
         if server is not None and server in ctx.supervisor.processes:
             by_server.setdefault(server, []).append(answer.model)
         else:

@@ -14,7 +14,7 @@ from helixd.config import HelixConfig
 from helixd.errors import JobError
 from helixd.jobs.base import JobContext
 from helixd.providers.http import error_text
-from helixd.scheduler.core import ModelState
+from helixd.scheduler import ModelState
 from helixd.supervisor.process import ProcessState
 
 log = logging.getLogger("helixd.jobs.update")
@@ -97,8 +97,8 @@ async def refresh_model(
         return {"error": f"pulled {model_id}, but /api/tags does not list it"}
     changed = before != after
     message = f"new version ({_short(before)} → {_short(after)})" if changed else "unchanged"
-    entry = ctx.residency.models.get(name)
-    if changed and entry is not None and entry.state in (ModelState.LOADED, ModelState.SLEEPING):
+    model = ctx.residency.find(name)
+    if changed and model is not None and model.state in (ModelState.LOADED, ModelState.SLEEPING):
         # Reloading would cut requests off; the next load picks the new weights up.
         message += "; the loaded one serves the old weights until it reloads"
     return {"before": before, "after": after, "changed": changed, "message": message}

@@ -14,8 +14,7 @@ from typing import Any
 
 from helixd.config.jobs import RotationJob
 from helixd.jobs.base import JobContext, JobOutcome
-from helixd.scheduler.core import ModelState
-from helixd.scheduler.entry import ResidencyError
+from helixd.scheduler import ModelState, ResidencyError
 
 _RESIDENT = (ModelState.LOADED, ModelState.LOADING, ModelState.SLEEPING)
 
@@ -38,21 +37,21 @@ async def run_rotation(ctx: JobContext, job: RotationJob) -> JobOutcome:
 
 
 async def _unload(ctx: JobContext, job: RotationJob, name: str) -> dict[str, Any]:
-    entry = ctx.residency.models.get(name)
-    if entry is None:
+    model = ctx.residency.find(name)
+    if model is None:
         return {"result": "failed", "message": "no longer configured"}
-    if entry.pinned_by_config:
+    if model.pinned_by_config:
         return {"result": "kept", "message": "pinned in the config"}
-    if job.pin and entry.runtime_pin:
+    if job.pin and model.pinned:  # pinned at run time, by this rotation's load
         ctx.set_pin(name, False)
-    if entry.pinned:
+        model = ctx.residency.view(name)
+    if model.pinned:
         return {"result": "kept", "message": "pinned (helixctl unpin to let it go)"}
-    if entry.state not in _RESIDENT:
+    if model.state not in _RESIDENT:
         return {"result": "not loaded", "message": ""}
     try:
         # Twice for a sleep-mode model: a rotation frees its RAM as well as its GPU.
-        await ctx.residency.unload(name)
-        if ctx.residency.models[name].state == ModelState.SLEEPING:
+        if (await ctx.residency.unload(name)).state == ModelState.SLEEPING:
             await ctx.residency.unload(name)
     except ResidencyError as exc:
         if exc.code == "busy":
@@ -62,12 +61,12 @@ async def _unload(ctx: JobContext, job: RotationJob, name: str) -> dict[str, Any
 
 
 async def _load(ctx: JobContext, job: RotationJob, name: str) -> dict[str, Any]:
-    if name not in ctx.residency.models:
+    if ctx.residency.find(name) is None:
         return {"result": "failed", "message": "no longer configured"}
     if job.pin:
         ctx.set_pin(name, True)
     try:
-        entry = await ctx.residency.load(name, timeout=job.timeout_s)
+        model = await ctx.residency.load(name, timeout=job.timeout_s)
     except ResidencyError as exc:
         return {"result": "failed", "message": str(exc)}
-    return {"result": "loaded", "message": entry.device or ""}
+    return {"result": "loaded", "message": model.device or ""}

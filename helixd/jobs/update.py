@@ -26,7 +26,7 @@ from helixd.config.jobs import Severity, UpdateJob
 from helixd.jobs.base import JobContext, JobOutcome
 from helixd.jobs.commands import CommandResult, command_env, run_command
 from helixd.jobs.refresh import refresh_models
-from helixd.scheduler.core import ModelState
+from helixd.scheduler import ModelState
 from helixd.supervisor.process import ProcessState
 
 log = logging.getLogger("helixd.jobs.update")
@@ -75,9 +75,7 @@ class ProviderUpdate:
         self.running = process is not None and process.state != ProcessState.STOPPED
         # Process per model: the models whose processes run the old code now.
         self.models = [
-            m
-            for m, entry in ctx.residency.models.items()
-            if entry.config.provider == name and entry.state == ModelState.LOADED
+            m.name for m in ctx.residency.views() if m.config.provider == name and m.loaded
         ]
 
     async def run(self) -> ProviderResult:
@@ -173,15 +171,15 @@ class ProviderUpdate:
         for model in self.models:
             try:
                 async with asyncio.timeout(verify_s):
-                    entry = await self.ctx.residency.recycle(model, why, timeout=verify_s)
+                    now = await self.ctx.residency.recycle(model, why, timeout=verify_s)
             except TimeoutError:
                 problems.append(f"did not reload {model} within {verify_s:g} s")
                 continue
             except Exception as exc:  # the load's own error says why
                 problems.append(f"did not reload {model} ({exc})")
                 continue
-            if entry.state != ModelState.LOADED:
-                problems.append(f"left {model} {entry.state} ({entry.message})")
+            if now.state != ModelState.LOADED:
+                problems.append(f"left {model} {now.state} ({now.message})")
         if problems:
             return False, "; ".join(problems)
         return True, f"reloaded {', '.join(self.models)}"
@@ -191,7 +189,10 @@ class ProviderUpdate:
         process = self.ctx.supervisor.processes.get(self.name)
         if process is not None:
             return f"{self.name} is {process.state}"
-        states = {m: self.ctx.residency.models[m].state for m in self.models}
+        found = {m: self.ctx.residency.find(m) for m in self.models}
+        states = {
+            m: "no longer configured" if v is None else str(v.state) for m, v in found.items()
+        }
         return ", ".join(f"{m} is {s}" for m, s in states.items()) or "no model loaded"
 
     def _succeeded(self, result: str, message: str) -> ProviderResult:

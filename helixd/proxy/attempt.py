@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 
@@ -11,6 +11,10 @@ from helixd.config.routes import FailureClass
 from helixd.errors import EndpointError
 from helixd.proxy.ollama import Translation
 from helixd.proxy.routing import Attempts
+
+# How an attempt failed: a class a route may escalate, or "final" (an unknown model,
+# helixd shutting down), after which no other candidate can help.
+FailureKind = FailureClass | Literal["final"]
 
 # Residency's refusals, as a route escalates them (their statuses: each dialect's table).
 FAILURE_OF: dict[str, FailureClass] = {
@@ -26,7 +30,7 @@ class Failed(EndpointError):
 
     code = "attempt_failed"
 
-    def __init__(self, kind: str, response: web.Response) -> None:
+    def __init__(self, kind: FailureKind, response: web.Response) -> None:
         super().__init__(kind)
         self.kind = kind
         self.response = response

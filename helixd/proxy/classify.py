@@ -17,7 +17,7 @@ import aiohttp
 
 from helixd.config.routes import ClassifierConfig
 from helixd.proxy.routing import last_user_text
-from helixd.scheduler.residency import Residency, ResidencyError
+from helixd.scheduler import Residency, ResidencyError
 
 log = logging.getLogger("helixd.proxy")
 
@@ -37,17 +37,17 @@ async def classify(
         {"role": "user", "content": last_user_text(body)},
     ]
     try:
-        async with asyncio.timeout(config.timeout_s), residency.use(classifier_model) as entry:
-            base = entry.adapter.upstream(classifier_model)
+        async with asyncio.timeout(config.timeout_s), residency.lease(classifier_model) as model:
+            base = model.adapter.upstream(classifier_model)
             if base is None:
                 raise ConnectionError(f"{classifier_model}: its server is gone")
             request = {
-                "model": entry.adapter.upstream_model(classifier_model),
+                "model": model.adapter.upstream_model(classifier_model),
                 "messages": messages,
                 "max_tokens": 8,
                 "temperature": 0,
             }
-            headers = entry.adapter.upstream_headers(classifier_model)
+            headers = model.adapter.upstream_headers(classifier_model)
             async with session.post(
                 base + "/v1/chat/completions", json=request, headers=headers
             ) as response:

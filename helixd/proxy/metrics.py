@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from helixd.scheduler.residency import Residency
+from helixd.scheduler import Event, Evicted, LoadEnded, Residency
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Latency buckets from sub-millisecond (an echo answer) to minutes (a long generation).
@@ -31,10 +31,10 @@ class _ResidencyCollector(Collector):
         queued = GaugeMetricFamily("helix_queue_depth", "Requests waiting", labels=["model"])
         in_flight = GaugeMetricFamily("helix_in_flight", "Requests served now", labels=["model"])
         loaded = GaugeMetricFamily("helix_model_loaded", "1 when resident", labels=["model"])
-        for name, entry in self.residency.models.items():
-            queued.add_metric([name], entry.queued)
-            in_flight.add_metric([name], entry.in_flight)
-            loaded.add_metric([name], 1 if entry.state == "loaded" else 0)
+        for model in self.residency.views():
+            queued.add_metric([model.name], model.queued)
+            in_flight.add_metric([model.name], model.in_flight)
+            loaded.add_metric([model.name], 1 if model.loaded else 0)
         yield queued
         yield in_flight
         yield loaded
@@ -78,6 +78,16 @@ class Metrics:
         self.evictions = Counter("helix_evictions", "Models evicted", ["model"], registry=r)
         self.cooldowns = Counter("helix_cooldowns", "Cooldowns started", ["model"], registry=r)
         r.register(_ResidencyCollector(residency))
+        residency.events.subscribe(self._observe)
+
+    def _observe(self, event: Event) -> None:
+        """Count residency's loads (with their duration) and evictions."""
+        if isinstance(event, LoadEnded):
+            self.loads.labels(event.model, "ok" if event.ok else "failed").inc()
+            if event.ok:
+                self.load_seconds.labels(event.model).observe(event.seconds)
+        elif isinstance(event, Evicted):
+            self.evictions.labels(event.model).inc()
 
     def count_tokens(self, model: str, usage: dict[str, object]) -> None:
         """Add an answer's reported usage (prompt → in, completion → out)."""

@@ -34,8 +34,7 @@ from helixd.proxy.ollama import (
 from helixd.proxy.ollama_show import ModelFile, ModelFiles, model_details, show_document
 from helixd.proxy.relay import read_bounded
 from helixd.proxy.routing import Attempts, Router
-from helixd.scheduler.entry import ModelEntry
-from helixd.scheduler.residency import Residency, ResidencyError
+from helixd.scheduler import ModelStatus, Residency, ResidencyError
 
 
 class OllamaBackend(Protocol):
@@ -117,53 +116,49 @@ class OllamaFront:
 
     async def tags(self, request: web.Request) -> web.Response:
         """``GET /api/tags``: every model once (aliases on it), then the routes."""
-        names = [n for n, e in self.server.residency.models.items() if not e.removed]
-        files = await self._files_of(names)
-        cards = [self._card(n, files) for n in names]
+        models = self.server.residency.views()
+        files = await self._files_of(models)
+        cards = [self._card(m, files) for m in models]
         cards += [self._route_card(route) for route in self.server.router.routes]
         return web.json_response({"models": cards})
 
     async def ps(self, request: web.Request) -> web.Response:
         """``GET /api/ps``: the resident models, with helixd's memory figures."""
-        loaded = [n for n, e in self.server.residency.models.items() if e.state == "loaded"]
+        loaded = [m for m in self.server.residency.views() if m.loaded]
         files = await self._files_of(loaded)
         cards = []
-        for name in loaded:
-            entry = self.server.residency.models[name]
-            card = self._card(name, files)
-            card["size"] = entry.accounted_vram + entry.accounted_ram
-            card["size_vram"] = entry.accounted_vram
-            card["expires_at"] = self._expires_at(entry)
+        for model in loaded:
+            card = self._card(model, files)
+            card["size"] = model.vram_bytes + model.ram_bytes
+            card["size_vram"] = model.vram_bytes
+            card["expires_at"] = self._expires_at(model)
             cards.append(card)
         return web.json_response({"models": cards})
 
-    async def _files_of(self, models: list[str]) -> dict[Path, ModelFile]:
+    async def _files_of(self, models: list[ModelStatus]) -> dict[Path, ModelFile]:
         """The facts of these models' files (GGUF headers, read off the event loop)."""
-        entries = self.server.residency.models
-        paths = [entries[m].config.path for m in models]
+        paths = [m.config.path for m in models]
         return await self.files.read_all(p for p in paths if p is not None)
 
-    def _expires_at(self, entry: ModelEntry) -> str:
+    def _expires_at(self, model: ModelStatus) -> str:
         # When keep_alive will unload it if nothing uses it; Ollama's far future if never.
-        keep = entry.config.keep_alive or self.server.residency.scheduler.keep_alive
-        if entry.pinned or math.isinf(keep):
+        if model.pinned or math.isinf(model.keep_alive_s):
             return _NEVER
-        return rfc3339((entry.last_used_wall or time.time()) + keep)
+        return rfc3339((model.last_used_wall or time.time()) + model.keep_alive_s)
 
-    def _card(self, model: str, files: dict[Path, ModelFile]) -> dict[str, Any]:
-        entry = self.server.residency.models[model]
-        size = entry.figure.vram_bytes + entry.figure.ram_bytes
-        facts = files.get(entry.config.path) if entry.config.path is not None else None
-        helix: dict[str, Any] = {"state": str(entry.state), "provider": entry.adapter.provider}
-        aliases = self.server.router.aliases_of(model)
+    def _card(self, model: ModelStatus, files: dict[Path, ModelFile]) -> dict[str, Any]:
+        name = model.name
+        facts = files.get(model.config.path) if model.config.path is not None else None
+        helix: dict[str, Any] = {"state": str(model.state), "provider": model.provider}
+        aliases = self.server.router.aliases_of(name)
         if aliases:
             helix["aliases"] = aliases
         return {
-            "name": model,
-            "model": model,
+            "name": name,
+            "model": name,
             "modified_at": rfc3339(facts.modified) if facts is not None else now_rfc3339(),
-            "size": size,
-            "digest": hashlib.sha256(model.encode()).hexdigest(),
+            "size": model.size_bytes,
+            "digest": hashlib.sha256(name.encode()).hexdigest(),
             "details": model_details(facts),
             "helix": helix,
         }
@@ -198,19 +193,22 @@ class OllamaFront:
         if not plan.order:
             return ollama_error(404, f"route {asked!r} has no model left to serve it")
         model = plan.order[0]  # a route is shown as the model a request would get first
-        entry = self.server.residency.models[model]
-        if entry.adapter.native_dialect == "ollama":
-            passed = await self._show_from_ollama(entry, body)
+        try:
+            shown = self.server.residency.view(model)
+        except ResidencyError as exc:  # a reload removed it since the plan was made
+            return ollama_error(OLLAMA_STATUS[exc.code], str(exc))
+        if shown.adapter.native_dialect == "ollama":
+            passed = await self._show_from_ollama(shown, body)
             if passed is not None:
                 return passed
         facts = None
-        if entry.config.path is not None:
-            facts = (await self.files.read_all([entry.config.path])).get(entry.config.path)
-        document = show_document(model, entry.config, facts, time.time())
+        if shown.config.path is not None:
+            facts = (await self.files.read_all([shown.config.path])).get(shown.config.path)
+        document = show_document(model, shown.config, facts, time.time())
         helix: dict[str, Any] = {
             "model": model,
-            "state": str(entry.state),
-            "provider": entry.adapter.provider,
+            "state": str(shown.state),
+            "provider": shown.provider,
         }
         if plan.route is not None:
             helix["route"] = plan.route
@@ -219,7 +217,7 @@ class OllamaFront:
         return web.json_response({**document, "helix": helix})
 
     async def _show_from_ollama(
-        self, entry: ModelEntry, body: dict[str, Any]
+        self, entry: ModelStatus, body: dict[str, Any]
     ) -> web.Response | None:
         """Ollama's own answer for a model it hosts; None when it cannot be asked."""
         base = entry.adapter.server_url()

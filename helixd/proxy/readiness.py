@@ -29,7 +29,7 @@ from aiohttp import web
 
 from helixd import __version__
 from helixd.proxy.errors import openai_error
-from helixd.scheduler.core import ModelState
+from helixd.scheduler import ModelState, ModelStatus
 
 if TYPE_CHECKING:
     from helixd.proxy.server import ProxyServer
@@ -116,9 +116,12 @@ class GatewayHealth:
 
     def of_model(self, model: str) -> Readiness:
         """The readiness of a configured model (by its own name)."""
-        entry = self.server.residency.models[model]
-        cooling = self.server.cooling(model)
-        return model_readiness(entry.state, entry.failed_until, self.clock(), cooling)
+        return self.of(self.server.residency.view(model))
+
+    def of(self, model: ModelStatus) -> Readiness:
+        """The readiness of a model as residency has it now."""
+        cooling = self.server.cooling(model.name)
+        return model_readiness(model.state, model.failed_until, self.clock(), cooling)
 
     def of_name(self, name: str) -> Readiness | None:
         """The readiness of a model, alias or route; None for a name helixd does not know."""
@@ -132,19 +135,15 @@ class GatewayHealth:
     def listing(self) -> list[dict[str, Any]]:
         """Every name with its readiness: models (with state), aliases, routes."""
         router = self.server.router
-        models = [n for n, e in self.server.residency.models.items() if not e.removed]
+        models = self.server.residency.views()
         rows: list[dict[str, Any]] = [
-            {
-                "id": m,
-                "readiness": self.of_model(m),
-                "state": str(self.server.residency.models[m].state),
-            }
-            for m in models
+            {"id": m.name, "readiness": self.of(m), "state": str(m.state)} for m in models
         ]
+        names = {m.name for m in models}
         rows += [
             {"id": alias, "readiness": self.of_model(model), "alias_of": model}
             for alias, model in router.aliases.items()
-            if model in models
+            if model in names
         ]
         rows += [
             {"id": route, "readiness": self.of_name(route), "route": True}
@@ -157,9 +156,8 @@ class GatewayHealth:
     async def overall(self, request: web.Request) -> web.Response:
         """``GET /health``: 200 while some model can be served, else 503."""
         counts = dict.fromkeys(READINESS, 0)
-        for model, entry in self.server.residency.models.items():
-            if not entry.removed:
-                counts[self.of_model(model)] += 1
+        for model in self.server.residency.views():
+            counts[self.of(model)] += 1
         servable = counts["loaded"] + counts["loadable"] > 0
         body = {
             "status": "ok" if servable else "unavailable",

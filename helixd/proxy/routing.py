@@ -10,12 +10,11 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from helixd.config import RouteConfig
 from helixd.config.routes import FAILURE_CLASSES, FailureClass
-from helixd.scheduler.core import ModelState
-from helixd.scheduler.entry import ModelEntry
+from helixd.scheduler import ModelStatus
 
 # A plain model name: retried once when its server gave no byte (it may be restarting).
 PLAIN_RETRIES = 1
@@ -34,11 +33,19 @@ class Attempts:
     label: str | None = None  # the classifier's label ("default" when it gave none)
 
 
+class Models(Protocol):
+    """What the router reads of residency (:class:`helixd.scheduler.Residency`)."""
+
+    def find(self, name: str) -> ModelStatus | None: ...
+
+    def names(self) -> list[str]: ...
+
+
 @dataclass
 class Router:
     """Resolves names against the config: models, aliases, routes."""
 
-    models: Mapping[str, ModelEntry]
+    models: Models
     aliases: dict[str, str] = field(default_factory=dict)
     routes: dict[str, RouteConfig] = field(default_factory=dict)
     _rules: dict[str, list[tuple[re.Pattern[str], str]]] = field(default_factory=dict)
@@ -54,8 +61,7 @@ class Router:
 
     def model_of(self, name: str) -> str | None:
         """A model's name from a model name or an alias."""
-        entry = self.models.get(name)
-        if entry is not None and not entry.removed:
+        if self.models.find(name) is not None:
             return name
         return self.aliases.get(name)
 
@@ -80,8 +86,7 @@ class Router:
 
     def known(self) -> list[str]:
         """Every name a client may use."""
-        models = [n for n, e in self.models.items() if not e.removed]
-        return sorted(models) + sorted(self.aliases) + sorted(self.routes)
+        return self.models.names() + sorted(self.aliases) + sorted(self.routes)
 
     def attempts(
         self, name: str, body: Mapping[str, Any], cooling: Callable[[str], bool]
@@ -115,19 +120,19 @@ class Router:
         )
 
     def _by_strategy(self, route: RouteConfig, order: list[str]) -> list[str]:
-        def loaded(m: str) -> bool:
-            return self.models[m].state == ModelState.LOADED
-
+        if route.strategy == "fallback":
+            return order
+        found = {m: self.models.find(m) for m in order}
+        now = {m: v for m, v in found.items() if v is not None}
+        order = list(now)  # (a reload may have removed one since the order was made)
         if route.strategy == "prefer-loaded":
-            return [m for m in order if loaded(m)] + [m for m in order if not loaded(m)]
-        if route.strategy == "least-busy":
+            return [m for m in order if now[m].loaded] + [m for m in order if not now[m].loaded]
 
-            def load_of(m: str) -> tuple[float, bool]:
-                e = self.models[m]
-                return ((e.in_flight + e.queued) / e.config.max_concurrency, not loaded(m))
+        def load_of(m: str) -> tuple[float, bool]:
+            v = now[m]
+            return ((v.in_flight + v.queued) / v.config.max_concurrency, not v.loaded)
 
-            return sorted(order, key=load_of)  # stable: config order breaks ties
-        return order
+        return sorted(order, key=load_of)  # stable: config order breaks ties
 
 
 def last_user_text(body: Mapping[str, Any]) -> str:

@@ -1,6 +1,6 @@
 """The proxy's HTTP server: OpenAI routes in front of the residency scheduler.
 
-Request flow (DESIGN.md): bounded body → resolve the name → ``residency.use`` (waits in
+Request flow (DESIGN.md): bounded body → resolve the name → ``residency.lease`` (waits in
 the model's bounded queue, may load, may evict) → relay to the model's own server,
 streaming → release. A client that goes away cancels its handler (aiohttp's
 ``handler_cancellation``), which takes it out of the queue or frees its slot.
@@ -24,6 +24,7 @@ from aiohttp import web
 from helixd.config import ProviderConfig, ProxyConfig, RouteConfig
 from helixd.config.proxy import split_listen
 from helixd.config.routes import FailureClass
+from helixd.proxy import failover
 from helixd.proxy.attempt import FAILURE_OF, Exchange, Failed, Outcome, Refused
 from helixd.proxy.classify import classify
 from helixd.proxy.errors import OPENAI_STATUS, openai_error, sse_error
@@ -36,7 +37,7 @@ from helixd.proxy.readiness import GatewayHealth
 from helixd.proxy.relay import EarlyStream, UpstreamRejected, UpstreamUnreachable, relay
 from helixd.proxy.routing import Attempts, Router
 from helixd.proxy.spend import Spending, UsageSniffer
-from helixd.scheduler.residency import Residency, ResidencyError
+from helixd.scheduler import ModelStatus, Residency, ResidencyError
 
 log = logging.getLogger("helixd.proxy")
 access_log = logging.getLogger("helixd.access")
@@ -55,13 +56,11 @@ class ProxyServer:
         self.host, self.port = split_listen(config.listen)
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
-        self.router = Router(residency.models)
+        self.router = Router(residency)
         self.health = ModelHealth()
         self.readiness = GatewayHealth(self)
         self.metrics = Metrics(residency)
         self.spend = Spending(state_dir / "spend.json" if state_dir is not None else None)
-        residency.on_load = self._observe_load
-        residency.on_evict = lambda model: self.metrics.evictions.labels(model).inc()
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -174,14 +173,9 @@ class ProxyServer:
             body=self.metrics.exposition(), headers={"Content-Type": METRICS_CONTENT_TYPE}
         )
 
-    def _observe_load(self, model: str, ok: bool, seconds: float) -> None:
-        self.metrics.loads.labels(model, "ok" if ok else "failed").inc()
-        if ok:
-            self.metrics.load_seconds.labels(model).observe(seconds)
-
     async def list_models(self, request: web.Request) -> web.Response:
         """``GET /v1/models``: models, aliases and routes, with helixd's fields."""
-        data = [self._model_card(name) for name in self.residency.models]
+        data = [self._model_card(model.name, model=model) for model in self.residency.views()]
         data += [self._model_card(model, alias) for alias, model in self.router.aliases.items()]
         data += [self._route_card(route) for route in self.router.routes]
         return web.json_response({"object": "list", "data": [d for d in data if d]})
@@ -201,20 +195,22 @@ class ProxyServer:
                 return openai_error(OPENAI_STATUS[refused.code], refused.message, refused.code)
         return web.json_response(card)
 
-    def _model_card(self, model: str, alias: str | None = None) -> dict[str, Any] | None:
-        entry = self.residency.models.get(model)
-        if entry is None or entry.removed:
+    def _model_card(
+        self, name: str, alias: str | None = None, model: ModelStatus | None = None
+    ) -> dict[str, Any] | None:
+        found = model or self.residency.find(name)
+        if found is None:
             return None
-        helix: dict[str, Any] = {"state": str(entry.state), "provider": entry.adapter.provider}
+        helix: dict[str, Any] = {"state": str(found.state), "provider": found.provider}
         if alias is not None:
-            helix["alias_of"] = model
+            helix["alias_of"] = name
         else:  # a gateway's fields; an alias's are on its model's card
-            if aliases := self.router.aliases_of(model):
+            if aliases := self.router.aliases_of(name):
                 helix["aliases"] = aliases
-            helix["readiness"] = self.readiness.of_model(model)
-            helix["max_concurrency"] = entry.config.max_concurrency
+            helix["readiness"] = self.readiness.of(found)
+            helix["max_concurrency"] = found.config.max_concurrency
         return {
-            "id": alias or model,
+            "id": alias or name,
             "object": "model",
             "created": 0,
             "owned_by": "helixd",
@@ -276,31 +272,27 @@ class ProxyServer:
         return plan
 
     async def attempt_in_order(self, x: Exchange) -> web.StreamResponse:
-        """Try each candidate (with its retries) until one answers or the limit is hit."""
+        """Make the tries the failover policy (:mod:`helixd.proxy.failover`) picks, in
+        order, until one answers, a failure is not one to escalate, or none is left."""
         plan, outcome = x.plan, x.outcome
+        tries = failover.schedule(plan)
         failure: web.Response | None = None
-        tries = [m for m in plan.order for _ in range(plan.retries + 1)][: plan.max_attempts]
         attempt = 0
-        for index, model in enumerate(tries):
-            last = index == len(tries) - 1
-            # A cooldown that began during this request (its one-server provider failed)
-            # sends the model back: skip it while something healthy is still ahead.
-            ahead = tries[index + 1 :]
-            if not last and self.cooling(model) and any(not self.cooling(m) for m in ahead):
-                continue
+        index = failover.next_try(tries, 0, self.cooling)
+        while index is not None:
+            model, last = tries[index], index == len(tries) - 1
             attempt += 1
             outcome.model, outcome.attempts = model, attempt
             try:
                 response = await self._serve(x, model, last)
             except Failed as failed:
                 self.metrics.errors.labels(model, failed.kind).inc()
-                # Busy is not unhealthy: only errors and timeouts count towards a cooldown.
                 keys = self._health_keys(model)
-                if failed.kind in ("error", "timeout") and self.health.failed(keys, self.config):
+                if failover.counts_against(failed.kind) and self.health.failed(keys, self.config):
                     self.metrics.cooldowns.labels(model).inc()
                 failure = failed.response
                 outcome.status = failure.status
-                if failed.kind not in plan.escalate_on:
+                if not failover.escalates(plan, failed.kind):
                     return failure
                 log.warning(
                     "%s: %s failed (%s: %s)%s",
@@ -310,10 +302,11 @@ class ProxyServer:
                     failed.response.text,
                     "" if last else "; trying the next",
                 )
+                index = failover.next_try(tries, index + 1, self.cooling)
                 continue
             self.health.served(self._health_keys(model))
             return response
-        assert failure is not None
+        assert failure is not None  # the last try is always made
         return failure
 
     async def _serve(self, x: Exchange, model: str, last: bool) -> web.StreamResponse:
@@ -325,7 +318,11 @@ class ProxyServer:
         if plan.label is not None:
             headers["x-helix-label"] = plan.label
         early = None
-        if x.translation is None and x.body.get("stream") is True and self._must_wait(model):
+        if (
+            x.translation is None
+            and x.body.get("stream") is True
+            and self.residency.would_queue(model)
+        ):
             early = EarlyStream(x.request, self.config.sse_keepalive_s, headers)
         try:
             return await self._serve_acquired(x, model, last, headers, early)
@@ -353,7 +350,10 @@ class ProxyServer:
     def _health_keys(self, model: str) -> list[str]:
         # A multi-model server (a remote, Ollama) failing is every one of its models
         # failing; per-model servers fail alone.
-        adapter = self.residency.models[model].adapter
+        found = self.residency.find(model)
+        if found is None:  # removed by a reload while a request for it was under way
+            return [model]
+        adapter = found.adapter
         if adapter.shape == "multi-model":
             return [model, f"provider:{adapter.provider}"]
         return [model]
@@ -366,7 +366,8 @@ class ProxyServer:
         """Drop candidates whose remote is past its daily budget; say why if none is left."""
         reasons = {}
         for model in plan.order:
-            reason = self.spend.blocked(self.residency.models[model].adapter.provider)
+            found = self.residency.find(model)
+            reason = None if found is None else self.spend.blocked(found.provider)
             if reason is not None:
                 reasons[model] = reason
         if not reasons:
@@ -375,10 +376,6 @@ class ProxyServer:
         if not order:
             return plan, "; ".join(dict.fromkeys(reasons.values()))
         return dataclasses.replace(plan, order=order), None
-
-    def _must_wait(self, model: str) -> bool:
-        entry = self.residency.models[model]
-        return entry.state != "loaded" or entry.in_flight >= entry.config.max_concurrency
 
     async def _serve_acquired(
         self,
@@ -392,7 +389,7 @@ class ProxyServer:
         outcome, translation = x.outcome, x.translation
         error = openai_error if translation is None else _as_ollama_error
         try:
-            async with self.residency.use(model) as entry:
+            async with self.residency.lease(model) as entry:
                 prepared = await early.stop() if early is not None else None
                 upstream_id = entry.adapter.upstream_model(model)
                 provider = entry.adapter.provider

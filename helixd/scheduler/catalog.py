@@ -23,13 +23,17 @@ from helixd.providers.per_model import ProcessPerModelAdapter
 from helixd.providers.remote import RemoteAdapter
 from helixd.providers.tabby import TabbyAdapter
 from helixd.providers.vllm import VllmAdapter
-from helixd.scheduler.residency import ModelEntry
+from helixd.scheduler.entry import ModelEntry
 from helixd.scheduler.sizing import memory_figure, size_key
 from helixd.state import ResidencyRecord
 from helixd.supervisor.process import ManagedProcess
 from helixd.supervisor.registry import ChildRegistry
 
 log = logging.getLogger("helixd.scheduler")
+
+# The configured models as residency will track them: built here, handed to
+# :meth:`helixd.scheduler.Residency.adopt` or ``replace_config`` unopened.
+Catalog = dict[str, ModelEntry]
 
 
 def build_adapters(
@@ -92,7 +96,7 @@ async def build_entries(
     adapters: Mapping[str, ModelAdapter],
     record: ResidencyRecord,
     gpus_present: bool,
-) -> dict[str, ModelEntry]:
+) -> Catalog:
     """One :class:`ModelEntry` per configured model, sized and pinned as config and state say."""
     estimates = await asyncio.to_thread(
         lambda: {name: _estimate(m) for name, m in config.models.items()}

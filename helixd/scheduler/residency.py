@@ -5,9 +5,11 @@ placement (:mod:`.core`), the periodic pass and the unloading requests (:mod:`.p
 sleep or stop and the out-of-memory re-plan (:mod:`.room`). This module takes a snapshot
 of the books, asks, and acts: unload victims, wait for their memory, load, and record
 the outcome. Time comes from an injected clock, so tests drive TTLs without sleeping.
-The books (state, change notices, reloads, samples, views) are
-:class:`helixd.scheduler.books.ResidencyBooks`, which :class:`Residency` extends; the
-periodic pass is a :class:`helixd.scheduler.maintenance.Maintenance` it owns and feeds.
+The books (state, change notices, reloads, samples, events) are a
+:class:`helixd.scheduler.ledger.Ledger` that :class:`Residency` owns and alone writes;
+the periodic pass is a :class:`helixd.scheduler.maintenance.Maintenance` it owns and
+feeds. Everything outside the scheduler reads frozen
+:class:`~helixd.scheduler.views.ModelStatus` copies and subscribes to its events.
 """
 
 from __future__ import annotations
@@ -16,14 +18,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
 
 from helixd.config import ResourcesConfig, SchedulerConfig
 from helixd.errors import WaitTimeout, refusal
 from helixd.providers.base import LoadError, ModelTarget, says_out_of_memory
 from helixd.scheduler import views
-from helixd.scheduler.books import ResidencyBooks
 from helixd.scheduler.core import RAM, LoadRequest, ModelState, Snapshot, plan_load
 from helixd.scheduler.effects import (
     Forget,
@@ -37,6 +38,8 @@ from helixd.scheduler.effects import (
     Wait,
 )
 from helixd.scheduler.entry import ModelEntry, ResidencyError, ResourceSource
+from helixd.scheduler.events import EventHub, Evicted, LoadEnded, Measured
+from helixd.scheduler.ledger import Ledger
 from helixd.scheduler.maintenance import Maintenance
 from helixd.scheduler.policy import (
     admission_refusal,
@@ -59,16 +62,24 @@ from helixd.scheduler.room import (
     plan_sleep,
 )
 from helixd.scheduler.sizing import MemoryFigure
+from helixd.scheduler.views import ModelStatus
 
-__all__ = ["ModelEntry", "Residency", "ResidencyError", "ResourceSource"]
+__all__ = ["ModelStatus", "Residency", "ResidencyError", "ResourceSource"]
 
 log = logging.getLogger("helixd.scheduler")
 
 MEMORY_POLL_S = 0.1
 
 
-class Residency(ResidencyBooks):
-    """Keeps the right models in memory; the proxy and the control API go through it."""
+class Residency:
+    """Keeps the right models in memory; everything else reads it and asks it.
+
+    It owns a :class:`~helixd.scheduler.ledger.Ledger` no other code writes to. Others
+    get frozen :class:`~helixd.scheduler.views.ModelStatus` copies (:meth:`view`,
+    :meth:`views`), answers (:meth:`would_queue`), a slot (:meth:`lease`), operator
+    actions (:meth:`load`, :meth:`unload`, :meth:`recycle`, :meth:`set_pin`) and
+    :attr:`events` to subscribe to.
+    """
 
     def __init__(
         self,
@@ -77,77 +88,188 @@ class Residency(ResidencyBooks):
         monitor: ResourceSource,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
-        remember: Callable[[str, int, int], None] | None = None,
     ) -> None:
-        super().__init__(resources, scheduler, monitor, clock, wall_clock, remember)
-        self._maintenance = Maintenance(self, self._apply_tick)
+        self._ledger = Ledger(resources, scheduler, monitor, self._lost, clock, wall_clock)
+        self._maintenance = Maintenance(self._ledger, self._apply_tick)
+
+    # -- what others read --------------------------------------------------------------
+
+    @property
+    def events(self) -> EventHub:
+        """Subscribe here to model state changes, loads, evictions and queue depths."""
+        return self._ledger.events
+
+    @property
+    def scheduler(self) -> SchedulerConfig:
+        """The ``[scheduler]`` config in force."""
+        return self._ledger.scheduler
+
+    @property
+    def resources(self) -> ResourcesConfig:
+        """The ``[resources]`` config in force."""
+        return self._ledger.resources
+
+    @property
+    def closed(self) -> bool:
+        """helixd is stopping: no load starts and the maintenance loop ends."""
+        return self._ledger.closed
+
+    def names(self) -> list[str]:
+        """The configured models, sorted."""
+        return self._ledger.names()
+
+    def view(self, name: str) -> ModelStatus:
+        """Model ``name`` now; :class:`~helixd.errors.UnknownModel` names the known ones."""
+        return self._ledger.status(self._ledger.entry(name))
+
+    def find(self, name: str) -> ModelStatus | None:
+        """Model ``name`` now, or None if no configured model has that name."""
+        entry = self._ledger.current(name)
+        return None if entry is None else self._ledger.status(entry)
+
+    def views(self) -> list[ModelStatus]:
+        """Every configured model now, in config order."""
+        ledger = self._ledger
+        return [ledger.status(e) for e in ledger.entries.values() if not e.removed]
+
+    def would_queue(self, name: str) -> bool:
+        """A lease of ``name`` now would wait: for a load, or for a free slot.
+
+        False for a name no model has now: a lease of it is refused at once.
+        """
+        entry = self._ledger.current(name)
+        if entry is None:
+            return False
+        return not has_free_slot(self._ledger.view(entry), entry.config.max_concurrency)
+
+    def info(self, name: str) -> dict[str, Any]:
+        """The control API's document of one model."""
+        return self._ledger.info(self._ledger.entry(name))
+
+    def infos(self) -> list[dict[str, Any]]:
+        """The control API's document of every configured model."""
+        ledger = self._ledger
+        return [ledger.info(e) for e in ledger.entries.values() if not e.removed]
+
+    def devices(self) -> dict[str, Any]:
+        """Devices for ``status``: figures, helixd's budget and what it accounts."""
+        return self._ledger.devices()
+
+    def summary_counts(self) -> Mapping[str, int]:
+        """How many models are in each state."""
+        return self._ledger.summary_counts()
+
+    def now(self) -> float:
+        """The injected clock's time (what ``failed_until`` is measured on)."""
+        return self._ledger.clock()
+
+    async def refresh(self, max_age_s: float = 1.0) -> None:
+        """Read fresh figures for a reader (status, models) unless they are recent."""
+        await self._ledger.refresh(max_age_s)
+
+    async def wait_changed(self, timeout: float | None) -> None:
+        """Wait until any model's state or request counts change (or ``timeout``)."""
+        await self._ledger.wait_changed(timeout)
+
+    # -- what the daemon tells it ------------------------------------------------------
+
+    def add(self, entry: ModelEntry) -> None:
+        """Track a configured model (built by :func:`helixd.scheduler.catalog.build_entries`)."""
+        self._ledger.add(entry)
+
+    def adopt(self, entries: Mapping[str, ModelEntry]) -> None:
+        """Track the catalog's models at start."""
+        for entry in entries.values():
+            self._ledger.add(entry)
+
+    def replace_config(
+        self, resources: ResourcesConfig, scheduler: SchedulerConfig, new: Mapping[str, ModelEntry]
+    ) -> dict[str, list[str]]:
+        """Adopt a reloaded config (see :meth:`Ledger.replace_config`)."""
+        return self._ledger.replace_config(resources, scheduler, new)
+
+    def restore_pins(self, pins: Mapping[str, bool]) -> None:
+        """Take up runtime pins read back from the state directory (after a restore)."""
+        for name, entry in self._ledger.entries.items():
+            entry.runtime_pin = pins.get(name)
+        self._ledger.notify()
 
     # -- using a model -----------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def use(self, name: str, timeout: float | None = None) -> AsyncIterator[ModelEntry]:
-        """Hold one slot of ``name``, loading it first if needed; release on exit."""
-        entry = self.entry(name)
+    async def lease(self, name: str, timeout: float | None = None) -> AsyncIterator[ModelStatus]:
+        """Hold one slot of ``name``, loading it first if needed; release on exit.
+
+        Waits for a load or a free slot up to ``timeout`` (the load timeout by default),
+        or refuses at once (a full queue, a model cooling down, no room that could ever
+        be made); yields the model as it was when the slot was taken.
+        """
+        entry = self._ledger.entry(name)
         full = admission_refusal(
-            self._view(entry), entry.config.max_concurrency, entry.config.max_queue
+            self._ledger.view(entry), entry.config.max_concurrency, entry.config.max_queue
         )
         if full is not None:
             raise refusal(full.code, full.reason)
-        deadline = self._clock() + (
-            timeout if timeout is not None else self.scheduler.load_timeout_s
+        deadline = self._ledger.clock() + (
+            timeout if timeout is not None else self._ledger.scheduler.load_timeout_s
         )
         entry.queued += 1
-        self._notify(state=False)
+        self._ledger.counts_changed(entry)
         try:
             while True:
                 await self._ensure_loaded(entry, deadline)
-                if has_free_slot(self._view(entry), entry.config.max_concurrency):
+                if has_free_slot(self._ledger.view(entry), entry.config.max_concurrency):
                     break
                 await self._wait_until(deadline, f"{name}: no free slot")
-        finally:
+        except BaseException:
             entry.queued -= 1
+            self._ledger.counts_changed(entry)
+            raise
+        entry.queued -= 1
         entry.in_flight += 1
-        self._notify(state=False)
+        self._ledger.counts_changed(entry)
         try:
-            yield entry
+            yield self._ledger.status(entry)
         finally:
             entry.in_flight -= 1
-            entry.last_used = self._clock()
-            entry.last_used_wall = self._wall()
+            entry.last_used = self._ledger.clock()
+            entry.last_used_wall = self._ledger.wall()
             # A model that just went idle may have an unload waiting for that (a reload).
-            self._notify(state=entry.idle and entry.stale)
+            self._ledger.counts_changed(entry, state=entry.idle and entry.stale)
 
-    async def load(self, name: str, timeout: float | None = None) -> ModelEntry:
+    async def load(self, name: str, timeout: float | None = None) -> ModelStatus:
         """Make ``name`` resident (the control API's explicit load); a failed one retries."""
-        entry = self.entry(name)
+        entry = self._ledger.entry(name)
         if entry.state == ModelState.FAILED:
             entry.failed_until = 0.0  # an explicit load is the operator's retry
-        deadline = self._clock() + (
-            timeout if timeout is not None else self.scheduler.load_timeout_s
+        deadline = self._ledger.clock() + (
+            timeout if timeout is not None else self._ledger.scheduler.load_timeout_s
         )
         entry.queued += 1  # not evictable while we wait for it
         try:
             await self._ensure_loaded(entry, deadline)
         finally:
             entry.queued -= 1
-        entry.last_used = self._clock()
-        entry.last_used_wall = self._wall()
-        self._notify()
-        return entry
+        entry.last_used = self._ledger.clock()
+        entry.last_used_wall = self._ledger.wall()
+        self._ledger.notify()
+        return self._ledger.status(entry)
 
     async def _wait_until(self, deadline: float, what: str) -> None:
-        remaining = deadline - self._clock()
+        remaining = deadline - self._ledger.clock()
         if remaining <= 0:
             raise WaitTimeout(f"{what}; gave up waiting")
-        await self.wait_changed(remaining)
+        await self._ledger.wait_changed(remaining)
 
     async def _ensure_loaded(self, entry: ModelEntry, deadline: float) -> None:
         busy_deadline: float | None = None
         while True:
-            self._check_current(entry)
+            self._ledger.check_current(entry)
             if entry.state == ModelState.LOADED:
                 return
-            cooling = cooldown_refusal(self._view(entry), entry.message, self._clock())
+            cooling = cooldown_refusal(
+                self._ledger.view(entry), entry.message, self._ledger.clock()
+            )
             if cooling is not None:
                 raise refusal(cooling.code, cooling.reason)
             if entry.state == ModelState.LOADING and entry.load_task is not None:
@@ -166,7 +288,9 @@ class Residency(ResidencyBooks):
                 await self._wait_until(deadline, f"{entry.name}: {plan.reason}")
                 continue
             if busy_deadline is None:
-                busy_deadline = min(deadline, self._clock() + self.scheduler.busy_wait_s)
+                busy_deadline = min(
+                    deadline, self._ledger.clock() + self._ledger.scheduler.busy_wait_s
+                )
             await self._wait_until(busy_deadline, f"{entry.name}: waited for room: {plan.reason}")
 
     async def _join(self, entry: ModelEntry, deadline: float) -> None:
@@ -174,7 +298,7 @@ class Residency(ResidencyBooks):
         task = entry.load_task
         if task is None:
             return
-        remaining = deadline - self._clock()
+        remaining = deadline - self._ledger.clock()
         if remaining <= 0:
             raise WaitTimeout(f"{entry.name}: still loading; gave up waiting")
         # shield: a caller that gives up must not cancel the load others wait for.
@@ -185,12 +309,12 @@ class Residency(ResidencyBooks):
     async def _plan(self, entry: ModelEntry) -> Ready | Join | Load | Wait | Refuse:
         if entry.figure.source == "unknown" and entry.state != ModelState.LOADING:
             await self._ask_size(entry)
-        async with self._plan_lock:
+        async with self._ledger.plan_lock:
             if entry.state == ModelState.LOADING:
                 return Join(entry.name)
-            sample = await self._sample()
-            self._check_current(entry)  # the sample was an await: look again
-            snapshot = self.snapshot(sample)
+            sample = await self._ledger.sample()
+            self._ledger.check_current(entry)  # the sample was an await: look again
+            snapshot = self._ledger.snapshot(sample)
             request = self._request(entry, snapshot)
             plan = plan_load(snapshot, request)
             if isinstance(plan, Load):
@@ -203,7 +327,7 @@ class Residency(ResidencyBooks):
         if hint is None or entry.figure.source != "unknown":
             return
         size, detail = hint
-        sample = self.last_sample or await self._sample()
+        sample = self._ledger.last_sample or await self._ledger.sample()
         on_gpu = bool(sample.gpus) and entry.config.gpu_layers != 0
         vram, ram = (size, 0) if on_gpu else (0, size)
         entry.figure = MemoryFigure(vram, ram, "estimated", detail)
@@ -211,7 +335,7 @@ class Residency(ResidencyBooks):
     def _request(self, entry: ModelEntry, snapshot: Snapshot) -> LoadRequest:
         exclusive: frozenset[str] = frozenset()
         if entry.adapter.one_model_at_a_time:
-            servers = {n: e.adapter for n, e in self.models.items()}
+            servers = {n: e.adapter for n, e in self._ledger.entries.items()}
             exclusive = exclusive_set(entry.name, servers)
         figure = (entry.figure.vram_bytes, entry.figure.ram_bytes)
         wants_gpu = entry.config.gpu_layers != 0 and entry.adapter.holds_memory
@@ -220,36 +344,42 @@ class Residency(ResidencyBooks):
     def _begin(self, entry: ModelEntry, plan: Load, request: LoadRequest) -> None:
         """Book the plan at once, so the next plan sees it, then act in a task."""
         for victim in plan.evict:
-            self._set(self.models[victim], ModelState.UNLOADING, f"evicted for {entry.name}")
+            self._ledger.set(
+                self._ledger.entries[victim], ModelState.UNLOADING, f"evicted for {entry.name}"
+            )
         waking = entry.state == ModelState.SLEEPING
         held = (entry.accounted_vram, entry.accounted_ram)
         entry.accounted_vram, entry.accounted_ram = booking(plan, request, waking, held)
         entry.accounted_measured = False  # booked from the plan until measured again
         entry.device = plan.device
-        self._loading_devices.add(plan.device)
+        self._ledger.loading_devices.add(plan.device)
         where = "host RAM" if plan.device == RAM else plan.device.upper()
-        self._set(entry, ModelState.LOADING, f"{'waking' if waking else 'loading'} on {where}")
-        task = self._spawn(self._carry_out(entry, plan, request, waking), f"load:{entry.name}")
+        self._ledger.set(
+            entry, ModelState.LOADING, f"{'waking' if waking else 'loading'} on {where}"
+        )
+        task = self._ledger.spawn(
+            self._carry_out(entry, plan, request, waking), f"load:{entry.name}"
+        )
         task.add_done_callback(lambda t: self._load_task_ended(entry, plan, t))
         entry.load_task = task
 
     def _load_task_ended(self, entry: ModelEntry, plan: Load, task: asyncio.Task[None]) -> None:
         """Repair the books of a load task cancelled before it ran (its finally never did)."""
         if entry.load_task is task and entry.state == ModelState.LOADING:
-            self._loading_devices.discard(plan.device)
+            self._ledger.loading_devices.discard(plan.device)
             self._restore_victims(plan.evict)
-            self._set(entry, ModelState.UNLOADED, "load cancelled")
+            self._ledger.set(entry, ModelState.UNLOADED, "load cancelled")
 
     def _restore_victims(self, names: Iterable[str]) -> None:
         """Victims a load marked for eviction but never reached are resident still."""
         for name in names:
-            victim = self.models.get(name)
+            victim = self._ledger.entries.get(name)
             if (
                 victim is not None
                 and victim.state == ModelState.UNLOADING
-                and name not in self._unloading
+                and name not in self._ledger.unloading
             ):
-                self._set(victim, self._resident_state(victim), "")
+                self._ledger.set(victim, self._resident_state(victim), "")
 
     @staticmethod
     def _resident_state(entry: ModelEntry) -> ModelState:
@@ -263,7 +393,7 @@ class Residency(ResidencyBooks):
     ) -> None:
         device = plan.device
         victims = list(plan.evict)
-        began = self._clock()
+        began = self._ledger.clock()
         try:
             await self._evict(plan.evict, device)
             try:
@@ -288,34 +418,29 @@ class Residency(ResidencyBooks):
                     f"{entry.name} stopped right after it became ready; "
                     f"see helixctl logs {entry.name}"
                 )
-            entry.last_used = self._clock()
-            entry.last_used_wall = self._wall()
-            self._set(entry, ModelState.LOADED, "woken from sleep" if waking else "")
-            if self.on_load is not None:
-                self.on_load(entry.name, True, self._clock() - began)
-            if self.on_load_outcome is not None:
-                self.on_load_outcome(entry.name, None, False)
+            entry.last_used = self._ledger.clock()
+            entry.last_used_wall = self._ledger.wall()
+            self._ledger.set(entry, ModelState.LOADED, "woken from sleep" if waking else "")
+            self._ledger.events.emit(LoadEnded(entry.name, self._ledger.clock() - began))
         except LoadError as exc:
             entry.log_tail = exc.log_tail
             await self._discard_load(entry)
-            self._fail(entry, str(exc))
-            if self.on_load is not None:
-                self.on_load(entry.name, False, self._clock() - began)
-            if self.on_load_outcome is not None:
-                oom = exc.out_of_memory or says_out_of_memory([str(exc), *exc.log_tail])
-                self.on_load_outcome(entry.name, str(exc), oom)
+            self._ledger.fail(entry, str(exc))
+            oom = exc.out_of_memory or says_out_of_memory([str(exc), *exc.log_tail])
+            seconds = self._ledger.clock() - began
+            self._ledger.events.emit(LoadEnded(entry.name, seconds, str(exc), oom))
         except asyncio.CancelledError:
             await self._discard_load(entry)
-            self._set(entry, ModelState.UNLOADED, "load cancelled")
+            self._ledger.set(entry, ModelState.UNLOADED, "load cancelled")
             raise
         except Exception as exc:
             log.exception("model %s: load failed", entry.name)
             await self._discard_load(entry)
-            self._fail(entry, f"internal error in helixd: {exc!r}")
+            self._ledger.fail(entry, f"internal error in helixd: {exc!r}")
         finally:
             self._restore_victims(victims)
-            self._loading_devices.discard(device)
-            self._notify()
+            self._ledger.loading_devices.discard(device)
+            self._ledger.notify()
 
     async def _discard_load(self, entry: ModelEntry) -> None:
         """Whatever a failed or cancelled load started must stop (even when cancelled)."""
@@ -329,40 +454,41 @@ class Residency(ResidencyBooks):
     async def _oom_victims(self, entry: ModelEntry, request: LoadRequest) -> tuple[str, ...]:
         """Plan again on the same device as if the model needed more than looked free
         (:func:`helixd.scheduler.room.plan_oom_retry`); book the victims it names."""
-        async with self._plan_lock:
-            sample = await self._sample()
-            snapshot = self.snapshot(sample, leave_out=entry.name)
+        async with self._ledger.plan_lock:
+            sample = await self._ledger.sample()
+            snapshot = self._ledger.snapshot(sample, leave_out=entry.name)
             plan = plan_oom_retry(snapshot, request, entry.device or RAM)
             if isinstance(plan, Refuse):
                 raise LoadError(plan.reason)
             for victim in plan.evict:
-                self._set(self.models[victim], ModelState.UNLOADING, f"evicted for {entry.name}")
+                self._ledger.set(
+                    self._ledger.entries[victim], ModelState.UNLOADING, f"evicted for {entry.name}"
+                )
             return plan.evict
 
     async def _evict(self, victims: Iterable[str], device: str) -> None:
         for effect in evictions(victims, device):
-            victim = self.models.get(effect.model)
+            victim = self._ledger.entries.get(effect.model)
             if victim is not None and victim.state == ModelState.UNLOADING:
                 await self._unload(victim, effect.why, sleep=effect.sleep)
-                if self.on_evict is not None:
-                    self.on_evict(effect.model)
+                self._ledger.events.emit(Evicted(effect.model))
 
     async def _memory_back(self, device: str, before: int, expected: int) -> None:
         """Poll until most of what was unloaded shows up free (drivers free lazily).
 
         Bounded by a number of polls rather than the injected clock, which tests freeze.
         """
-        polls = max(1, int(self.scheduler.memory_return_s / MEMORY_POLL_S))
+        polls = max(1, int(self._ledger.scheduler.memory_return_s / MEMORY_POLL_S))
         for attempt in range(polls):
-            sample = await self._sample()
-            if memory_is_back(self._device_free(sample, device) - before, expected):
+            sample = await self._ledger.sample()
+            if memory_is_back(self._ledger.device_free(sample, device) - before, expected):
                 return
             if attempt + 1 < polls:
                 await asyncio.sleep(MEMORY_POLL_S)
         log.warning(
             "memory of unloaded models on %s not back after %g s; going on",
             device,
-            self.scheduler.memory_return_s,
+            self._ledger.scheduler.memory_return_s,
         )
 
     async def _unload(
@@ -381,7 +507,7 @@ class Residency(ResidencyBooks):
                 why_not = await self._put_to_sleep(entry, why)
             except asyncio.CancelledError:
                 if entry.state == ModelState.UNLOADING:  # asleep or not, it is resident
-                    self._set(entry, self._resident_state(entry), "")
+                    self._ledger.set(entry, self._resident_state(entry), "")
                 raise
             if why_not is None:
                 return
@@ -389,11 +515,13 @@ class Residency(ResidencyBooks):
             why = f"{why}; stopped, not asleep: {why_not}"
         device = entry.device or RAM
         expected = memory_to_wait_for(device, entry.accounted_vram, process_gone)
-        self._set(entry, ModelState.UNLOADING, why)
-        self._unloading.add(entry.name)
+        self._ledger.set(entry, ModelState.UNLOADING, why)
+        self._ledger.unloading.add(entry.name)
         stopped = False
         try:
-            before = self._device_free(await self._sample(), device) if expected else 0
+            before = (
+                self._ledger.device_free(await self._ledger.sample(), device) if expected else 0
+            )
             stopped = True  # from here on the stop runs to its end, cancelled or not
             await _uncancellable(entry.adapter.unload(entry.name))
             if expected:
@@ -402,13 +530,13 @@ class Residency(ResidencyBooks):
             if stopped:
                 self._unloaded(entry, why)
             else:  # cancelled before anything was stopped: it is still resident
-                self._unloading.discard(entry.name)
-                self._set(entry, self._resident_state(entry), "")
+                self._ledger.unloading.discard(entry.name)
+                self._ledger.set(entry, self._resident_state(entry), "")
             raise
         except Exception as exc:
             log.exception("model %s: unload failed", entry.name)
-            self._unloading.discard(entry.name)
-            self._fail(entry, f"unload failed: {exc!r}; see helixd's log")
+            self._ledger.unloading.discard(entry.name)
+            self._ledger.fail(entry, f"unload failed: {exc!r}; see helixd's log")
             return
         self._unloaded(entry, why)
 
@@ -419,13 +547,13 @@ class Residency(ResidencyBooks):
         with the host RAM its weights will take booked too (a plan made during the sleep
         must see it); on every way out the books match what the adapter says it is.
         """
-        self._set(entry, ModelState.UNLOADING, why)
-        self._unloading.add(entry.name)
+        self._ledger.set(entry, ModelState.UNLOADING, why)
+        self._ledger.unloading.add(entry.name)
         awake_ram = entry.accounted_ram
         asleep = False
         try:
-            async with self._plan_lock:
-                snapshot = self.snapshot(await self._sample())
+            async with self._ledger.plan_lock:
+                snapshot = self._ledger.snapshot(await self._ledger.sample())
                 decision = plan_sleep(snapshot, entry.name, entry.figure.vram_bytes)
                 if isinstance(decision, Stop):
                     return decision.reason
@@ -444,26 +572,26 @@ class Residency(ResidencyBooks):
             asleep = True
             return None
         finally:
-            self._unloading.discard(entry.name)
+            self._ledger.unloading.discard(entry.name)
             if not asleep:
                 entry.accounted_ram = awake_ram
             elif entry.adapter.is_asleep(entry.name):
-                self._set(entry, ModelState.SLEEPING, f"{why}; asleep, weights in host RAM")
+                self._ledger.set(entry, ModelState.SLEEPING, f"{why}; asleep, weights in host RAM")
             else:  # its process died while it fell asleep
                 self._unloaded(entry, f"{why}; its process ended while falling asleep")
             # Otherwise it is still ``unloading``: the caller stops it, or, cancelled,
             # books it as the adapter has it.
 
     def _unloaded(self, entry: ModelEntry, why: str) -> None:
-        self._unloading.discard(entry.name)
+        self._ledger.unloading.discard(entry.name)
         if entry.next_adapter is not None:
             entry.adapter, entry.next_adapter = entry.next_adapter, None
-        self._set(entry, ModelState.UNLOADED, why)
-        if entry.removed and self.models.get(entry.name) is entry:
-            del self.models[entry.name]
+        self._ledger.set(entry, ModelState.UNLOADED, why)
+        if entry.removed and self._ledger.entries.get(entry.name) is entry:
+            del self._ledger.entries[entry.name]
 
     def _target(self, entry: ModelEntry, device: str, request: LoadRequest) -> ModelTarget:
-        return views.model_target(entry, device, request, self.last_sample)
+        return views.model_target(entry, device, request, self._ledger.last_sample)
 
     async def _measure(self, entry: ModelEntry) -> None:
         """Measure the model's processes; remember the figure for its next load."""
@@ -479,11 +607,7 @@ class Residency(ResidencyBooks):
         if entry.figure.source != "declared":
             note = entry.adapter.memory_note(entry.name) or "measured while loaded"
             entry.figure = MemoryFigure(vram, ram, "measured", note)
-        if self.remember is not None:
-            try:
-                self.remember(entry.size_key, vram, ram)
-            except OSError as exc:
-                log.warning("cannot remember the size of %s: %s", entry.name, exc)
+        self._ledger.events.emit(Measured(entry.name, entry.size_key, vram, ram))
 
     async def _tree_figures(self, entry: ModelEntry) -> tuple[int, int] | None:
         """``(vram, ram)`` held by the model's own process trees, if it has any."""
@@ -492,32 +616,32 @@ class Residency(ResidencyBooks):
             return None
         vram = ram = 0
         for pid in pids:
-            rss, per_gpu = await self.monitor.tree_usage(pid)
+            rss, per_gpu = await self._ledger.monitor.tree_usage(pid)
             ram += rss
             vram += sum(per_gpu.values())
         return vram, ram
 
     def _lost(self, name: str, why: str) -> None:
-        if self._closed:
+        if self._ledger.closed:
             return  # helixd is stopping: the adapters are stopping every model anyway
-        entry = self.models.get(name)
-        effect = None if entry is None else on_lost(self._view(entry), why)
+        entry = self._ledger.entries.get(name)
+        effect = None if entry is None else on_lost(self._ledger.view(entry), why)
         if entry is not None and effect is not None:
             self._start_unload(entry, effect.why, process_gone=effect.process_gone)
 
     # -- operator actions --------------------------------------------------------------
 
-    async def unload(self, name: str) -> ModelEntry:
+    async def unload(self, name: str) -> ModelStatus:
         """Unload on request: never a pinned or busy model."""
-        entry = self.entry(name)
-        refused = unload_refusal(self._view(entry))
+        entry = self._ledger.entry(name)
+        refused = unload_refusal(self._ledger.view(entry))
         if refused is not None:
             raise refusal(refused.code, refused.reason)
         await self._cancel_load(entry)
-        effect = unload_on_request(self._view(entry))
+        effect = unload_on_request(self._ledger.view(entry))
         if effect is not None:
             await self._unload(entry, effect.why, sleep=effect.sleep)
-        return entry
+        return self._ledger.status(entry)
 
     @staticmethod
     async def _cancel_load(entry: ModelEntry) -> None:
@@ -527,28 +651,28 @@ class Residency(ResidencyBooks):
             with contextlib.suppress(asyncio.CancelledError):
                 await entry.load_task
 
-    async def recycle(self, name: str, why: str, timeout: float | None = None) -> ModelEntry:
+    async def recycle(self, name: str, why: str, timeout: float | None = None) -> ModelStatus:
         """Stop a resident model's server and load it again, pinned or busy.
 
         For a server that no longer answers (the health job) or runs an old binary (the
         update job): requests in flight on it fail, as they would on the broken server.
         """
-        entry = self.entry(name)
+        entry = self._ledger.entry(name)
         await self._cancel_load(entry)
-        effect = restart(self._view(entry), why)
+        effect = restart(self._ledger.view(entry), why)
         if effect is not None:
             log.warning("model %s: restarting it: %s", name, why)
             await self._unload(entry, effect.why)
         return await self.load(name, timeout)
 
-    def set_pin(self, name: str, pinned: bool) -> ModelEntry:
+    def set_pin(self, name: str, pinned: bool) -> ModelStatus:
         """Pin or unpin at run time; a pinned model is loaded by the next maintenance pass."""
-        entry = self.entry(name)
+        entry = self._ledger.entry(name)
         entry.runtime_pin = None if pinned == entry.pinned_by_config else pinned
         if pinned and entry.state == ModelState.FAILED:
             entry.failed_until = 0.0
-        self._notify()
-        return entry
+        self._ledger.notify()
+        return self._ledger.status(entry)
 
     # -- maintenance -------------------------------------------------------------------
 
@@ -562,7 +686,7 @@ class Residency(ResidencyBooks):
 
     def _apply_tick(self, effect: TickEffect) -> None:
         """Carry out one effect of a maintenance pass."""
-        entry = self.models[effect.model]
+        entry = self._ledger.entries[effect.model]
         if isinstance(effect, Forget):
             entry.stale, entry.failed_until = False, 0.0
             self._unloaded(entry, entry.message)
@@ -570,7 +694,7 @@ class Residency(ResidencyBooks):
             entry.stale = False
             self._start_unload(entry, effect.why, sleep=effect.sleep)
         else:
-            entry.pin_task = self._spawn(self._keep_pinned(entry), f"pin:{entry.name}")
+            entry.pin_task = self._ledger.spawn(self._keep_pinned(entry), f"pin:{entry.name}")
 
     def _start_unload(
         self, entry: ModelEntry, why: str, process_gone: bool = False, sleep: bool = False
@@ -579,8 +703,8 @@ class Residency(ResidencyBooks):
 
         ``sleep``: a model that can sleep (vLLM) sleeps instead of stopping.
         """
-        self._set(entry, ModelState.UNLOADING, why)
-        self._spawn(self._unload(entry, why, process_gone, sleep), f"unload:{entry.name}")
+        self._ledger.set(entry, ModelState.UNLOADING, why)
+        self._ledger.spawn(self._unload(entry, why, process_gone, sleep), f"unload:{entry.name}")
 
     async def _keep_pinned(self, entry: ModelEntry) -> None:
         try:
@@ -588,15 +712,15 @@ class Residency(ResidencyBooks):
         except ResidencyError as exc:
             log.warning("pinned model %s not loaded: %s", entry.name, exc)
             if entry.state != ModelState.FAILED:
-                self._fail(entry, str(exc))
+                self._ledger.fail(entry, str(exc))
 
     async def close(self) -> None:
         """Stop maintenance and loads, then unload everything (helixd is stopping)."""
-        self._closed = True
-        for task in list(self._tasks):
+        self._ledger.closed = True
+        for task in list(self._ledger.tasks):
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        adapters = {id(e.adapter): e.adapter for e in self.models.values()}
+        await asyncio.gather(*self._ledger.tasks, return_exceptions=True)
+        adapters = {id(e.adapter): e.adapter for e in self._ledger.entries.values()}
         await asyncio.gather(*(a.close() for a in adapters.values()), return_exceptions=True)
 
 

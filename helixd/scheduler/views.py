@@ -1,10 +1,11 @@
 """Read-only views of residency's books: the data the core, the adapters and the API see.
 
 These functions turn model entries and the last resource sample into a core
-:class:`~helixd.scheduler.core.Snapshot`, the ``status`` figures for devices and models,
-and the :class:`~helixd.providers.base.ModelTarget` a load asks an adapter for. They
-read and never act, so they change when what is shown changes, not when how models are
-loaded and unloaded does; the executor (:class:`helixd.scheduler.residency.Residency`)
+:class:`~helixd.scheduler.core.Snapshot`, the frozen :class:`ModelStatus` everyone
+outside the scheduler reads instead of an entry, the ``status`` figures for devices and
+models, and the :class:`~helixd.providers.base.ModelTarget` a load asks an adapter for.
+They read and never act, so they change when what is shown changes, not when how models
+are loaded and unloaded does; the executor (:class:`helixd.scheduler.residency.Residency`)
 keeps thin methods that call them.
 """
 
@@ -13,10 +14,11 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
+from dataclasses import dataclass
 from typing import Any
 
-from helixd.config import ResourcesConfig, SchedulerConfig
-from helixd.providers.base import ModelTarget
+from helixd.config import ModelConfig, ResourcesConfig, SchedulerConfig
+from helixd.providers.base import ModelAdapter, ModelTarget
 from helixd.resources.monitor import ResourceSample
 from helixd.scheduler.core import (
     RAM,
@@ -31,6 +33,71 @@ from helixd.scheduler.core import (
 from helixd.scheduler.entry import ModelEntry
 
 MiB = 1024**2
+
+
+@dataclass(frozen=True, slots=True)
+class ModelStatus:
+    """One model as residency had it at one moment: what the proxy, the jobs, the
+    control API and the daemon read (a copy: changing nothing, and never changing).
+
+    Apart from the core's :class:`~helixd.scheduler.core.ModelView` on purpose: that one
+    holds what decisions need (the monotonic ``last_used``, ``stale``, a pending pin),
+    this one what readers show and use (the config, the adapter, the wall-clock time).
+    """
+
+    name: str
+    state: ModelState
+    config: ModelConfig
+    # The provider's adapter: how to reach the model's server (upstream URL, headers,
+    # dialect) and which provider it is. Residency alone asks it to load or unload.
+    adapter: ModelAdapter
+    device: str | None
+    pinned: bool
+    pinned_by_config: bool
+    in_flight: int
+    queued: int
+    last_used_wall: float | None
+    keep_alive_s: float
+    message: str
+    failed_until: float
+    vram_bytes: int  # accounted while resident
+    ram_bytes: int
+    size_bytes: int  # the figure a load plans with (VRAM plus RAM)
+    log_tail: tuple[str, ...]
+
+    @property
+    def provider(self) -> str:
+        """The provider serving it."""
+        return self.adapter.provider
+
+    @property
+    def loaded(self) -> bool:
+        """Resident and awake: a request is served without a load."""
+        return self.state == ModelState.LOADED
+
+
+def model_status(entry: ModelEntry, keep_alive: float) -> ModelStatus:
+    """``entry`` frozen now; ``keep_alive``: the default idle TTL."""
+    e = entry
+    return ModelStatus(
+        name=e.name,
+        state=e.state,
+        config=e.config,
+        adapter=e.adapter,
+        device=e.device,
+        pinned=e.pinned,
+        pinned_by_config=e.pinned_by_config,
+        in_flight=e.in_flight,
+        queued=e.queued,
+        last_used_wall=e.last_used_wall,
+        keep_alive_s=e.config.keep_alive or keep_alive,
+        message=e.message,
+        failed_until=e.failed_until,
+        vram_bytes=e.accounted_vram,
+        ram_bytes=e.accounted_ram,
+        size_bytes=e.figure.vram_bytes + e.figure.ram_bytes,
+        log_tail=tuple(e.log_tail),
+    )
 
 
 def snapshot(

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from helixd.errors import SupervisionError
 from helixd.supervisor.process import ManagedProcess, ProcessState
@@ -51,29 +52,35 @@ class Supervisor:
         on_change: Callable[[ManagedProcess], None] | None = None,
     ) -> None:
         self.registry = registry
-        self.processes: dict[str, ManagedProcess] = {}
+        self._processes: dict[str, ManagedProcess] = {}
         self._on_change = on_change
         # Held by whoever changes which processes exist or run (reload, API operations).
         self.lock = asyncio.Lock()
 
+    @property
+    def processes(self) -> Mapping[str, ManagedProcess]:
+        """Every managed process by name, in config order (read-only: the supervisor alone
+        adds and removes them, on reload)."""
+        return MappingProxyType(self._processes)
+
     def get(self, name: str) -> ManagedProcess:
         """The process called ``name``; :class:`UnknownProcess` names the configured ones."""
         try:
-            return self.processes[name]
+            return self._processes[name]
         except KeyError:
-            known = ", ".join(sorted(self.processes)) or "none"
+            known = ", ".join(sorted(self._processes)) or "none"
             raise UnknownProcess(f"no provider named {name!r}; configured: {known}") from None
 
     def add(self, spec: ProcessSpec) -> ManagedProcess:
         """Manage ``spec`` (not started yet)."""
         process = ManagedProcess(spec, self.registry, self._on_change)
-        self.processes[spec.name] = process
+        self._processes[spec.name] = process
         return process
 
     async def start_autostart(self, skip: set[str] | frozenset[str] = frozenset()) -> None:
         """Start every autostart process not in ``skip``; return once each has been spawned."""
         started = [
-            p for p in self.processes.values() if p.spec.autostart and p.spec.name not in skip
+            p for p in self._processes.values() if p.spec.autostart and p.spec.name not in skip
         ]
         for process in started:
             await process.start()
@@ -82,8 +89,8 @@ class Supervisor:
 
     async def stop_all(self) -> None:
         """Stop everything in parallel, each within its own grace."""
-        await asyncio.gather(*(p.stop() for p in self.processes.values()))
-        for process in self.processes.values():
+        await asyncio.gather(*(p.stop() for p in self._processes.values()))
+        for process in self._processes.values():
             process.close()
 
     async def apply(
@@ -96,27 +103,27 @@ class Supervisor:
         ``keep_stopped`` names providers an operator stopped: they stay stopped.
         """
         changes = ReloadChanges()
-        removed = [name for name in self.processes if name not in specs]
-        await asyncio.gather(*(self.processes[name].stop() for name in removed))
+        removed = [name for name in self._processes if name not in specs]
+        await asyncio.gather(*(self._processes[name].stop() for name in removed))
         for name in removed:
-            self.processes.pop(name).close()
+            self._processes.pop(name).close()
             changes.stopped.append(name)
         changed = [
             name
             for name, spec in specs.items()
-            if name in self.processes and self.processes[name].spec != spec
+            if name in self._processes and self._processes[name].spec != spec
         ]
         # Which changed ones to bring back: those that were meant to run. A provider the
         # user stopped stays stopped; a failed one gets another chance with the new config.
         bring_back = {
             name
             for name in changed
-            if self.processes[name].state != ProcessState.STOPPED
+            if self._processes[name].state != ProcessState.STOPPED
             or (specs[name].autostart and name not in keep_stopped)
         }
-        await asyncio.gather(*(self.processes[name].stop() for name in changed))
+        await asyncio.gather(*(self._processes[name].stop() for name in changed))
         for name, spec in specs.items():
-            current = self.processes.get(name)
+            current = self._processes.get(name)
             if current is None:
                 process = self.add(spec)
                 if spec.autostart:

@@ -211,6 +211,11 @@ class ManagedProcess:
         self._closed = True
         self.sink.close()
 
+    def keep_stopped(self, why: str) -> None:
+        """Stay stopped, saying why (an operator's stop outlives a helixd restart)."""
+        if self.state == ProcessState.STOPPED:
+            self._set(ProcessState.STOPPED, why)
+
     # -- state -------------------------------------------------------------------------
 
     def _set(self, state: ProcessState, message: str = "") -> None:

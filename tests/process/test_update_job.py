@@ -392,7 +392,7 @@ async def test_a_broken_update_of_a_process_per_model_provider_reloads_its_model
     assert llama["result"] == "rolled_back", llama
     assert llama["message"].startswith("update failed (broken-2.0 did not reload tiny (")
     assert llama["message"].endswith("rolled back to 1.0")
-    tiny = ctx.residency.models["tiny"]
+    tiny = ctx.residency.view("tiny")
     assert tiny.state == ModelState.LOADED
     now = tiny.adapter.process_info("tiny")
     assert now is not None and now["pid"] != first["pid"]
@@ -402,7 +402,7 @@ async def test_a_broken_update_of_a_process_per_model_provider_reloads_its_model
         session.get(f"{upstream}/") as response,
     ):
         assert await response.json() == {"version": "1.0", "model": "tiny"}
-    assert ctx.residency.models["idle"].state == ModelState.UNLOADED  # only loaded ones
+    assert ctx.residency.view("idle").state == ModelState.UNLOADED  # only loaded ones
 
 
 async def test_ollama_refresh_reports_new_and_unchanged_digests_and_ollamas_error(
@@ -441,7 +441,7 @@ async def test_ollama_refresh_reports_new_and_unchanged_digests_and_ollamas_erro
         "new version (sha256:aaaaaaaaaaaa… → sha256:bbbbbbbbbbbb…); "
         "the loaded one serves the old weights until it reloads"
     )
-    assert ctx.residency.models["qwen"].state == ModelState.LOADED  # not reloaded by force
+    assert ctx.residency.view("qwen").state == ModelState.LOADED  # not reloaded by force
     stable_digest = hashlib.sha256(b"stable:1b").hexdigest()
     assert refreshed["stable"] == {
         "before": stable_digest,

@@ -18,7 +18,9 @@ from helixd.resources.gpu import GpuDevice
 from helixd.resources.monitor import ResourceSample
 from helixd.resources.ram import HostMemory
 from helixd.scheduler.core import ModelState
-from helixd.scheduler.residency import ModelEntry, Residency, ResidencyError
+from helixd.scheduler.entry import ModelEntry
+from helixd.scheduler.events import Event, LoadEnded
+from helixd.scheduler.residency import Residency, ResidencyError
 from helixd.scheduler.sizing import MemoryFigure
 
 GiB = 1024**3
@@ -140,7 +142,7 @@ def make(
 async def settled(residency: Residency, name: str, state: ModelState) -> None:
     """Wait (on change events, bounded) until ``name`` is in ``state``."""
     async with asyncio.timeout(10):
-        while residency.models[name].state != state:
+        while residency.view(name).state != state:
             await residency.wait_changed(1)
 
 
@@ -152,7 +154,7 @@ class Holding:
         self.task = asyncio.create_task(self._hold(residency, name))
 
     async def _hold(self, residency: Residency, name: str) -> None:
-        async with residency.use(name):
+        async with residency.lease(name):
             await self.release_event.wait()
 
     async def release(self) -> None:
@@ -164,14 +166,14 @@ async def holding(residency: Residency, name: str) -> Holding:
     """Start a long request on ``name`` and wait until it is in flight."""
     held = Holding(residency, name)
     async with asyncio.timeout(10):
-        while residency.models[name].in_flight == 0:
+        while residency.view(name).in_flight == 0:
             await residency.wait_changed(1)
     return held
 
 
 async def use_once(residency: Residency, name: str, clock: FakeClock) -> None:
     clock.now += 1
-    async with residency.use(name):
+    async with residency.lease(name):
         pass
 
 
@@ -179,13 +181,13 @@ async def test_concurrent_requests_for_an_unloaded_model_share_one_load() -> Non
     residency, adapter, _, clock = make({"a": 4})
     adapter.gate = asyncio.Event()
     users = [asyncio.create_task(use_once(residency, "a", clock)) for _ in range(5)]
-    while residency.models["a"].state != ModelState.LOADING:
+    while residency.view("a").state != ModelState.LOADING:
         await residency.wait_changed(1)
-    assert residency.models["a"].queued == 5
+    assert residency.view("a").queued == 5
     adapter.gate.set()
     await asyncio.gather(*users)
     assert adapter.loads == [("a", 0)]
-    assert residency.models["a"].state == ModelState.LOADED
+    assert residency.view("a").state == ModelState.LOADED
 
 
 async def test_least_recently_used_idle_model_is_evicted() -> None:
@@ -195,15 +197,15 @@ async def test_least_recently_used_idle_model_is_evicted() -> None:
     await use_once(residency, "a", clock)  # now b is the least recently used
     await use_once(residency, "c", clock)
     assert adapter.unloads == ["b"]
-    states = {n: e.state for n, e in residency.models.items()}
+    states = {n: e.state for n, e in residency._ledger.entries.items()}
     assert states == {"a": "loaded", "b": "unloaded", "c": "loaded"}
-    assert residency.models["b"].message == "evicted for a load on gpu0"
+    assert residency.view("b").message == "evicted for a load on gpu0"
 
 
 async def test_pinned_model_survives_and_impossible_request_is_refused_with_reasons() -> None:
     residency, adapter, _, clock = make({"router": 8, "big": 20, "small": 10}, pinned={"router"})
     await residency.tick()
-    while residency.models["router"].state != ModelState.LOADED:
+    while residency.view("router").state != ModelState.LOADED:
         await residency.wait_changed(1)
     await use_once(residency, "small", clock)
     with pytest.raises(ResidencyError) as refused:
@@ -213,14 +215,14 @@ async def test_pinned_model_survives_and_impossible_request_is_refused_with_reas
         "big needs 20.0 GiB on GPU0; 6.0 GiB free; pinned: router (8.0 GiB)"
     )
     assert "router" not in adapter.unloads
-    assert residency.models["small"].state == ModelState.LOADED  # nothing evicted in vain
+    assert residency.view("small").state == ModelState.LOADED  # nothing evicted in vain
 
 
 async def test_a_busy_model_is_waited_for_not_evicted() -> None:
     residency, adapter, _, clock = make({"a": 16, "b": 16}, busy_wait_s=60)
     holder = await holding(residency, "a")
     waiter = asyncio.create_task(use_once(residency, "b", clock))
-    while residency.models["b"].queued == 0:
+    while residency.view("b").queued == 0:
         await residency.wait_changed(1)
     assert adapter.unloads == [] and not waiter.done()
     await holder.release()
@@ -234,28 +236,33 @@ async def test_idle_model_unloads_after_keep_alive_but_not_while_busy_or_pinned(
     await residency.load("p")
     clock.now += 59
     await residency.tick()
-    assert residency.models["a"].state == ModelState.LOADED
+    assert residency.view("a").state == ModelState.LOADED
     clock.now += 2
     await residency.tick()
-    assert residency.models["a"].state == ModelState.UNLOADING  # booked at once, in a task
+    assert residency.view("a").state == ModelState.UNLOADING  # booked at once, in a task
     await settled(residency, "a", ModelState.UNLOADED)
-    assert residency.models["a"].message == "idle for 60 s (keep_alive)"
-    assert residency.models["p"].state == ModelState.LOADED
+    assert residency.view("a").message == "idle for 60 s (keep_alive)"
+    assert residency.view("p").state == ModelState.LOADED
     # The timer runs only while idle: a long request keeps the model, its end restarts it.
     task = await holding(residency, "a")
     clock.now += 3600
     await residency.tick()
-    assert residency.models["a"].state == ModelState.LOADED
+    assert residency.view("a").state == ModelState.LOADED
     await task.release()
     clock.now += 30
     await residency.tick()
-    assert residency.models["a"].state == ModelState.LOADED
+    assert residency.view("a").state == ModelState.LOADED
 
 
 async def test_out_of_memory_load_evicts_more_and_retries_once_then_fails_with_cooldown() -> None:
     residency, adapter, _, clock = make({"a": 4, "b": 4, "x": 4})
     outcomes: list[tuple[str, str | None, bool]] = []
-    residency.on_load_outcome = lambda *outcome: outcomes.append(outcome)
+
+    def outcome(event: Event) -> None:
+        if isinstance(event, LoadEnded):
+            outcomes.append((event.model, event.error, event.out_of_memory))
+
+    residency.events.subscribe(outcome)
     await use_once(residency, "a", clock)
     await use_once(residency, "b", clock)
     adapter.fail_next = [LoadError("CUDA out of memory", out_of_memory=True)]
@@ -268,7 +275,7 @@ async def test_out_of_memory_load_evicts_more_and_retries_once_then_fails_with_c
     adapter.fail_next = [LoadError("CUDA out of memory", out_of_memory=True)] * 2
     with pytest.raises(ResidencyError):
         await use_once(residency, "x", clock)
-    assert residency.models["x"].state == ModelState.FAILED
+    assert residency.view("x").state == ModelState.FAILED
     assert outcomes[-1][0] == "x" and outcomes[-1][2] is True  # the gpu_oom alert's cue
     loads_before = len(adapter.loads)
     with pytest.raises(ResidencyError) as fast:
@@ -276,14 +283,14 @@ async def test_out_of_memory_load_evicts_more_and_retries_once_then_fails_with_c
     assert fast.value.code == "model_failed" and len(adapter.loads) == loads_before
     clock.now += 31
     await use_once(residency, "x", clock)
-    assert residency.models["x"].state == ModelState.LOADED
+    assert residency.view("x").state == ModelState.LOADED
 
 
 async def test_loads_are_serialised_per_device_and_parallel_across_devices() -> None:
     residency, adapter, _, clock = make({"a": 4, "b": 4, "c": 4, "d": 4}, n_gpus=2)
     adapter.gate = asyncio.Event()
     users = [asyncio.create_task(use_once(residency, n, clock)) for n in "abcd"]
-    while sum(e.state == ModelState.LOADING for e in residency.models.values()) < 2:
+    while sum(e.state == ModelState.LOADING for e in residency._ledger.entries.values()) < 2:
         await residency.wait_changed(1)
     adapter.gate.set()
     await asyncio.gather(*users)
@@ -296,11 +303,11 @@ async def test_a_lost_pinned_model_is_loaded_again() -> None:
     await residency.load("p")
     gpu.held.clear()
     adapter._lost("p", "exited with code 1")
-    while residency.models["p"].state != ModelState.UNLOADED:
+    while residency.view("p").state != ModelState.UNLOADED:
         await residency.wait_changed(1)
-    assert residency.models["p"].message == "lost: exited with code 1"
+    assert residency.view("p").message == "lost: exited with code 1"
     await residency.tick()
-    while residency.models["p"].state != ModelState.LOADED:
+    while residency.view("p").state != ModelState.LOADED:
         await residency.wait_changed(1)
     assert [name for name, _ in adapter.loads] == ["p", "p"]
 
@@ -315,7 +322,7 @@ async def test_explicit_unload_refuses_pinned_and_busy_models() -> None:
         await residency.unload("a")
     await task.release()
     await residency.unload("a")
-    assert residency.models["a"].state == ModelState.UNLOADED
+    assert residency.view("a").state == ModelState.UNLOADED
     with pytest.raises(ResidencyError, match="no model named 'nope'; models: a, p"):
         await residency.unload("nope")
 
@@ -326,10 +333,10 @@ async def test_waiting_for_a_load_on_the_device_is_bounded_by_the_load_timeout_o
     residency, adapter, _, clock = make({"a": 4, "b": 4}, busy_wait_s=1, load_timeout_s=600)
     adapter.gate = asyncio.Event()
     first = asyncio.create_task(use_once(residency, "a", clock))
-    while residency.models["a"].state != ModelState.LOADING:
+    while residency.view("a").state != ModelState.LOADING:
         await residency.wait_changed(1)
     second = asyncio.create_task(use_once(residency, "b", clock))
-    while residency.models["b"].queued == 0:
+    while residency.view("b").queued == 0:
         await residency.wait_changed(1)
     clock.now += 120  # far past busy_wait_s
     residency.set_pin("a", False)  # any change wakes the waiters to plan again
@@ -365,15 +372,15 @@ async def test_a_request_that_waited_across_a_reload_removing_its_model_gets_404
     residency, adapter, _, clock = make({"a": 16, "b": 16}, busy_wait_s=60)
     holder = await holding(residency, "a")
     waiter = asyncio.create_task(use_once(residency, "b", clock))
-    while residency.models["b"].queued == 0:
+    while residency.view("b").queued == 0:
         await residency.wait_changed(1)
-    keep = {"a": residency.models["a"]}
+    keep = {"a": residency._ledger.entries["a"]}
     residency.replace_config(residency.resources, residency.scheduler, keep)
     with pytest.raises(ResidencyError) as gone:
         await waiter
     assert gone.value.status == 404 and "removed from the config" in str(gone.value)
     await holder.release()
-    assert "b" not in residency.models and [n for n, _ in adapter.loads] == ["a"]
+    assert residency.find("b") is None and [n for n, _ in adapter.loads] == ["a"]
 
 
 async def test_a_load_cancelled_mid_eviction_leaves_no_model_stuck() -> None:
@@ -392,8 +399,8 @@ async def test_a_load_cancelled_mid_eviction_leaves_no_model_stuck() -> None:
     loader = asyncio.create_task(residency.load("big"))
     async with asyncio.timeout(10):
         await stopping.wait()  # a's process is being stopped
-    assert residency.models["b"].state == ModelState.UNLOADING  # both booked as victims
-    task = residency.models["big"].load_task
+    assert residency.view("b").state == ModelState.UNLOADING  # both booked as victims
+    task = residency._ledger.entries["big"].load_task
     assert task is not None
     task.cancel()  # helixd stopping, say: the unload under way still completes
     loader.cancel()
@@ -401,7 +408,7 @@ async def test_a_load_cancelled_mid_eviction_leaves_no_model_stuck() -> None:
     with pytest.raises(asyncio.CancelledError):
         await loader
     await settled(residency, "big", ModelState.UNLOADED)
-    states = {n: e.state for n, e in residency.models.items()}
+    states = {n: e.state for n, e in residency._ledger.entries.items()}
     # a was being stopped: it is gone; b was never reached: it is resident still.
     assert states == {"a": "unloaded", "b": "loaded", "big": "unloaded"}
     assert "a" not in gpu.held and "b" in gpu.held
@@ -421,7 +428,7 @@ async def test_a_pinned_model_gets_one_pending_load_however_many_passes_run() ->
     for _ in range(20):
         await residency.tick()
         await asyncio.sleep(0)
-    assert residency.models["p"].queued == 1  # one waiting load, not twenty
+    assert residency.view("p").queued == 1  # one waiting load, not twenty
     await holder.release()
     await settled(residency, "p", ModelState.LOADED)
 
@@ -437,7 +444,7 @@ async def test_a_model_that_dies_while_being_measured_is_failed_not_loaded() -> 
     residency._measure = die_while_measuring  # type: ignore[method-assign]
     with pytest.raises(ResidencyError, match="stopped right after it became ready"):
         await use_once(residency, "a", clock)
-    assert residency.models["a"].state == ModelState.FAILED
+    assert residency.view("a").state == ModelState.FAILED
 
 
 async def test_an_unload_holds_the_room_until_the_driver_frees_it() -> None:
@@ -448,20 +455,20 @@ async def test_an_unload_holds_the_room_until_the_driver_frees_it() -> None:
     await use_once(residency, "a", clock)
     await residency.unload("a")
     await use_once(residency, "b", clock)
-    assert residency.models["b"].state == ModelState.LOADED
+    assert residency.view("b").state == ModelState.LOADED
 
 
 async def test_bounded_waits_answer_504_and_a_full_queue_503() -> None:
     residency, _, _, clock = make({"a": 16, "b": 16}, busy_wait_s=1)
     holder = await holding(residency, "a")
-    residency.models["a"].config = ModelConfig(
+    residency._ledger.entries["a"].config = ModelConfig(
         provider="fake", vram_mib=16384, max_queue=0, max_concurrency=1
     )
     with pytest.raises(ResidencyError) as full:
         await use_once(residency, "a", clock)
     assert full.value.status == 503 and full.value.code == "queue_full"
     waiter = asyncio.create_task(use_once(residency, "b", clock))
-    while residency.models["b"].queued == 0:
+    while residency.view("b").queued == 0:
         await residency.wait_changed(1)
     clock.now += 5  # past busy_wait_s
     residency.set_pin("b", False)  # a change: the waiter plans again, and gives up
@@ -532,10 +539,12 @@ def make_sleepy(
 ) -> tuple[Residency, SleepyAdapter, FakeGpu, FakeClock]:
     residency, plain, gpu, clock = make(sizes, **scheduler)
     adapter = SleepyAdapter(gpu)
-    for entry in residency.models.values():
+    for entry in residency._ledger.entries.values():
         entry.adapter = adapter
     adapter.on_lost(plain._on_lost or (lambda m, w: None))
-    residency.resources = ResourcesConfig(vram_reserve_mib=0, ram_reserve_mib=ram_reserve_mib)
+    residency._ledger.resources = ResourcesConfig(
+        vram_reserve_mib=0, ram_reserve_mib=ram_reserve_mib
+    )
 
     async def tree_usage(pid: int) -> tuple[int, dict[int, int]]:
         return adapter.usage(pid)
@@ -549,15 +558,15 @@ async def test_an_evicted_sleep_mode_model_sleeps_and_wakes_instead_of_a_cold_st
     await use_once(residency, "a", clock)
     await use_once(residency, "b", clock)
     await use_once(residency, "c", clock)  # a, the least recently used, goes to sleep
-    a = residency.models["a"]
+    a = residency._ledger.entries["a"]
     assert (a.state, adapter.sleeps, adapter.unloads) == (ModelState.SLEEPING, ["a"], [])
     assert (a.device, a.accounted_vram, a.accounted_ram) == ("gpu0", RESIDUAL, 10 * GiB)
-    assert residency.info(a)["state"] == "sleeping"
+    assert residency.info("a")["state"] == "sleeping"
     await use_once(residency, "a", clock)  # wakes: only b (LRU now) must make room
     assert adapter.wakes == ["a"]
     assert [name for name, _ in adapter.loads] == ["a", "b", "c"]  # no second cold start
     assert (a.state, a.accounted_vram, a.accounted_ram) == (ModelState.LOADED, 10 * GiB, 0)
-    assert residency.models["b"].state == ModelState.SLEEPING
+    assert residency.view("b").state == ModelState.SLEEPING
 
 
 async def test_a_sleep_mode_model_is_stopped_instead_when_host_ram_is_short() -> None:
@@ -565,7 +574,7 @@ async def test_a_sleep_mode_model_is_stopped_instead_when_host_ram_is_short() ->
     residency, adapter, _, clock = make_sleepy({"a": 10, "b": 20}, ram_reserve_mib=58 * 1024)
     await use_once(residency, "a", clock)
     await use_once(residency, "b", clock)
-    a = residency.models["a"]
+    a = residency._ledger.entries["a"]
     assert (a.state, adapter.sleeps, adapter.unloads) == (ModelState.UNLOADED, [], ["a"])
     assert "stopped, not asleep: host RAM too short to hold it asleep" in a.message
 
@@ -575,7 +584,7 @@ async def test_a_sleep_that_frees_no_gpu_memory_is_not_believed() -> None:
     adapter.frees_on_sleep = False
     await use_once(residency, "a", clock)
     await residency.unload("a")
-    a = residency.models["a"]
+    a = residency._ledger.entries["a"]
     assert (a.state, adapter.sleeps, adapter.unloads) == (ModelState.UNLOADED, ["a"], ["a"])
     assert "it said it sleeps but still holds 10.0 GiB of the GPU" in a.message
 
@@ -584,17 +593,15 @@ async def test_unload_puts_to_sleep_then_stops_and_keep_alive_sleeps() -> None:
     residency, adapter, _, clock = make_sleepy({"a": 4, "t": 4}, keep_alive="60s")
     await use_once(residency, "a", clock)
     await residency.unload("a")
-    assert residency.models["a"].state == ModelState.SLEEPING
+    assert residency.view("a").state == ModelState.SLEEPING
     await residency.unload("a")
-    assert residency.models["a"].state == ModelState.UNLOADED
+    assert residency.view("a").state == ModelState.UNLOADED
     assert (adapter.sleeps, adapter.unloads) == (["a"], ["a"])
     await use_once(residency, "t", clock)
     clock.now += 61
     await residency.tick()
     await settled(residency, "t", ModelState.SLEEPING)
-    assert (
-        residency.models["t"].message == "idle for 60 s (keep_alive); asleep, weights in host RAM"
-    )
+    assert residency.view("t").message == "idle for 60 s (keep_alive); asleep, weights in host RAM"
 
 
 async def test_a_sleeping_model_whose_process_dies_is_unloaded_and_a_pin_wakes_it() -> None:
@@ -610,7 +617,7 @@ async def test_a_sleeping_model_whose_process_dies_is_unloaded_and_a_pin_wakes_i
     del adapter.asleep["b"], gpu.held["b"]
     adapter._lost("b", "exited with code 1")
     await settled(residency, "b", ModelState.UNLOADED)
-    assert residency.models["b"].message == "lost: exited with code 1"
+    assert residency.view("b").message == "lost: exited with code 1"
 
 
 class OneModelAdapter(FakeAdapter):
@@ -622,26 +629,26 @@ class OneModelAdapter(FakeAdapter):
 async def test_a_one_model_server_swaps_its_model_and_a_busy_one_is_waited_for() -> None:
     residency, _, gpu, clock = make({"t1": 4, "t2": 4}, busy_wait_s=60)
     adapter = OneModelAdapter(gpu)
-    for entry in residency.models.values():
+    for entry in residency._ledger.entries.values():
         entry.adapter = adapter
     await use_once(residency, "t1", clock)
     held = await holding(residency, "t1")
     swap = asyncio.create_task(use_once(residency, "t2", clock))
-    while residency.models["t2"].queued == 0:
+    while residency.view("t2").queued == 0:
         await residency.wait_changed(1)
     assert not swap.done() and adapter.unloads == []  # t1 is busy: the swap waits
     await held.release()
     await swap
     assert adapter.unloads == ["t1"]  # though 20 GiB were free
-    assert residency.models["t2"].state == ModelState.LOADED
+    assert residency.view("t2").state == ModelState.LOADED
 
 
 async def test_a_sleeping_victim_of_a_load_that_never_ran_is_restored_asleep() -> None:
     residency, adapter, _, clock = make_sleepy({"a": 4})
     await use_once(residency, "a", clock)
     await residency.unload("a")
-    a = residency.models["a"]
-    residency._set(a, ModelState.UNLOADING, "evicted for c")  # as _begin books a victim
+    a = residency._ledger.entries["a"]
+    residency._ledger.set(a, ModelState.UNLOADING, "evicted for c")  # as _begin books a victim
     residency._restore_victims(["a"])  # the load was cancelled before reaching it
     assert a.state == ModelState.SLEEPING and adapter.is_asleep("a")
 
@@ -650,9 +657,9 @@ async def test_a_declared_model_shows_its_measurement_as_measured_while_loaded()
     residency, _, gpu, _ = make({"a": 2})
     gpu.sizes["a"] = 3 * GiB  # it really takes more than its vram_mib says
     await residency.load("a")
-    info = residency.info(residency.models["a"])
+    info = residency.info("a")
     assert (info["vram_bytes"], info["memory_source"]) == (3 * GiB, "measured")
     assert "the declared 2.0 GiB" in info["memory_detail"]
     await residency.unload("a")
-    info = residency.info(residency.models["a"])
+    info = residency.info("a")
     assert (info["vram_bytes"], info["memory_source"]) == (2 * GiB, "declared")

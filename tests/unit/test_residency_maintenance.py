@@ -97,7 +97,7 @@ async def test_the_loop_waits_for_the_next_timer_and_survives_a_failing_pass() -
 async def test_a_model_unloaded_for_a_changed_config_is_then_kept_like_any_other() -> None:
     residency, adapter, _, clock = make({"a": 2})
     await use_once(residency, "a", clock)
-    old = residency.models["a"]
+    old = residency._ledger.entries["a"]
     fresh = ModelEntry(
         name="a",
         config=old.config,
@@ -109,8 +109,8 @@ async def test_a_model_unloaded_for_a_changed_config_is_then_kept_like_any_other
     residency.replace_config(residency.resources, residency.scheduler, {"a": fresh})
     await residency.tick()
     await settled(residency, "a", ModelState.UNLOADED)
-    assert residency.models["a"].message == "config changed"
+    assert residency.view("a").message == "config changed"
     await use_once(residency, "a", clock)
     await residency.tick()
-    assert residency.models["a"].state == ModelState.LOADED
+    assert residency.view("a").state == ModelState.LOADED
     assert adapter.unloads == ["a"]

@@ -1,12 +1,13 @@
-"""The books of residency: what every part shares, recorded and answered, never acted on.
+"""Residency's ledger: what is recorded about every model, kept private to residency.
 
-:class:`ResidencyBooks` owns the state the executor works from: the configs, the resource
+:class:`Ledger` holds the state the executor works from: the configs, the resource
 monitor and its last sample, each model's :class:`ModelEntry`, the clocks, the change
-event readers wait on, and the task, lock and device sets loads and unloads share. It
-records state changes and answers questions (which entry, what snapshot, what status),
-but never starts, stops or measures a model through a provider; that is the executor's
-job (:class:`helixd.scheduler.residency.Residency`, which extends it). Kept apart so the
-record of what is resident changes for its own reasons, not with how models are loaded.
+notices readers wait on, the event hub observers subscribe to, and the task, lock and
+device sets loads and unloads share. It records state changes and answers questions
+(which entry, what snapshot, what status) but never starts, stops or measures a model
+through a provider: that is the executor's job (:class:`helixd.scheduler.residency.
+Residency`, which owns one ledger and is the only code that writes to it). Kept apart so
+the record of what is resident changes for its own reasons, not with how models load.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -25,66 +25,69 @@ from helixd.resources.monitor import ResourceSample
 from helixd.scheduler import views
 from helixd.scheduler.core import RAM, ModelState, ModelView, Snapshot
 from helixd.scheduler.entry import ModelEntry, ResourceSource
+from helixd.scheduler.events import Changed, CountsChanged, EventHub, StateChanged
 
 log = logging.getLogger("helixd.scheduler")
 
+# Called by an adapter when a model's process went away by itself: (model, why).
+LostHandler = Callable[[str, str], None]
 
-class ResidencyBooks(ABC):
-    """Residency's shared state and the bookkeeping on it; the executor subclasses it."""
+
+class Ledger:
+    """Residency's books and the bookkeeping on them; owned by one :class:`Residency`."""
 
     def __init__(
         self,
         resources: ResourcesConfig,
         scheduler: SchedulerConfig,
         monitor: ResourceSource,
+        lost: LostHandler,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
-        remember: Callable[[str, int, int], None] | None = None,
     ) -> None:
         self.resources = resources
         self.scheduler = scheduler
         self.monitor = monitor
-        self.models: dict[str, ModelEntry] = {}
+        self.entries: dict[str, ModelEntry] = {}
         self.last_sample: ResourceSample | None = None
-        self._clock = clock
-        self._wall = wall_clock
-        self.remember = remember
-        self._plan_lock = asyncio.Lock()
-        self._loading_devices: set[str] = set()
+        self.clock = clock
+        self.wall = wall_clock
+        self.events = EventHub()
+        self.plan_lock = asyncio.Lock()
+        self.loading_devices: set[str] = set()
+        self.unloading: set[str] = set()  # unloads under way (their process is stopping)
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.closed = False
+        self._lost = lost
         self._changed = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._closed = False
+        self._state_changed = asyncio.Event()
         self._sampled_at = 0.0
         self._figures_moved = False  # a load or unload ended since the last sample
-        self._unloading: set[str] = set()  # unloads under way (their process is stopping)
-        # Told of every change (the daemon refreshes systemd's STATUS= line from it).
-        self.on_change: Callable[[], None] | None = None
-        # Observers for metrics: a load ended (model, succeeded, seconds); a model evicted.
-        self.on_load: Callable[[str, bool, float], None] | None = None
-        self.on_evict: Callable[[str], None] | None = None
-        # For alerts: a load ended (model, why it failed or None, out of GPU memory).
-        self.on_load_outcome: Callable[[str, str | None, bool], None] | None = None
-        self._state_changed = asyncio.Event()
 
-    # -- books -------------------------------------------------------------------------
+    # -- records -----------------------------------------------------------------------
 
     def add(self, entry: ModelEntry) -> None:
         """Track a configured model."""
-        self.models[entry.name] = entry
+        self.entries[entry.name] = entry
         entry.adapter.on_lost(self._lost)
 
-    def _notify(self, state: bool = True) -> None:
+    def notify(self, state: bool = True) -> None:
         """Wake waiters. ``state``: a model's state changed, not just a request count.
 
         Counts change twice per proxied request; only waiters for a slot or for room care.
-        State changes also wake the maintenance pass and refresh systemd's STATUS= line.
+        State changes also wake the maintenance pass and tell subscribers (the daemon
+        refreshes systemd's STATUS= line).
         """
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
         if state:
             self._state_changed.set()
-            if self.on_change is not None:
-                self.on_change()
+            self.events.emit(Changed())
+
+    def counts_changed(self, entry: ModelEntry, state: bool = False) -> None:
+        """A request began waiting, took a slot or ended on ``entry``."""
+        self.notify(state)
+        self.events.emit(CountsChanged(entry.name, entry.in_flight, entry.queued))
 
     async def wait_state_changed(self, timeout: float | None) -> None:
         """Wait until a model's state changes (not a mere request count), or ``timeout``."""
@@ -100,14 +103,12 @@ class ResidencyBooks(ABC):
             async with asyncio.timeout(timeout):
                 await changed.wait()
 
-    def _set(self, entry: ModelEntry, state: ModelState, message: str = "") -> None:
-        if state != entry.state:
+    def set(self, entry: ModelEntry, state: ModelState, message: str = "") -> None:
+        """Record ``entry``'s new state and why; the figures of a model gone are cleared."""
+        old = entry.state
+        if state != old:
             log.info(
-                "model %s: %s → %s%s",
-                entry.name,
-                entry.state,
-                state,
-                f" ({message})" if message else "",
+                "model %s: %s → %s%s", entry.name, old, state, f" ({message})" if message else ""
             )
         entry.state = state
         entry.message = message
@@ -122,7 +123,14 @@ class ResidencyBooks(ABC):
             entry.device = None
             entry.accounted_vram = entry.accounted_ram = 0
             entry.accounted_measured = False
-        self._notify()
+        if state != old:
+            self.events.emit(StateChanged(entry.name, old, state, message))
+        self.notify()
+
+    def fail(self, entry: ModelEntry, why: str) -> None:
+        """Record a failed load or unload; the model cools down before the next try."""
+        entry.failed_until = self.clock() + self.scheduler.failed_cooldown_s
+        self.set(entry, ModelState.FAILED, why)
 
     def replace_config(
         self, resources: ResourcesConfig, scheduler: SchedulerConfig, new: Mapping[str, ModelEntry]
@@ -136,13 +144,13 @@ class ResidencyBooks(ABC):
         added: list[str] = []
         removed: list[str] = []
         changed_names: list[str] = []
-        for name, entry in self.models.items():
+        for name, entry in self.entries.items():
             if name not in new and not entry.removed:
                 removed.append(name)
                 entry.removed = True
                 entry.stale = entry.state != ModelState.UNLOADED
         for name, fresh in new.items():
-            current = self.models.get(name)
+            current = self.entries.get(name)
             if current is None or (current.removed and not current.stale):
                 added.append(name)
                 self.add(fresh)
@@ -168,95 +176,109 @@ class ResidencyBooks(ABC):
                     current.next_adapter = fresh.adapter
             if current.state != ModelState.UNLOADED:
                 current.stale = reshaped
-        for name in [n for n, e in self.models.items() if e.removed and not e.stale]:
-            del self.models[name]
-        self._notify()
+        for name in [n for n, e in self.entries.items() if e.removed and not e.stale]:
+            del self.entries[name]
+        self.notify()
         return {"models_added": added, "models_removed": removed, "models_changed": changed_names}
+
+    def spawn(self, coro: Any, name: str) -> asyncio.Task[None]:
+        """Run ``coro`` as a task residency owns (cancelled and awaited on close)."""
+        task: asyncio.Task[None] = asyncio.create_task(coro, name=name)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    # -- questions ---------------------------------------------------------------------
 
     def entry(self, name: str) -> ModelEntry:
         """The entry for ``name``; unknown names get a 404 naming the known ones."""
-        found = self.models.get(name)
+        found = self.entries.get(name)
         if found is None or found.removed:
-            known = ", ".join(sorted(n for n, e in self.models.items() if not e.removed))
-            known = known or "none configured"
+            known = ", ".join(self.names()) or "none configured"
             raise UnknownModel(f"no model named {name!r}; models: {known}")
         return found
 
-    def _check_current(self, entry: ModelEntry) -> None:
+    def current(self, name: str) -> ModelEntry | None:
+        """The entry for ``name`` if it is configured now (not removed by a reload)."""
+        found = self.entries.get(name)
+        return None if found is None or found.removed else found
+
+    def names(self) -> list[str]:
+        """The configured models, sorted."""
+        return sorted(n for n, e in self.entries.items() if not e.removed)
+
+    def check_current(self, entry: ModelEntry) -> None:
         """A request that waited across a reload or a shutdown must not load a stale entry."""
-        if self._closed:
+        if self.closed:
             raise ShuttingDown("helixd is shutting down")
-        if entry.removed or self.models.get(entry.name) is not entry:
+        if entry.removed or self.entries.get(entry.name) is not entry:
             raise UnknownModel(f"{entry.name} was removed from the config while the request waited")
 
-    def _fail(self, entry: ModelEntry, why: str) -> None:
-        entry.failed_until = self._clock() + self.scheduler.failed_cooldown_s
-        self._set(entry, ModelState.FAILED, why)
+    def now(self) -> float:
+        """The injected clock's time."""
+        return self.clock()
 
-    def _spawn(self, coro: Any, name: str) -> asyncio.Task[None]:
-        task: asyncio.Task[None] = asyncio.create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
-    @abstractmethod
-    def _lost(self, name: str, why: str) -> None:
-        """A model's process went away by itself (adapters call it); the executor acts."""
-
-    # -- snapshots ---------------------------------------------------------------------
+    # -- figures -----------------------------------------------------------------------
 
     async def refresh(self, max_age_s: float = 1.0) -> None:
         """Read fresh figures for a reader (status, models) unless they are recent."""
-        old = self._clock() - self._sampled_at > max_age_s
+        old = self.clock() - self._sampled_at > max_age_s
         if self.last_sample is None or old or self._figures_moved:
-            await self._sample()
+            await self.sample()
 
     async def resample(self) -> None:
         """Read fresh figures now."""
-        await self._sample()
+        await self.sample()
 
     def sampled_at(self) -> float | None:
         """When the figures were last read (None: never)."""
         return None if self.last_sample is None else self._sampled_at
 
-    def now(self) -> float:
-        """The injected clock's time."""
-        return self._clock()
-
-    @property
-    def closed(self) -> bool:
-        """helixd is stopping: no load starts and the maintenance loop ends."""
-        return self._closed
-
-    async def _sample(self) -> ResourceSample:
+    async def sample(self) -> ResourceSample:
+        """Read fresh figures and keep them as the last sample."""
         sample = await self.monitor.sample()
         self.last_sample = sample
-        self._sampled_at = self._clock()
+        self._sampled_at = self.clock()
         self._figures_moved = False
         return sample
+
+    def device_free(self, sample: ResourceSample, device: str) -> int:
+        """What ``sample`` says is free on ``device``."""
+        if device == RAM:
+            return sample.ram.available_bytes
+        for gpu in sample.gpus:
+            if f"gpu{gpu.index}" == device:
+                return gpu.free_bytes
+        return 0
+
+    # -- views -------------------------------------------------------------------------
 
     def snapshot(self, sample: ResourceSample, leave_out: str | None = None) -> Snapshot:
         """The core's view of the world now."""
         return views.snapshot(
-            self.models,
+            self.entries,
             sample,
             self.resources,
-            self._loading_devices,
+            self.loading_devices,
             leave_out,
             self.scheduler.keep_alive,
         )
 
     def model_views(self) -> dict[str, ModelView]:
         """Every model's frozen facts now, for the policies that need no figures."""
-        return views.model_views(self.models, self.scheduler.keep_alive)
+        return views.model_views(self.entries, self.scheduler.keep_alive)
 
-    def _view(self, entry: ModelEntry) -> ModelView:
-        """One model's frozen facts now."""
+    def view(self, entry: ModelEntry) -> ModelView:
+        """One model's frozen facts now, for the policies."""
         return views.model_view(entry, self.scheduler.keep_alive)
+
+    def status(self, entry: ModelEntry) -> views.ModelStatus:
+        """One model frozen now, for readers outside the scheduler."""
+        return views.model_status(entry, self.scheduler.keep_alive)
 
     def devices(self) -> dict[str, Any]:
         """Devices for ``status``: figures, helixd's budget and what it accounts."""
-        return views.devices(self.models, self.last_sample, self.resources, self._loading_devices)
+        return views.devices(self.entries, self.last_sample, self.resources, self.loading_devices)
 
     def info(self, entry: ModelEntry) -> dict[str, Any]:
         """The control API's view of one model."""
@@ -264,12 +286,4 @@ class ResidencyBooks(ABC):
 
     def summary_counts(self) -> Mapping[str, int]:
         """How many models are in each state."""
-        return views.summary_counts(self.models.values())
-
-    def _device_free(self, sample: ResourceSample, device: str) -> int:
-        if device == RAM:
-            return sample.ram.available_bytes
-        for gpu in sample.gpus:
-            if f"gpu{gpu.index}" == device:
-                return gpu.free_bytes
-        return 0
+        return views.summary_counts(self.entries.values())

@@ -10,8 +10,10 @@ USER_CONFIG := $(or $(HELIXD_CONFIG),$(or $(XDG_CONFIG_HOME),$(HOME)/.config)/he
 # llama.cpp's own llama-server, built from the pinned llama-cpp-python sdist into a cache
 # outside the repository (~/.cache/helixd/llama-server-VERSION); the script prints its path.
 LLAMA_SERVER_BUILD := tests/tools/build_llama_server.sh
-# Debian packages the system tests need (systemd-analyze, debootstrap, systemd-nspawn).
-SYSTEM_TEST_DEBS := systemd debootstrap systemd-container
+# Debian packages the system tests need (systemd-analyze, debootstrap, systemd-nspawn),
+# the live view's browser tests (headless Chromium and its WebDriver) and `helixctl top`'s
+# terminal test (tmux).
+SYSTEM_TEST_DEBS := systemd debootstrap systemd-container chromium chromium-driver tmux
 
 .PHONY: run test test-fast llama-server lint typecheck bench system-deps deb clean
 
@@ -73,6 +75,7 @@ typecheck: $(TEST_STAMP)
 bench: $(TEST_STAMP)
 	$(BIN)/python bench/helixctl_status.py
 	$(BIN)/python bench/proxy_overhead.py
+	$(BIN)/python bench/live_view_cost.py
 
 deb:
 	packaging/build-deb.sh

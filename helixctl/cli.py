@@ -240,6 +240,15 @@ def reload(ctx: Context) -> None:
     ctx.emit(doc, human)
 
 
+@cli.command(help=protocol.Events.help())
+@click.option("--once", is_flag=True, help="print one frame (with --json: the raw snapshot); exit")
+@pass_ctx
+def top(ctx: Context, once: bool) -> None:
+    from helixctl.top import run  # curses and the renderer only for this command
+
+    run(ctx, once)
+
+
 @cli.group()
 def config() -> None:
     """Work with config files."""

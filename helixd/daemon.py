@@ -14,6 +14,7 @@ import fcntl
 import logging
 import os
 import signal
+import socket
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -50,6 +51,10 @@ from helixd.supervisor.arbiter import Supervisor, UnknownProcess
 from helixd.supervisor.process import ManagedProcess, ProcessState
 from helixd.supervisor.registry import ChildRegistry
 from helixd.supervisor.spec import SpecError
+from helixd.ui.document import LiveInputs
+from helixd.ui.feed import LiveFeed
+from helixd.ui.redact import Redactor, config_secrets
+from helixd.ui.routes import LiveView, is_page, ui_off
 
 log = logging.getLogger("helixd")
 
@@ -85,6 +90,10 @@ class Daemon:
         self.jobs = self.ops.jobs
         self.backups = self.ops.backups
         self.residency.events.subscribe(self._residency_event)
+        self.live_feed = LiveFeed(self._live_inputs, refresh=self.refresh)
+        self.live_view = self._open_live_view(loaded)
+        self.residency.events.subscribe(self.live_feed.changed)
+        self.proxy.finished.subscribe(self.live_feed.request_finished)
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -100,6 +109,7 @@ class Daemon:
         await self._start_residency()
         await self._start_control()
         await self._start_proxy()
+        self.live_feed.start()
         loop = asyncio.get_running_loop()
         for sig, event in (
             (signal.SIGTERM, "stop"),
@@ -150,6 +160,7 @@ class Daemon:
             for task in tasks:
                 task.cancel()
             await self.ops.stop()
+            await self.live_feed.close()  # ends the page's streams, so the endpoint stops now
             await self.proxy.stop()
             await self.residency.close()
             await self.monitor.close()
@@ -297,6 +308,9 @@ class Daemon:
                         _aliases(new), dict(new.config.routes), new.config.providers
                     )
                     self.ops.configure()
+                    if self.live_view is not None:
+                        self.live_view.configure(new.config.ui, self._redactor(new))
+                    self.live_feed.changed()
             finally:
                 self.notifier.ready(self.summary())
         return {
@@ -314,9 +328,60 @@ class Daemon:
             messages.append("resources.gpus changed; it takes effect when helixd restarts")
         if new.config.proxy != self.loaded.config.proxy:
             messages.append("[proxy] changed; it takes effect when helixd restarts")
+        if new.config.ui.serves(new.config.proxy) != (self.live_view is not None):
+            messages.append("[ui] enabled changed; it takes effect when helixd restarts")
         for message in messages:
             log.warning(message)
         return messages
+
+    # -- the live view -----------------------------------------------------------------
+
+    def _open_live_view(self, loaded: LoadedConfig) -> LiveView | None:
+        """The page on the endpoint when ``[ui]`` serves it, else a note where it would be."""
+        config = loaded.config
+        if not config.ui.serves(config.proxy):
+            self.proxy.mount(ui_off)
+            return None
+        view = LiveView(
+            self.live_feed, self, config.proxy, lambda: self.proxy.port, self._redactor(loaded)
+        )
+        view.configure(config.ui, self._redactor(loaded))
+        self.proxy.mount(view.add_routes, public=is_page)
+        return view
+
+    @staticmethod
+    def _redactor(loaded: LoadedConfig) -> Redactor:
+        return Redactor(config_secrets(loaded.config, os.environ))
+
+    def _live_inputs(self) -> LiveInputs:
+        """The views the live document is built from (see :mod:`helixd.ui.document`)."""
+        return LiveInputs(
+            version=__version__,
+            host=socket.gethostname(),
+            started_at=self.started_at,
+            summary=self.summary(),
+            models=self.residency.infos(),
+            eviction_order=self.residency.eviction_order(),
+            devices=self.residency.devices(),
+            providers=self._provider_infos(),
+            alerts=self.alerts.info()["active"],
+            jobs=self.jobs.info(),
+            spend=self.proxy.spend.report(),
+            actions=self.live_view is not None and self.live_view.actions,
+            auth=bool(self.loaded.config.proxy.api_keys),
+        )
+
+    def _provider_infos(self) -> list[dict[str, Any]]:
+        """Every configured provider: a supervised server's process, else what it is."""
+        processes = self.supervisor.processes
+        infos = []
+        for name, provider in self.loaded.config.providers.items():
+            if name in processes:
+                infos.append(processes[name].info())
+                continue
+            state = "remote" if provider.kind == "remote" else "per model"
+            infos.append({"name": name, "kind": provider.kind, "state": state, "restarts": 0})
+        return infos
 
     # -- what jobs need ----------------------------------------------------------------
 
@@ -420,6 +485,7 @@ class Daemon:
 
     def _process_changed(self, process: ManagedProcess) -> None:
         self._status_dirty.set()
+        self.live_feed.changed()
         self.ops.changed()
         adapter = self._adapters.get(process.spec.name)
         if adapter is not None:

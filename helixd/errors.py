@@ -45,13 +45,15 @@ and is listed all the same::
         * RefreshError  refresh_failed  a re-pull that did not happen
       * ControlError  control  the control socket
         * SocketInUse  socket_in_use  another live helixd serves the control socket
+      * FeedRefused  feed_refused  no live-view stream now: helixd stops, or too many are open
 
 Codes are public (the control API's and the endpoint's error bodies carry them); the
 classes a request can meet use the code the wire shows. Some refusals carry the wire code
-of each instance instead of their class's (``Refused``). HTTP statuses are not decided
-here: each edge maps codes to statuses in one table (``helixd.control.errors``,
-``helixd.proxy.errors``, ``helixd.proxy.ollama``). The residency refusals' ``status`` is
-the one source those tables read: the status helixd's own API answers with.
+of each instance instead of their class's (``Refused``, ``FeedRefused``). HTTP statuses
+are not decided here: each edge maps codes to statuses in one table
+(``helixd.control.errors``, ``helixd.proxy.errors``, ``helixd.proxy.ollama``). The
+residency refusals' ``status`` is the one source those tables read: the status helixd's
+own API answers with.
 
 A class that is also a built-in exception (``UnknownProcess`` is a ``KeyError``,
 ``SocketInUse`` a ``ValueError``, …) keeps that base: callers catch it as such.

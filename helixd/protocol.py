@@ -120,6 +120,23 @@ class Reload(Command):
     path = "/v1/reload"
 
 
+class Events(Command):
+    """Watch helixd live: memory per GPU, models, providers, requests, alerts (q quits).
+
+    Wire: NDJSON, each line ``{"type", "data"}``: first a ``snapshot`` (the live
+    document: host, devices with each model's share, models, providers, recent requests,
+    alerts, jobs, spend), then a ``snapshot`` whenever something changes (at most 4 a
+    second) and at least every 5 s, and a ``request`` for each finished request of the
+    endpoint. Ends with an ``end`` line (``{"reason"}``) when helixd stops or the reader
+    falls 64 records behind. 503 ``stopping`` while helixd shuts down.
+    """
+
+    name = "events"
+    group = "daemon"
+    method = GET
+    path = "/v1/events"
+
+
 # -- providers -------------------------------------------------------------------------
 
 
@@ -387,6 +404,7 @@ class ListAlerts(Command):
 
 COMMANDS: tuple[type[Command], ...] = (
     Status,
+    Events,
     ListProviders,
     GetProvider,
     PullModel,

@@ -34,6 +34,7 @@ from helixd.config.proxy import ProxyConfig
 from helixd.config.residency import FOREVER, ModelConfig, ResourcesConfig, SchedulerConfig
 from helixd.config.routes import RouteConfig
 from helixd.config.types import NAME_RE, Strict
+from helixd.config.ui import UiConfig
 from helixd.errors import ConfigError
 from helixd.kinds import kind_defaults
 from helixd.paths import Mode, default_paths
@@ -58,6 +59,7 @@ __all__ = [
     "ResourcesConfig",
     "RouteConfig",
     "SchedulerConfig",
+    "UiConfig",
     "default_config_path",
     "describe",
     "load_config",
@@ -94,6 +96,7 @@ class HelixConfig(Strict):
     proxy: ProxyConfig = Field(default_factory=ProxyConfig)
     routes: dict[str, RouteConfig] = Field(default_factory=dict)
     jobs: dict[str, JobConfig] = Field(default_factory=dict)
+    ui: UiConfig = Field(default_factory=UiConfig)
 
     @property
     def all_jobs(self) -> dict[str, JobConfig]:

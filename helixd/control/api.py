@@ -24,6 +24,7 @@ from helixd.control.sockets import peer_uid
 from helixd.errors import ReloadRefused
 from helixd.supervisor.arbiter import Supervisor, UnknownProcess
 from helixd.supervisor.process import ManagedProcess, ProcessClosed, ProcessState
+from helixd.ui.feed import FeedRefused, LiveFeed
 
 log = logging.getLogger("helixd.control")
 
@@ -39,6 +40,7 @@ class ControlBackend(Protocol):
 
     supervisor: Supervisor
     stopping: bool
+    live_feed: LiveFeed
 
     def status(self) -> dict[str, Any]:
         """The ``GET /v1/status`` document."""
@@ -109,6 +111,27 @@ class ControlAPI:
         """:class:`helixd.protocol.Status`."""
         await self.backend.refresh()
         return web.json_response(self.backend.status(), dumps=_dumps)
+
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        """:class:`helixd.protocol.Events`: the live feed as NDJSON."""
+        if self.backend.stopping:
+            return error(503, "stopping", "helixd is shutting down")
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        try:
+            async with self.backend.live_feed.follow() as follower:
+                await response.prepare(request)
+                # A snapshot at least every few seconds: a write to a reader gone fails.
+                while (record := await follower.next()) is not None:
+                    kind, text = record
+                    await response.write(f'{{"type":"{kind}","data":{text}}}\n'.encode())
+                end = _dumps({"type": "end", "data": {"reason": follower.ended or "ended"}})
+                await response.write((end + "\n").encode())
+            await response.write_eof()
+        except FeedRefused as exc:  # before anything was sent
+            return error(503, exc.code, str(exc))
+        except ConnectionError:
+            pass  # helixctl top quit
+        return response
 
     async def list_providers(self, request: web.Request) -> web.Response:
         """:class:`helixd.protocol.ListProviders`."""

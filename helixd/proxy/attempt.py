@@ -72,3 +72,34 @@ class Exchange:
     started: float
     translation: Translation | None = None
     outcome: Outcome = field(default_factory=lambda: Outcome(status=500))
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    """A finished request, as the endpoint tells its watchers (the live view)."""
+
+    time: float  # wall clock, when it ended
+    method: str
+    path: str
+    asked: str  # the name the client asked for: a model, an alias or a route
+    route: str | None
+    model: str | None  # the model that answered last (None: none was tried)
+    status: int
+    ms: float
+    ttft_ms: float | None
+    attempts: int
+
+    def as_json(self) -> dict[str, Any]:
+        """The record for the live view's feed."""
+        return {
+            "time": self.time,
+            "method": self.method,
+            "path": self.path,
+            "asked": self.asked,
+            "route": self.route,
+            "model": self.model,
+            "status": self.status,
+            "ms": round(self.ms, 1),
+            "ttft_ms": None if self.ttft_ms is None else round(self.ttft_ms, 1),
+            "attempts": self.attempts,
+        }

@@ -71,6 +71,12 @@ class OllamaBackend(Protocol):
         """Log the finished exchange."""
         ...
 
+    def refused_log(
+        self, request: web.Request, asked: Any, status: int, code: str, started: float
+    ) -> None:
+        """Log a request refused before any model was tried."""
+        ...
+
     def _session_or_fail(self) -> aiohttp.ClientSession:
         """The upstream client session (the server's own, private to the proxy package)."""
         ...
@@ -249,6 +255,7 @@ class OllamaFront:
         """``/api/chat``, ``/api/generate``, ``/api/embed``, ``/api/embeddings``: translated
         to OpenAI upstreams (passed through to an Ollama provider's own server)."""
         started = time.perf_counter()
+        body: dict[str, Any] = {}
         try:
             raw, body = await self.server.read_body(request)
             asked = body["model"]
@@ -259,10 +266,11 @@ class OllamaFront:
             # A request that cannot be translated is refused before a classifier is asked.
             translation = translate(request.path, body)
             plan = await self.server.plan(body)
-        except Refused as refused:
-            return ollama_error(OLLAMA_STATUS[refused.code], refused.message)
-        except BadOllamaRequest as exc:
-            return ollama_error(OLLAMA_STATUS[exc.code], str(exc))
+        except (Refused, BadOllamaRequest) as exc:
+            code = exc.code
+            status = OLLAMA_STATUS[code]
+            self.server.refused_log(request, body.get("model"), status, code, started)
+            return ollama_error(status, exc.message if isinstance(exc, Refused) else str(exc))
         exchange = Exchange(request, body, raw, plan, started, translation)
         try:
             return await self.server.attempt_in_order(exchange)

@@ -14,7 +14,7 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +24,9 @@ from aiohttp import web
 from helixd.config import ProviderConfig, ProxyConfig, RouteConfig
 from helixd.config.proxy import split_listen
 from helixd.config.routes import FailureClass
+from helixd.hub import Hub
 from helixd.proxy import failover
-from helixd.proxy.attempt import FAILURE_OF, Exchange, Failed, Outcome, Refused
+from helixd.proxy.attempt import FAILURE_OF, Exchange, Failed, Outcome, Refused, RequestRecord
 from helixd.proxy.classify import classify
 from helixd.proxy.errors import OPENAI_STATUS, openai_error, sse_error
 from helixd.proxy.health import ModelHealth
@@ -61,6 +62,10 @@ class ProxyServer:
         self.readiness = GatewayHealth(self)
         self.metrics = Metrics(residency)
         self.spend = Spending(state_dir / "spend.json" if state_dir is not None else None)
+        # Each finished request, for whoever watches (the live view); nothing when nobody does.
+        self.finished: Hub[RequestRecord] = Hub("helixd.proxy")
+        self._mounts: list[Callable[[web.Application], None]] = []
+        self._public: list[Callable[[str], bool]] = []
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -76,7 +81,21 @@ class ProxyServer:
             app.router.add_post(path, self.forward)
         OllamaFront(self).add_routes(app)
         self.readiness.add_routes(app)
+        for mount in self._mounts:
+            mount(app)
         return app
+
+    def mount(
+        self,
+        add_routes: Callable[[web.Application], None],
+        public: Callable[[str], bool] | None = None,
+    ) -> None:
+        """Serve more routes on the endpoint (before :meth:`start`): ``add_routes`` adds
+        them to the app. A GET of a path ``public`` accepts is served without an API key
+        (a page's own files, which hold no secret and must load to ask for one)."""
+        self._mounts.append(add_routes)
+        if public is not None:
+            self._public.append(public)
 
     async def start(self) -> None:
         """Bind and serve; an address in use raises OSError for the daemon to report."""
@@ -135,7 +154,9 @@ class ProxyServer:
     @web.middleware
     async def _guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
         keys = self.config.api_keys
-        if keys:
+        if keys and not (
+            request.method in ("GET", "HEAD") and any(p(request.path) for p in self._public)
+        ):
             given = request.headers.get("Authorization", "")
             token = given[7:] if given.startswith("Bearer ") else request.headers.get("x-api-key")
             if token is None or not any(_same_secret(token, key) for key in keys):
@@ -226,11 +247,14 @@ class ProxyServer:
     async def forward(self, request: web.Request) -> web.StreamResponse:
         """The OpenAI POST routes: resolve, then try models in order until one answers."""
         started = time.perf_counter()
+        body: dict[str, Any] = {}
         try:
             raw, body = await self.read_body(request)
             plan = await self.plan(body)
         except Refused as refused:
-            return openai_error(OPENAI_STATUS[refused.code], refused.message, refused.code)
+            status = OPENAI_STATUS[refused.code]
+            self.refused_log(request, body.get("model"), status, refused.code, started)
+            return openai_error(status, refused.message, refused.code)
         exchange = Exchange(request, body, raw, plan, started)
         try:
             return await self.attempt_in_order(exchange)
@@ -483,6 +507,52 @@ class ProxyServer:
                 raise Failed("final", response) from None
             raise Failed(residency_kind, response) from None
 
+    def refused_log(
+        self, request: web.Request, asked: Any, status: int, code: str, started: float
+    ) -> None:
+        """One access-log line (and a record for watchers) for a request refused before
+        any model was tried: an unknown name, a body that is not JSON, a budget spent."""
+        asked = asked if isinstance(asked, str) else "-"
+        elapsed = time.perf_counter() - started
+        self._tell_watchers(request, asked, None, None, status, elapsed, None, 0)
+        access_log.info(
+            "%s %s asked=%s refused=%s status=%d ms=%.1f",
+            request.method,
+            request.path,
+            asked,
+            code,
+            status,
+            elapsed * 1000,
+        )
+
+    def _tell_watchers(
+        self,
+        request: web.Request,
+        asked: str,
+        route: str | None,
+        model: str | None,
+        status: int,
+        elapsed: float,
+        first_byte_s: float | None,
+        attempts: int,
+    ) -> None:
+        if not self.finished.subscribed:
+            return  # nobody watches: build nothing
+        self.finished.emit(
+            RequestRecord(
+                time=time.time(),
+                method=request.method,
+                path=request.path,
+                asked=asked,
+                route=route,
+                model=model,
+                status=status,
+                ms=elapsed * 1000,
+                ttft_ms=None if first_byte_s is None else first_byte_s * 1000,
+                attempts=attempts,
+            )
+        )
+
     def access_log(self, x: Exchange) -> None:
         """Metrics and one access-log line for a finished request."""
         request, asked, plan, o = x.request, x.body["model"], x.plan, x.outcome
@@ -494,6 +564,9 @@ class ProxyServer:
         if o.first_byte_s is not None:
             self.metrics.ttft.labels(model).observe(o.first_byte_s)
         ttft = f"{o.first_byte_s * 1000:.1f}" if o.first_byte_s is not None else "-"
+        self._tell_watchers(
+            request, asked, plan.route, o.model, o.status, elapsed, o.first_byte_s, o.attempts
+        )
         access_log.info(
             "%s %s asked=%s route=%s model=%s attempts=%d status=%d ms=%.1f ttft_ms=%s",
             request.method,

@@ -301,13 +301,22 @@ def _exclusive_holders(snapshot: Snapshot, request: LoadRequest) -> list[ModelVi
 
 def _eligible(snapshot: Snapshot, idle_only: bool) -> list[ModelView]:
     """Unpinned models that hold memory, least recently used first."""
+    return _eligible_among(snapshot.models.values(), idle_only)
+
+
+def _eligible_among(models: Iterable[ModelView], idle_only: bool) -> list[ModelView]:
     allowed = (ModelState.LOADED, ModelState.SLEEPING) if idle_only else tuple(HOLDING)
-    found = [
-        m
-        for m in snapshot.models.values()
-        if not m.pinned and m.state in allowed and (m.idle or not idle_only)
-    ]
+    found = [m for m in models if not m.pinned and m.state in allowed and (m.idle or not idle_only)]
     return sorted(found, key=lambda m: (m.last_used, m.name))
+
+
+def eviction_order(models: Mapping[str, ModelView]) -> list[str]:
+    """The models a load that needs room would evict now, first victim first.
+
+    The order :func:`plan_load` takes idle victims in (least recently used first; pinned
+    and busy models never), so a view can say who goes next.
+    """
+    return [m.name for m in _eligible_among(models.values(), idle_only=True)]
 
 
 def _busy_or_moving(snapshot: Snapshot) -> list[str]:

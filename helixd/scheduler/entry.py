@@ -51,6 +51,8 @@ class ModelEntry:
     queued: int = 0
     last_used: float = 0.0
     last_used_wall: float | None = None
+    # When (wall clock) the model entered its present state: how long a load has taken.
+    state_since_wall: float | None = None
     message: str = ""
     failed_until: float = 0.0
     stale: bool = False

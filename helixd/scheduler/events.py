@@ -7,19 +7,15 @@ daemon refreshes systemd's STATUS= line and persists measured sizes, the proxy c
 loads and evictions for Prometheus, the jobs raise alerts on failed loads, and a live
 view can follow all of it.
 
-Handlers run synchronously, inside the change, so they must be quick and must not
-await; one that raises is logged and the others are still told.
+Handlers run synchronously, inside the change (see :class:`helixd.hub.Hub`).
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 
+from helixd.hub import Hub
 from helixd.scheduler.core import ModelState
-
-log = logging.getLogger("helixd.scheduler")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,29 +75,10 @@ class Measured:
 
 
 Event = Changed | StateChanged | CountsChanged | LoadEnded | Evicted | Measured
-Handler = Callable[[Event], None]
 
 
-class EventHub:
+class EventHub(Hub[Event]):
     """Residency's subscribers, told of each event in turn."""
 
     def __init__(self) -> None:
-        self._handlers: list[Handler] = []
-
-    def subscribe(self, handler: Handler) -> Callable[[], None]:
-        """Tell ``handler`` of every event from now on; returns the unsubscribe call."""
-        self._handlers.append(handler)
-
-        def unsubscribe() -> None:
-            if handler in self._handlers:
-                self._handlers.remove(handler)
-
-        return unsubscribe
-
-    def emit(self, event: Event) -> None:
-        """Tell every subscriber; a handler that raises is logged, never propagated."""
-        for handler in tuple(self._handlers):
-            try:
-                handler(event)
-            except Exception:
-                log.exception("a residency event handler failed on %r", event)
+        super().__init__("helixd.scheduler")

@@ -110,6 +110,8 @@ class Ledger:
             log.info(
                 "model %s: %s → %s%s", entry.name, old, state, f" ({message})" if message else ""
             )
+        if state != old or entry.state_since_wall is None:
+            entry.state_since_wall = self.wall()
         entry.state = state
         entry.message = message
         if state in (

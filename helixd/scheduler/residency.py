@@ -25,7 +25,14 @@ from helixd.config import ResourcesConfig, SchedulerConfig
 from helixd.errors import WaitTimeout, refusal
 from helixd.providers.base import LoadError, ModelTarget, says_out_of_memory
 from helixd.scheduler import views
-from helixd.scheduler.core import RAM, LoadRequest, ModelState, Snapshot, plan_load
+from helixd.scheduler.core import (
+    RAM,
+    LoadRequest,
+    ModelState,
+    Snapshot,
+    eviction_order,
+    plan_load,
+)
 from helixd.scheduler.effects import (
     Forget,
     Join,
@@ -154,6 +161,10 @@ class Residency:
     def devices(self) -> dict[str, Any]:
         """Devices for ``status``: figures, helixd's budget and what it accounts."""
         return self._ledger.devices()
+
+    def eviction_order(self) -> list[str]:
+        """Who a load that needs room would evict now, first victim first."""
+        return eviction_order(self._ledger.model_views())
 
     def summary_counts(self) -> Mapping[str, int]:
         """How many models are in each state."""

@@ -199,6 +199,7 @@ def model_info(entry: ModelEntry, scheduler: SchedulerConfig) -> dict[str, Any]:
         "name": entry.name,
         "provider": entry.adapter.provider,
         "state": str(entry.state),
+        "state_since": entry.state_since_wall,
         "device": entry.device,
         "vram_bytes": entry.accounted_vram or entry.figure.vram_bytes,
         "ram_bytes": entry.accounted_ram or entry.figure.ram_bytes,
@@ -209,6 +210,7 @@ def model_info(entry: ModelEntry, scheduler: SchedulerConfig) -> dict[str, Any]:
         "pinned": entry.pinned,
         "pin_source": "runtime" if entry.runtime_pin is not None else "config",
         "keep_alive_s": None if math.isinf(keep) else keep,
+        "expires_at": _expires_at(entry, keep),
         "last_used": entry.last_used_wall,
         "in_flight": entry.in_flight,
         "queued": entry.queued,
@@ -221,6 +223,19 @@ def model_info(entry: ModelEntry, scheduler: SchedulerConfig) -> dict[str, Any]:
         "size_text": format_bytes(entry.figure.vram_bytes or entry.figure.ram_bytes),
         **({"log_tail": entry.log_tail} if entry.state == ModelState.FAILED else {}),
     }
+
+
+def _expires_at(entry: ModelEntry, keep_alive_s: float) -> float | None:
+    """When (wall clock) keep-alive unloads the model if nothing uses it until then."""
+    if (
+        entry.state != ModelState.LOADED
+        or entry.pinned
+        or not entry.idle
+        or math.isinf(keep_alive_s)
+        or entry.last_used_wall is None
+    ):
+        return None
+    return entry.last_used_wall + keep_alive_s
 
 
 def _memory_detail(entry: ModelEntry) -> str:

@@ -109,6 +109,7 @@ CLI_HELP = {
     "backup create": protocol.CreateBackup,
     "backup restore": protocol.RestoreBackup,
     "alerts": protocol.ListAlerts,
+    "top": protocol.Events,
 }
 
 

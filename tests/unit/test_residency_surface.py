@@ -132,7 +132,7 @@ async def test_a_handler_that_raises_is_logged_and_the_others_are_still_told(
         await use_once(residency, "a", clock)
     assert residency.view("a").state == ModelState.LOADED  # residency went on
     assert any(isinstance(e, LoadEnded) for e in told)
-    assert "a residency event handler failed" in caplog.text
+    assert "an event handler failed" in caplog.text
 
 
 async def test_an_unsubscribed_handler_hears_nothing_more() -> None:

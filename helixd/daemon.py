@@ -14,15 +14,12 @@ import fcntl
 import logging
 import os
 import signal
-import socket
-import time
-from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
 
 from helixd import __version__
-from helixd.config import ConfigError, DaemonPaths, LoadedConfig, ProviderConfig, load_config
+from helixd.config import ConfigError, DaemonPaths, LoadedConfig, load_config
 from helixd.control.api import ControlAPI
 from helixd.control.jobs_api import add_jobs_routes
 from helixd.control.models_api import add_model_routes
@@ -31,6 +28,7 @@ from helixd.errors import ReloadRefused, StartupError
 from helixd.jobs.alerts import AlertBook
 from helixd.jobs.service import Operations
 from helixd.notify import Notifier
+from helixd.overview import Overview
 from helixd.providers.base import ModelAdapter
 from helixd.providers.specs import provider_specs
 from helixd.proxy.server import ProxyServer
@@ -47,11 +45,10 @@ from helixd.scheduler import (
     build_entries,
 )
 from helixd.state import OperatorStops, ResidencyRecord
-from helixd.supervisor.arbiter import Supervisor, UnknownProcess
-from helixd.supervisor.process import ManagedProcess, ProcessState
+from helixd.supervisor.arbiter import Supervisor
+from helixd.supervisor.process import ManagedProcess
 from helixd.supervisor.registry import ChildRegistry
 from helixd.supervisor.spec import SpecError
-from helixd.ui.document import LiveInputs
 from helixd.ui.feed import LiveFeed
 from helixd.ui.redact import Redactor, config_secrets
 from helixd.ui.routes import LiveView, is_page, ui_off
@@ -66,10 +63,10 @@ class Daemon:
         self.loaded = loaded
         self.paths = paths
         self.notifier = notifier
-        self.started_at = time.time()
         self.registry = ChildRegistry(paths.state_dir)
         self.operator_stops: OperatorStops | None = None  # read once the state dir is ours
-        self.supervisor = Supervisor(self.registry, on_change=self._process_changed)
+        self.supervisor = Supervisor(self.registry)
+        self.supervisor.events.subscribe(self._process_changed)
         self._events: asyncio.Queue[str] = asyncio.Queue()
         self._reload_lock = asyncio.Lock()
         self._lock_fd: int | None = None
@@ -90,7 +87,17 @@ class Daemon:
         self.jobs = self.ops.jobs
         self.backups = self.ops.backups
         self.residency.events.subscribe(self._residency_event)
-        self.live_feed = LiveFeed(self._live_inputs, refresh=self.refresh)
+        self.overview = Overview(
+            lambda: self.loaded,
+            paths,
+            self.supervisor,
+            self.residency,
+            self.proxy,
+            self.ops,
+            self.alerts,
+            lambda: self.live_view is not None and self.live_view.actions,
+        )
+        self.live_feed = LiveFeed(self.overview.live_inputs, refresh=self.refresh)
         self.live_view = self._open_live_view(loaded)
         self.residency.events.subscribe(self.live_feed.changed)
         self.proxy.finished.subscribe(self.live_feed.request_finished)
@@ -353,36 +360,6 @@ class Daemon:
     def _redactor(loaded: LoadedConfig) -> Redactor:
         return Redactor(config_secrets(loaded.config, os.environ))
 
-    def _live_inputs(self) -> LiveInputs:
-        """The views the live document is built from (see :mod:`helixd.ui.document`)."""
-        return LiveInputs(
-            version=__version__,
-            host=socket.gethostname(),
-            started_at=self.started_at,
-            summary=self.summary(),
-            models=self.residency.infos(),
-            eviction_order=self.residency.eviction_order(),
-            devices=self.residency.devices(),
-            providers=self._provider_infos(),
-            alerts=self.alerts.info()["active"],
-            jobs=self.jobs.info(),
-            spend=self.proxy.spend.report(),
-            actions=self.live_view is not None and self.live_view.actions,
-            auth=bool(self.loaded.config.proxy.api_keys),
-        )
-
-    def _provider_infos(self) -> list[dict[str, Any]]:
-        """Every configured provider: a supervised server's process, else what it is."""
-        processes = self.supervisor.processes
-        infos = []
-        for name, provider in self.loaded.config.providers.items():
-            if name in processes:
-                infos.append(processes[name].info())
-                continue
-            state = "remote" if provider.kind == "remote" else "per model"
-            infos.append({"name": name, "kind": provider.kind, "state": state, "restarts": 0})
-        return infos
-
     # -- what jobs need ----------------------------------------------------------------
 
     def budgets_exceeded(self) -> dict[str, str]:
@@ -411,31 +388,12 @@ class Daemon:
     # -- status ------------------------------------------------------------------------
 
     def summary(self) -> str:
-        """The one-line STATUS= text (see :func:`summary_line`)."""
-        return summary_line(
-            self.loaded.config.providers,
-            {name: str(p.state) for name, p in self.supervisor.processes.items()},
-            self.residency.summary_counts(),
-        )
+        """The one-line STATUS= text (see :func:`helixd.overview.summary_line`)."""
+        return self.overview.summary()
 
     def status(self) -> dict[str, Any]:
         """The ``GET /v1/status`` document."""
-        return {
-            "version": __version__,
-            "pid": os.getpid(),
-            "mode": self.paths.mode,
-            "started_at": self.started_at,
-            "uptime_s": time.time() - self.started_at,
-            "config": str(self.loaded.path),
-            "socket": str(self.paths.socket),
-            "state_dir": str(self.paths.state_dir),
-            "log_dir": str(self.paths.log_dir),
-            "summary": self.summary(),
-            "providers": [p.info() for p in self.supervisor.processes.values()],
-            "models": self.residency.infos(),
-            "devices": self.residency.devices(),
-            "proxy": self.proxy.info(),
-        } | self.ops.status()
+        return self.overview.status()
 
     async def refresh(self) -> None:
         """Fresh GPU/RAM figures for a status read (at most one NVML read a second)."""
@@ -457,31 +415,11 @@ class Daemon:
 
     def provider_process(self, name: str) -> ManagedProcess:
         """Provider ``name``'s own process; a configured one without a process says why."""
-        provider = self.loaded.config.providers.get(name)
-        if name in self.supervisor.processes or provider is None:
-            return self.supervisor.get(name)
-        if provider.kind == "remote":
-            why = "a remote provider: helixd runs no process for it"
-        else:
-            models = sorted(m for m, c in self.loaded.config.models.items() if c.provider == name)
-            why = (
-                "a per-model provider: it has no process of its own, one per loaded model; "
-                f"use helixctl load/unload MODEL ({', '.join(models) or 'no models'})"
-            )
-        raise UnknownProcess(f"{name!r} is {why}")
+        return self.overview.provider_process(name)
 
     def log_source(self, name: str) -> ManagedProcess:
         """A provider's process, else a model's (by model name or ``provider:model``)."""
-        if name in self.supervisor.processes:
-            return self.supervisor.processes[name]
-        for model in self.residency.views():
-            process = model.adapter.log_process(model.name)
-            if process is not None and name in (model.name, process.spec.name):
-                return process
-        known = sorted(self.supervisor.processes) + self.residency.names()
-        raise UnknownProcess(
-            f"no provider or model process named {name!r}; known: {', '.join(known) or 'none'}"
-        )
+        return self.overview.log_source(name)
 
     def _process_changed(self, process: ManagedProcess) -> None:
         self._status_dirty.set()
@@ -509,35 +447,3 @@ class Daemon:
 def _aliases(loaded: LoadedConfig) -> dict[str, str]:
     """Alias → model, from ``[models.NAME] aliases`` (unique: config checks it)."""
     return {alias: name for name, model in loaded.config.models.items() for alias in model.aliases}
-
-
-def summary_line(
-    providers: Mapping[str, ProviderConfig],
-    process_states: Mapping[str, str],
-    model_counts: Mapping[str, int],
-) -> str:
-    """``3 providers: 1 ready, 1 per model, 1 remote; models: 1 loaded``.
-
-    Counts every configured provider, as ``config check`` does: a supervised server by its
-    state, a per-model provider (no server of its own until a model loads) and a remote
-    one by what they are. Counting only supervised processes said "1 provider" for a
-    config of two.
-    """
-    counts: dict[str, int] = {}
-    for name, provider in providers.items():
-        if name in process_states:
-            word = process_states[name]
-        elif provider.kind == "remote":
-            word = "remote"
-        else:
-            word = "per model"
-        counts[word] = counts.get(word, 0) + 1
-    parts = []
-    if providers:
-        order = [str(s) for s in ProcessState] + ["per model", "remote"]
-        states = ", ".join(f"{counts[s]} {s}" for s in order if s in counts)
-        parts.append(f"{len(providers)} provider{'s' if len(providers) != 1 else ''}: {states}")
-    if model_counts:
-        states = ", ".join(f"{n} {s}" for s, n in sorted(model_counts.items()))
-        parts.append(f"models: {states}")
-    return "; ".join(parts) or "no providers configured"

@@ -23,16 +23,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 from aiohttp import web
 
 from helixd import __version__
 from helixd.proxy.errors import openai_error
-from helixd.scheduler import ModelState, ModelStatus
-
-if TYPE_CHECKING:
-    from helixd.proxy.server import ProxyServer
+from helixd.proxy.routing import Router
+from helixd.scheduler import ModelState, ModelStatus, Residency
 
 Readiness = Literal["loaded", "loadable", "failed"]
 READINESS: tuple[Readiness, ...] = ("loaded", "loadable", "failed")
@@ -94,10 +92,27 @@ def probe_answer(path: str, name: str, readiness: Readiness) -> dict[str, Any]:
     }
 
 
+class ReadinessSource(Protocol):
+    """What readiness reads from the endpoint's server (``ProxyServer``): never more."""
+
+    residency: Residency
+    router: Router
+
+    def cooling(self, model: str) -> bool:
+        """The model, or the one server behind it, is cooling down after failures."""
+        ...
+
+    def resolve(self, name: str) -> str | None:
+        """A model's name from a model name or an alias."""
+        ...
+
+
 class GatewayHealth:
     """The ``/health`` routes of the endpoint, read from the server's residency books."""
 
-    def __init__(self, server: ProxyServer, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, server: ReadinessSource, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         # The clock must be residency's (monotonic, as the daemon builds it): it is
         # compared with a failed model's ``failed_until``.
         self.server = server

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from helixd.errors import SupervisionError
+from helixd.hub import Hub
 from helixd.supervisor.process import ManagedProcess, ProcessState
 from helixd.supervisor.registry import ChildRegistry
 from helixd.supervisor.spec import ProcessSpec
@@ -46,14 +47,12 @@ class UnknownProcess(SupervisionError, KeyError):
 class Supervisor:
     """Owns every :class:`ManagedProcess`; the daemon talks to processes through it."""
 
-    def __init__(
-        self,
-        registry: ChildRegistry,
-        on_change: Callable[[ManagedProcess], None] | None = None,
-    ) -> None:
+    def __init__(self, registry: ChildRegistry) -> None:
         self.registry = registry
         self._processes: dict[str, ManagedProcess] = {}
-        self._on_change = on_change
+        # Each process whose state changed, for any number of subscribers (the daemon's
+        # STATUS=, alerts, one-server adapters, the live view).
+        self.events: Hub[ManagedProcess] = Hub("helixd.supervisor")
         # Held by whoever changes which processes exist or run (reload, API operations).
         self.lock = asyncio.Lock()
 
@@ -73,7 +72,7 @@ class Supervisor:
 
     def add(self, spec: ProcessSpec) -> ManagedProcess:
         """Manage ``spec`` (not started yet)."""
-        process = ManagedProcess(spec, self.registry, self._on_change)
+        process = ManagedProcess(spec, self.registry, self.events.emit)
         self._processes[spec.name] = process
         return process
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from helixd.config import ProviderConfig
-from helixd.daemon import summary_line
+from helixd.overview import summary_line
 
 
 def provider(kind: str, **keys: object) -> ProviderConfig:

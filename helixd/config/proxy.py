@@ -44,6 +44,8 @@ class ProxyConfig(Strict):
     max_body_mib: int = Field(default=32, ge=1, le=1024)
     # A client must send its whole request body within this long (slowloris guard).
     read_timeout_s: Seconds = 60.0
+    # A kept-alive connection with no request for this long is closed.
+    idle_timeout_s: Seconds = 75.0
     # How long an upstream may take to start answering once the model is loaded.
     upstream_timeout_s: Annotated[
         float, BeforeValidator(parse_duration_s), Field(gt=0, le=86400)

@@ -25,6 +25,10 @@ FAILURE_OF: dict[str, FailureClass] = {
 }
 
 
+# nginx's status for a request whose client closed the connection before the answer.
+CLIENT_CLOSED = 499
+
+
 class Failed(EndpointError):
     """One attempt failed before anything reached the client; ``response`` says how."""
 
@@ -56,6 +60,14 @@ class Outcome:
     model: str | None = None
     attempts: int = 0
     first_byte_s: float | None = None
+    # Besides the status: "upstream_cut" (a stream that died mid-way), "client_gone".
+    error: str | None = None
+
+    def client_gone(self) -> None:
+        """The client went away; before any answer, that is nginx's 499, not a 500."""
+        self.error = "client_gone"
+        if self.first_byte_s is None:
+            self.status = CLIENT_CLOSED
 
 
 @dataclass

@@ -24,6 +24,8 @@ OPENAI_STATUS: Final[Mapping[str, int]] = {
     # the request itself
     "invalid_json": 400,
     "missing_model": 400,
+    "bad_encoding": 400,  # a Content-Encoding the body does not have
+    "unsupported_encoding": 415,
     "invalid_api_key": 401,
     "model_not_found": 404,
     "unknown_endpoint": 404,
@@ -46,6 +48,7 @@ _TYPES = {
     401: "authentication_error",
     404: "invalid_request_error",
     413: "invalid_request_error",
+    415: "invalid_request_error",
     429: "rate_limit_error",
 }
 

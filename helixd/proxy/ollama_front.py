@@ -9,6 +9,7 @@ and routes marked as such (``helix.kind = "route"``); Ollama clients ignore the 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -23,6 +24,7 @@ from aiohttp import web
 
 from helixd import __version__
 from helixd.proxy.attempt import Exchange, Refused
+from helixd.proxy.body import closing_if_unread
 from helixd.proxy.ollama import (
     OLLAMA_STATUS,
     BadOllamaRequest,
@@ -270,10 +272,14 @@ class OllamaFront:
             code = exc.code
             status = OLLAMA_STATUS[code]
             self.server.refused_log(request, body.get("model"), status, code, started)
-            return ollama_error(status, exc.message if isinstance(exc, Refused) else str(exc))
+            message = exc.message if isinstance(exc, Refused) else str(exc)
+            return closing_if_unread(ollama_error(status, message), exc)
         exchange = Exchange(request, body, raw, plan, started, translation)
         try:
             return await self.server.attempt_in_order(exchange)
+        except asyncio.CancelledError:
+            exchange.outcome.client_gone()
+            raise
         finally:
             self.server.access_log(exchange)
 

@@ -27,6 +27,7 @@ from helixd.config.routes import FailureClass
 from helixd.hub import Hub
 from helixd.proxy import failover
 from helixd.proxy.attempt import FAILURE_OF, Exchange, Failed, Outcome, Refused, RequestRecord
+from helixd.proxy.body import closing_if_unread, inflate
 from helixd.proxy.classify import classify
 from helixd.proxy.errors import OPENAI_STATUS, openai_error, sse_error
 from helixd.proxy.health import ModelHealth
@@ -34,6 +35,7 @@ from helixd.proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from helixd.proxy.metrics import Metrics
 from helixd.proxy.ollama import OLLAMA_STATUS, ollama_error, relay_ollama
 from helixd.proxy.ollama_front import OllamaFront
+from helixd.proxy.quiet import quiet_client_errors
 from helixd.proxy.readiness import GatewayHealth
 from helixd.proxy.relay import EarlyStream, UpstreamRejected, UpstreamUnreachable, relay
 from helixd.proxy.routing import Attempts, Router
@@ -111,8 +113,16 @@ class ProxyServer:
             auto_decompress=False,
         )
         self._runner = web.AppRunner(
-            self.app(), access_log=None, handle_signals=False, handler_cancellation=True
+            self.app(),
+            access_log=None,
+            handle_signals=False,
+            handler_cancellation=True,
+            # Bodies are inflated by read_body, incrementally and capped: aiohttp would
+            # inflate a compression bomb whole before max_body_mib could refuse it.
+            auto_decompress=False,
+            keepalive_timeout=self.config.idle_timeout_s,
         )
+        quiet_client_errors()
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, shutdown_timeout=5.0)
         await site.start()
@@ -153,32 +163,39 @@ class ProxyServer:
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        started = time.perf_counter()
         keys = self.config.api_keys
         if keys and not (
             request.method in ("GET", "HEAD") and any(p(request.path) for p in self._public)
         ):
             given = request.headers.get("Authorization", "")
-            token = given[7:] if given.startswith("Bearer ") else request.headers.get("x-api-key")
+            # The scheme is case-insensitive (RFC 9110 §11.1): "bearer KEY" is as good.
+            bearer = given[:7].lower() == "bearer "
+            token = given[7:].strip() if bearer else request.headers.get("x-api-key")
             if token is None or not any(_same_secret(token, key) for key in keys):
-                return openai_error(
-                    401, "missing or wrong API key (Authorization: Bearer KEY)", "invalid_api_key"
-                )
+                why = "missing or wrong API key (Authorization: Bearer KEY)"
+                return self._refuse(request, 401, why, "invalid_api_key", started)
         try:
             response: web.StreamResponse = await handler(request)
             return response
         except web.HTTPRequestEntityTooLarge:
-            limit = self.config.max_body_mib
-            return openai_error(
-                413, f"request body over {limit} MiB ([proxy] max_body_mib)", "body_too_large"
-            )
+            why = f"request body over {self.config.max_body_mib} MiB ([proxy] max_body_mib)"
+            refused = self._refuse(request, 413, why, "body_too_large", started)
+            refused.force_close()  # the rest of the body is not read
+            return refused
         except web.HTTPNotFound:
-            return openai_error(
-                404, f"no such endpoint: {request.method} {request.path}", "unknown_endpoint"
-            )
+            why = f"no such endpoint: {request.method} {request.path}"
+            return self._refuse(request, 404, why, "unknown_endpoint", started)
         except web.HTTPMethodNotAllowed:
-            return openai_error(
-                405, f"{request.method} is not allowed on {request.path}", "method_not_allowed"
-            )
+            why = f"{request.method} is not allowed on {request.path}"
+            return self._refuse(request, 405, why, "method_not_allowed", started)
+
+    def _refuse(
+        self, request: web.Request, status: int, message: str, code: str, started: float
+    ) -> web.Response:
+        """An error of the endpoint's own, before any handler: logged and counted too."""
+        self.refused_log(request, None, status, code, started)
+        return openai_error(status, message, code)
 
     # -- names -------------------------------------------------------------------------
 
@@ -254,10 +271,13 @@ class ProxyServer:
         except Refused as refused:
             status = OPENAI_STATUS[refused.code]
             self.refused_log(request, body.get("model"), status, refused.code, started)
-            return openai_error(status, refused.message, refused.code)
+            return closing_if_unread(openai_error(status, refused.message, refused.code), refused)
         exchange = Exchange(request, body, raw, plan, started)
         try:
             return await self.attempt_in_order(exchange)
+        except asyncio.CancelledError:
+            exchange.outcome.client_gone()
+            raise
         finally:
             self.access_log(exchange)
 
@@ -271,10 +291,20 @@ class ProxyServer:
             raise Refused(
                 f"request body not received within {limit:g} s", "request_timeout"
             ) from None
+        except web.HTTPRequestEntityTooLarge:
+            limit = self.config.max_body_mib
+            raise Refused(
+                f"request body over {limit} MiB ([proxy] max_body_mib)", "body_too_large"
+            ) from None
+        raw = inflate(raw, request.headers.get("Content-Encoding", ""), self.config.max_body_mib)
         try:
             body = json.loads(raw)
         except ValueError as exc:
             raise Refused(f"request body is not valid JSON: {exc}", "invalid_json") from None
+        except RecursionError:
+            raise Refused(
+                "request body is not valid JSON: nested too deep", "invalid_json"
+            ) from None
         if not isinstance(body, dict) or not isinstance(body.get("model"), str):
             raise Refused("the request needs a 'model' (a string)", "missing_model")
         return raw, body
@@ -490,6 +520,10 @@ class ProxyServer:
                         rejected = _as_ollama_error(exc.status, str(exc), "upstream_failed")
                     raise Failed(kind, rejected) from None
                 outcome.status, outcome.first_byte_s = result.status, result.first_byte_s
+                if result.failed_mid_stream:
+                    # Answered 200, but cut: an outcome of its own, and an error to count.
+                    outcome.error = "upstream_cut"
+                    self.metrics.errors.labels(model, "upstream_cut").inc()
                 if result.usage is not None:
                     self.metrics.count_tokens(model, result.usage)
                     if priced:
@@ -514,6 +548,7 @@ class ProxyServer:
         any model was tried: an unknown name, a body that is not JSON, a budget spent."""
         asked = asked if isinstance(asked, str) else "-"
         elapsed = time.perf_counter() - started
+        self.metrics.requests.labels("-", "-", str(status)).inc()
         self._tell_watchers(request, asked, None, None, status, elapsed, None, 0)
         access_log.info(
             "%s %s asked=%s refused=%s status=%d ms=%.1f",
@@ -568,7 +603,7 @@ class ProxyServer:
             request, asked, plan.route, o.model, o.status, elapsed, o.first_byte_s, o.attempts
         )
         access_log.info(
-            "%s %s asked=%s route=%s model=%s attempts=%d status=%d ms=%.1f ttft_ms=%s",
+            "%s %s asked=%s route=%s model=%s attempts=%d status=%d ms=%.1f ttft_ms=%s%s",
             request.method,
             request.path,
             asked,
@@ -578,6 +613,7 @@ class ProxyServer:
             o.status,
             elapsed * 1000,
             ttft,
+            f" error={o.error}" if o.error else "",
         )
 
     def _session_or_fail(self) -> aiohttp.ClientSession:

@@ -217,6 +217,16 @@ def test_every_code_the_endpoint_sends_has_the_tables_status() -> None:
         for where, call in _calls("proxy", {"openai_error", "error", "_as_ollama_error"})
         if len(call.args) >= 3
     ]
+    # The edge's own refusals: ``_refuse(request, status, message, code, started)``.
+    for path in sorted((PACKAGE / "proxy").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "_refuse"
+            ):
+                where = f"{path.name}:{node.lineno}"
+                sites.append((where, _literal(node.args[1]), _literal(node.args[3])))
     # server.py's ``error`` is either dialect's, depending on the request: both must agree.
     assert _check_sites(sites, OPENAI_STATUS, ENDPOINT_PASSED_THROUGH) >= 8
     assert _check_sites(sites, OLLAMA_STATUS, ENDPOINT_PASSED_THROUGH) >= 8

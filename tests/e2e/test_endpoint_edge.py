@@ -1,0 +1,164 @@
+"""The endpoint's edge against hostile or odd clients: every answer a proper HTTP error
+in the request's dialect, never a traceback, and every outcome in the access log and the
+metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gzip
+import json
+import os
+import signal
+import socket
+import zlib
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.e2e.test_proxy import echo_models, logged, model_info, post, wait_async
+
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def raw_request(port: int, data: bytes) -> bytes:
+    """Send ``data`` as is; everything the server answers until it closes (or 20 s)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        sock.sendall(data)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_json_nested_past_any_parser_depth_is_a_400(helix: Any) -> None:
+    h = helix(echo_models("m"))
+    deep = b'{"model": "m", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    status, body = post(h, "/v1/chat/completions", deep)
+    assert status == 400 and body["error"]["code"] == "invalid_json"
+    status, body = post(h, "/api/chat", deep)
+    assert status == 400 and "error" in body
+    assert "Traceback" not in h.stderr()
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_a_compressed_body_is_inflated(helix: Any, encoding: str) -> None:
+    h = helix(echo_models("m"))
+    raw = json.dumps(CHAT).encode()
+    packed = gzip.compress(raw) if encoding == "gzip" else zlib.compress(raw)
+    status, body = post(h, "/v1/chat/completions", packed, {"Content-Encoding": encoding})
+    assert status == 200, body
+    assert body["choices"][0]["message"]["content"].startswith("echo")
+
+
+def test_compression_lies_and_bombs_are_refused_without_inflating_them(helix: Any) -> None:
+    h = helix(echo_models("m"), proxy="max_body_mib = 1")
+    body = json.dumps(CHAT).encode()
+    status, answer = post(h, "/v1/chat/completions", body, {"Content-Encoding": "gzip"})
+    assert status == 400 and answer["error"]["code"] == "bad_encoding"
+    # 64 MiB of zeros in 64 KiB: refused at the 1 MiB limit, not inflated whole.
+    bomb = gzip.compress(b"0" * (64 * 1024 * 1024))
+    status, answer = post(h, "/v1/chat/completions", bomb, {"Content-Encoding": "gzip"})
+    assert status == 413 and answer["error"]["code"] == "body_too_large"
+    status, answer = post(h, "/v1/chat/completions", body, {"Content-Encoding": "br"})
+    assert status == 415 and "gzip" in answer["error"]["message"]
+    assert post(h, "/v1/chat/completions", body)[0] == 200
+    assert "Traceback" not in h.stderr()
+
+
+def test_the_auth_scheme_is_case_insensitive(helix: Any) -> None:
+    key = "sk-edge-0123456789abcdef"
+    h = helix(echo_models("m"), proxy=f'api_keys = ["{key}"]')
+    body = json.dumps(CHAT).encode()
+    for scheme in ("Bearer", "bearer", "BEARER"):
+        status, _ = post(h, "/v1/chat/completions", body, {"Authorization": f"{scheme} {key}"})
+        assert status == 200, scheme
+
+
+def test_connection_close_is_honoured_on_an_error(helix: Any) -> None:
+    h = helix(echo_models("m"))
+    answer = raw_request(
+        h.proxy_port,
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 5\r\n\r\n{bad}",
+    )
+    # raw_request returns only once the server has closed the connection.
+    assert answer.startswith(b"HTTP/1.1 400")
+
+
+def test_refusals_are_logged_and_counted(helix: Any) -> None:
+    h = helix(echo_models("m"))
+    assert post(h, "/v1/chat/completions", b"{bad")[0] == 400
+    ghost = json.dumps({"model": "ghost", "messages": []}).encode()
+    assert post(h, "/v1/chat/completions", ghost)[0] == 404
+    text = raw_request(
+        h.proxy_port, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    ).decode()
+    assert 'helix_requests_total{model="-",route="-",status="400"} 1.0' in text
+    assert 'helix_requests_total{model="-",route="-",status="404"} 1.0' in text
+    log = h.stderr()
+    assert "asked=- refused=invalid_json status=400" in log
+    assert "asked=ghost refused=model_not_found status=404" in log
+
+
+def test_the_edges_own_errors_are_logged_and_counted(helix: Any) -> None:
+    key = "sk-edge-0123456789abcdef"
+    h = helix(echo_models("m"), proxy=f'api_keys = ["{key}"]')
+    body = json.dumps(CHAT).encode()
+    assert post(h, "/v1/chat/completions", body)[0] == 401
+    assert post(h, "/v1/nowhere", body, {"Authorization": f"Bearer {key}"})[0] == 404
+    text = raw_request(
+        h.proxy_port,
+        f"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
+        "Connection: close\r\n\r\n".encode(),
+    ).decode()
+    assert 'helix_requests_total{model="-",route="-",status="401"} 1.0' in text
+    assert 'helix_requests_total{model="-",route="-",status="404"} 1.0' in text
+    log = h.stderr()
+    assert "POST /v1/chat/completions asked=- refused=invalid_api_key status=401" in log
+    assert "POST /v1/nowhere asked=- refused=unknown_endpoint status=404" in log
+
+
+def test_a_stream_cut_mid_way_and_a_client_gone_are_their_own_outcomes(helix: Any) -> None:
+    h = helix(echo_models("m", echo_args=["--token-delay", "0.1"], max_concurrency=1))
+    assert h.ctl("load", "m").returncode == 0
+    pid = model_info(h, "m")["process"]["pid"]
+    body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "w " * 100}]}
+
+    async def cut() -> None:
+        async with aiohttp.ClientSession(trust_env=False) as session:
+            url = h.proxy_url + "/v1/chat/completions"
+            async with session.post(url, json=body) as response:
+                seen = 0
+                async for raw in response.content:
+                    seen += bool(raw.strip())
+                    if seen == 3:
+                        os.kill(pid, signal.SIGKILL)
+
+    asyncio.run(cut())
+    logged(h, "model=m attempts=1 status=200")
+    logged(h, "error=upstream_cut")
+    metrics = raw_request(
+        h.proxy_port, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    ).decode()
+    assert 'helix_request_errors_total{kind="upstream_cut",model="m"} 1.0' in metrics
+
+    # A client that gives up while its request waits for the model: 499, not 500.
+    assert h.ctl("load", "m").returncode == 0
+
+    async def give_up() -> None:
+        async with aiohttp.ClientSession(trust_env=False) as session:
+            url = h.proxy_url + "/v1/chat/completions"
+            holder = await session.post(url, json=body)  # holds the only slot
+            waiting = asyncio.create_task(session.post(url, json=body))
+            await wait_async(lambda: model_info(h, "m")["queued"] == 1)
+            waiting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiting
+            await wait_async(lambda: model_info(h, "m")["queued"] == 0)
+            holder.close()
+
+    asyncio.run(give_up())
+    logged(h, "status=499")
+    assert "status=500" not in h.stderr()

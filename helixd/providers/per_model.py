@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+import secrets
 from collections.abc import Sequence
 from typing import Any
 
@@ -61,6 +62,13 @@ def telling_line(lines: Sequence[str]) -> str | None:
     return said.strip() if said is not None else None
 
 
+# The variable each kind's server reads an API key from. helixd gives every start of a
+# model's server a random key of its own and sends it, so a local user cannot reach the
+# model's port around [proxy] api_keys. (llama-cpp-python's server, also kind
+# "llamacpp", reads no such variable and stays open; so do kinds not named here.)
+KEY_ENV = {"llamacpp": "LLAMA_API_KEY", "vllm": "VLLM_API_KEY"}
+
+
 def process_name(provider: str, model: str) -> str:
     """``llama:qwen2.5-7b``: the model's process, in logs, status and the log file name."""
     return f"{provider}:{model}"
@@ -88,6 +96,7 @@ class ProcessPerModelAdapter(ModelAdapter):
         # The latest process of each model, kept after it ends: its log explains a failure.
         self.last_process: dict[str, ManagedProcess] = {}
         self._upstream_ids: dict[str, str] = {}
+        self._keys: dict[str, str] = {}  # model → the key its server was started with
 
     def spec_for(self, target: ModelTarget) -> ProcessSpec:
         """The process that serves ``target``: the template filled, placed on its GPU."""
@@ -103,6 +112,11 @@ class ProcessPerModelAdapter(ModelAdapter):
         # NVML's, so pin the order before choosing one.
         env = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
         env["CUDA_VISIBLE_DEVICES"] = "" if target.gpu_index is None else str(target.gpu_index)
+        key_env = KEY_ENV.get(self.config.kind)
+        if key_env is not None:
+            # A key the config sets itself is kept (it may be shared with other tools).
+            key = self.config.env.get(key_env) or secrets.token_urlsafe(24)
+            self._keys[target.name] = env[key_env] = key
         kind_args, kind_env = self.launch_extras(target)
         spec = build_spec(
             process_name(self.provider, target.name),
@@ -199,7 +213,8 @@ class ProcessPerModelAdapter(ModelAdapter):
         return self._upstream_ids.get(model, model)
 
     def upstream_headers(self, model: str) -> dict[str, str]:
-        """One connection per request to llama.cpp's server.
+        """The model's key (see :data:`KEY_ENV`), and one connection per request to
+        llama.cpp's server.
 
         llama-server closes the connection after a streamed answer although its headers
         promise keep-alive (no ``Connection: close``); a pooled connection reused after
@@ -207,7 +222,11 @@ class ProcessPerModelAdapter(ModelAdapter):
         fresh loopback connection per request costs a fraction of a millisecond (the warm
         overhead in ``bench/vs_llamacpp_router.py``).
         """
-        return {"Connection": "close"} if self.config.kind == "llamacpp" else {}
+        headers = {"Connection": "close"} if self.config.kind == "llamacpp" else {}
+        key = self._keys.get(model)
+        if key is not None:
+            headers["Authorization"] = f"Bearer {key}"  # the key of this start only
+        return headers
 
     def memory_pids(self, model: str) -> list[int]:
         """The model's server process (its tree holds the model's memory)."""

@@ -75,10 +75,11 @@ start_seconds = 60
     return text
 
 
-def get(url: str) -> tuple[int | None, Any]:
+def get(url: str, headers: dict[str, str] | None = None) -> tuple[int | None, Any]:
     """``(status, JSON or text)`` of a GET, any status; None when nothing answers."""
     try:
-        with urllib.request.urlopen(url, timeout=10) as response:
+        request = urllib.request.Request(url, headers=headers or {})
+        with urllib.request.urlopen(request, timeout=10) as response:
             status, body = response.status, response.read().decode()
     except urllib.error.HTTPError as error:
         status, body = error.code, error.read().decode()
@@ -88,6 +89,14 @@ def get(url: str) -> tuple[int | None, Any]:
         return status, json.loads(body)
     except ValueError:
         return status, body
+
+
+def server_key(pid: int) -> dict[str, str]:
+    """The key helixd started the model's server with, read as its own user can (from
+    the process's environment), to look at the server's other routes."""
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    key = next(e for e in environ if e.startswith(b"LLAMA_API_KEY=")).split(b"=", 1)[1]
+    return {"Authorization": f"Bearer {key.decode()}"}
 
 
 def tree_rss(pid: int) -> int:
@@ -153,12 +162,13 @@ def test_loaded_on_demand_measured_and_served_to_the_openai_and_ollama_clients(
     # The model's own server, as helixd's kind expects it (probed on /health).
     upstream = m["upstream"]
     assert get(upstream + "/health") == (200, {"status": "ok"})
-    status, slots = get(upstream + "/slots")
+    key = server_key(pid)
+    status, slots = get(upstream + "/slots", key)
     assert status == 200 and len(slots) == 4 and not any(s["is_processing"] for s in slots)
-    status, props = get(upstream + "/props")
+    status, props = get(upstream + "/props", key)
     assert status == 200 and props["total_slots"] == 4 and props["is_sleeping"] is False
     assert props["default_generation_settings"]["n_ctx"] == 256
-    status, metrics = get(upstream + "/metrics")
+    status, metrics = get(upstream + "/metrics", key)
     assert status == 501 and "--metrics" in metrics["error"]["message"]
 
     # Stopping helixd stops the model's server (SIGTERM: llama-server exits 0).
@@ -550,3 +560,28 @@ def _read_answer(sock: Any) -> bytes:
         if not chunk:
             return received
         received += chunk
+
+
+def test_the_models_own_port_answers_only_helixd(
+    helix: Any, llama_server: Path, gguf: dict[str, Path]
+) -> None:
+    """helixd starts llama-server with a key of that start's own (LLAMA_API_KEY) and sends
+    it: a local user calling the model's port directly cannot go around api_keys."""
+    h = helix(config(llama_server, {"tiny": gguf["a"]}))
+    assert h.ctl("load", "tiny").returncode == 0
+    upstream = models(h)["tiny"]["upstream"]
+    body = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "hi"}]})
+    direct = urllib.request.Request(
+        upstream + "/v1/chat/completions", body.encode(), {"Content-Type": "application/json"}
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(direct, timeout=30)
+    assert refused.value.code == 401
+    assert get(upstream + "/health")[0] == 200  # the probe stays open, as llama-server has it
+    client = openai.OpenAI(base_url=h.proxy_url + "/v1", api_key="unused", max_retries=0)
+    answer = client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=2, extra_body=NO_EOS
+    )
+    assert answer.usage is not None and answer.usage.completion_tokens == 2
+    # The key is in no document helixd shows.
+    assert "LLAMA_API_KEY" not in h.ctl("--json", "status").stdout

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import math
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 
 from tests.conftest import import_real_provider, wait_for_sync
 from tests.e2e.gpu_host import FAKES, REPO, FakeGpuHost, MiB
@@ -123,6 +125,11 @@ def test_four_providers_share_one_card_under_one_scheduler(helix: Any, tmp_path:
     deep_bytes = math.ceil(0.33 * CARD_MIB * MiB)  # vLLM takes ceil(fraction x total)
     assert models(h)["deep"]["vram_bytes"] == deep_bytes  # measured: its engine-core child
     assert models(h)["fast"]["vram_bytes"] == 5000 * MiB
+    # vLLM was started with a key only helixd knows: its port refuses anyone else.
+    direct = urllib.request.Request(models(h)["deep"]["upstream"] + "/v1/models")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(direct, timeout=10)
+    assert refused.value.code == 401
     assert set(ollama_ps(h)) == ollama_loaded_by_helixd(h) == {"qwen2.5:7b"}
     assert h.ctl("pin", "tiny").returncode == 0
 

@@ -46,6 +46,9 @@ class ProxyConfig(Strict):
     read_timeout_s: Seconds = 60.0
     # A kept-alive connection with no request for this long is closed.
     idle_timeout_s: Seconds = 75.0
+    # Connections open at once; more are reset at once (within the descriptor limit,
+    # less a reserve for the control socket and the model servers).
+    max_connections: int = Field(default=4096, ge=1, le=1_000_000)
     # How long an upstream may take to start answering once the model is loaded.
     upstream_timeout_s: Annotated[
         float, BeforeValidator(parse_duration_s), Field(gt=0, le=86400)

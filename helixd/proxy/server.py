@@ -29,6 +29,7 @@ from helixd.proxy import failover
 from helixd.proxy.attempt import FAILURE_OF, Exchange, Failed, Outcome, Refused, RequestRecord
 from helixd.proxy.body import closing_if_unread, inflate
 from helixd.proxy.classify import classify
+from helixd.proxy.door import Door, connection_cap
 from helixd.proxy.errors import OPENAI_STATUS, openai_error, sse_error
 from helixd.proxy.health import ModelHealth
 from helixd.proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -58,6 +59,8 @@ class ProxyServer:
         self.residency = residency
         self.host, self.port = split_listen(config.listen)
         self._runner: web.AppRunner | None = None
+        self._listener: asyncio.Server | None = None
+        self.door: Door | None = None
         self._session: aiohttp.ClientSession | None = None
         self.router = Router(residency)
         self.health = ModelHealth()
@@ -121,19 +124,26 @@ class ProxyServer:
             # inflate a compression bomb whole before max_body_mib could refuse it.
             auto_decompress=False,
             keepalive_timeout=self.config.idle_timeout_s,
+            shutdown_timeout=5.0,
         )
         quiet_client_errors()
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, shutdown_timeout=5.0)
-        await site.start()
-        if self.port == 0:
-            server = getattr(site, "_server", None)
-            sockets = getattr(server, "sockets", None) or []
-            if sockets:
-                self.port = sockets[0].getsockname()[1]
+        server = self._runner.server
+        assert server is not None
+        self.door = Door(
+            server, lambda: server.connections, connection_cap(self.config.max_connections)
+        )
+        self._listener = await asyncio.get_running_loop().create_server(
+            self.door, self.host, self.port, reuse_address=True
+        )
+        if self._listener.sockets:
+            self.port = self._listener.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
         """Stop accepting, finish or drop what is in flight, close upstream connections."""
+        if self._listener is not None:
+            self._listener.close()
+            await self._listener.wait_closed()
         if self._runner is not None:
             await self._runner.cleanup()
         if self._session is not None:

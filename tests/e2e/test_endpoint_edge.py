@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.conftest import wait_for_sync
 from tests.e2e.test_proxy import echo_models, logged, model_info, post, wait_async
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
@@ -162,3 +163,35 @@ def test_a_stream_cut_mid_way_and_a_client_gone_are_their_own_outcomes(helix: An
     asyncio.run(give_up())
     logged(h, "status=499")
     assert "status=500" not in h.stderr()
+
+
+def test_silent_connections_past_the_cap_are_turned_away_and_helixctl_still_answers(
+    helix: Any,
+) -> None:
+    h = helix(echo_models("m"), proxy="max_connections = 20")
+    silent = [socket.create_connection(("127.0.0.1", h.proxy_port)) for _ in range(20)]
+    try:
+        # Wait until helixd holds all twenty (accepts are asynchronous).
+        def turned_away() -> bool:
+            with socket.create_connection(("127.0.0.1", h.proxy_port), timeout=2) as extra:
+                try:
+                    return extra.recv(1) == b""
+                except ConnectionResetError:
+                    return True
+                except TimeoutError:
+                    return False  # admitted: helixd holds fewer than twenty yet
+
+        wait_for_sync(turned_away, timeout=20, what="a connection past the cap to be reset")
+        assert h.ctl("status").returncode == 0  # the control socket is not starved
+        logged(h, "turned away")
+    finally:
+        for sock in silent:
+            sock.close()
+    # Once helixd has seen them go, requests are served again.
+    def served() -> bool:
+        try:
+            return post(h, "/v1/chat/completions", json.dumps(CHAT).encode())[0] == 200
+        except ConnectionResetError:
+            return False  # still turned away: the closes are not all noticed yet
+
+    wait_for_sync(served, timeout=20, what="the endpoint to serve again")

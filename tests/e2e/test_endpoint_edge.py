@@ -187,6 +187,7 @@ def test_silent_connections_past_the_cap_are_turned_away_and_helixctl_still_answ
     finally:
         for sock in silent:
             sock.close()
+
     # Once helixd has seen them go, requests are served again.
     def served() -> bool:
         try:

@@ -10,7 +10,9 @@ same machine state:
   - helixd's RSS before and after the whole run
 and prints the ratios and differences. A third path, ``bare_relay.py`` (an aiohttp
 server relaying through an aiohttp client and doing nothing else), measured the same way,
-shows the floor of the stack helixd is built on, so its own share can be told apart.
+shows the floor of the stack helixd is built on, so its own share can be told apart; a
+fourth, ``bare_httptools_relay.py`` (uvloop + httptools, nothing else), is the floor the
+endpoint's rewrite on those aims at.
 The issue's targets on a 2-core machine: added median latency <= 0.5 ms, <= 150 us of
 helixd CPU per request, first-chunk overhead <= 1 ms, RSS flat.
 
@@ -105,7 +107,7 @@ def pct(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
-PATHS = ("direct", "bare", "helixd")
+PATHS = ("direct", "bare", "floor", "helixd")
 
 
 async def measure(urls: dict[str, str], relays: dict[str, psutil.Process], n: int) -> None:
@@ -142,24 +144,28 @@ async def measure(urls: dict[str, str], relays: dict[str, psutil.Process], n: in
         ("first chunk, streaming (ms)", {k: statistics.median(v) * 1000 for k, v in ttft.items()}),
     ]
     print(
-        f"{'':34} {'direct':>8} {'bare':>8} {'helixd':>8} {'added':>7} {'ratio':>6} {'vs bare':>8}"
+        f"{'':34} {'direct':>8} {'bare':>8} {'floor':>8} {'helixd':>8} {'added':>7} "
+        f"{'ratio':>6} {'vs bare':>8} {'vs floor':>8}"
     )
     for name, v in rows:
         print(
-            f"{name:34} {v['direct']:8.3f} {v['bare']:8.3f} {v['helixd']:8.3f} "
-            f"{v['helixd'] - v['direct']:7.3f} {v['helixd'] / v['direct']:6.2f} "
-            f"{v['helixd'] / v['bare']:8.2f}"
+            f"{name:34} {v['direct']:8.3f} {v['bare']:8.3f} {v['floor']:8.3f} "
+            f"{v['helixd']:8.3f} {v['helixd'] - v['direct']:7.3f} "
+            f"{v['helixd'] / v['direct']:6.2f} {v['helixd'] / v['bare']:8.2f} "
+            f"{v['helixd'] / v['floor']:8.2f}"
         )
     t = throughput
     print(
         f"{'throughput, concurrency 32 (req/s)':34} {t['direct']:8.0f} {t['bare']:8.0f} "
-        f"{t['helixd']:8.0f} {'':7} {t['helixd'] / t['direct']:6.2f} "
-        f"{t['helixd'] / t['bare']:8.2f}"
+        f"{t['floor']:8.0f} {t['helixd']:8.0f} {'':7} {t['helixd'] / t['direct']:6.2f} "
+        f"{t['helixd'] / t['bare']:8.2f} {t['helixd'] / t['floor']:8.2f}"
     )
     cpu = {k: v / counted * 1e6 for k, v in cpu_s.items()}
     print(
         f"CPU per proxied request: helixd {cpu['helixd']:.0f} us, bare aiohttp relay "
-        f"{cpu['bare']:.0f} us (ratio {cpu['helixd'] / cpu['bare']:.2f}; {counted} requests each)"
+        f"{cpu['bare']:.0f} us (ratio {cpu['helixd'] / cpu['bare']:.2f}), uvloop + httptools "
+        f"floor {cpu['floor']:.0f} us (ratio {cpu['helixd'] / cpu['floor']:.2f}); "
+        f"{counted} requests each"
     )
     print(
         f"helixd RSS: {rss_before / 2**20:.1f} MiB before, {rss_after / 2**20:.1f} MiB after "
@@ -175,23 +181,26 @@ def main() -> None:
         model = ctl(env, "load", "m")["model"]
         status = ctl(env, "status")
         direct = str(model["upstream"])  # type: ignore[index]
-        bare = subprocess.Popen(
-            [sys.executable, str(Path(__file__).with_name("bare_relay.py")), direct],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
+        relays_started = {
+            name: subprocess.Popen(
+                [sys.executable, str(Path(__file__).with_name(script)), direct],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for name, script in (("bare", "bare_relay.py"), ("floor", "bare_httptools_relay.py"))
+        }
         try:
-            assert bare.stdout is not None
-            urls = {
-                "direct": direct,
-                "bare": bare.stdout.readline().strip(),
-                "helixd": str(status["proxy"]["url"]),  # type: ignore[index]
-            }
-            relays = {"bare": psutil.Process(bare.pid), "helixd": psutil.Process(daemon.pid)}
+            urls = {"direct": direct, "helixd": str(status["proxy"]["url"])}  # type: ignore[index]
+            for name, process in relays_started.items():
+                assert process.stdout is not None
+                urls[name] = process.stdout.readline().strip()
+            relays = {name: psutil.Process(p.pid) for name, p in relays_started.items()}
+            relays["helixd"] = psutil.Process(daemon.pid)
             asyncio.run(measure(urls, relays, args.requests))
         finally:
-            bare.terminate()
-            bare.wait(30)
+            for process in relays_started.values():
+                process.terminate()
+                process.wait(30)
 
 
 if __name__ == "__main__":

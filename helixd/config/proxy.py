@@ -44,6 +44,8 @@ class ProxyConfig(Strict):
     max_body_mib: int = Field(default=32, ge=1, le=1024)
     # A client must send its whole request body within this long (slowloris guard).
     read_timeout_s: Seconds = 60.0
+    # A new connection must send its first request head within this long.
+    header_timeout_s: Seconds = 20.0
     # A kept-alive connection with no request for this long is closed.
     idle_timeout_s: Seconds = 75.0
     # Connections open at once; more are reset at once (within the descriptor limit,

@@ -6,7 +6,8 @@ then the control socket cannot accept (``helixctl status`` hangs) and model serv
 cannot be reached. :class:`Door` wraps the HTTP server's protocol factory: past the cap,
 a new connection is reset at once (its descriptor freed), counted, and noted in the log
 once a minute. The cap is ``[proxy] max_connections``, never more than the descriptor
-limit minus :data:`RESERVE_FDS` for everything else helixd keeps open.
+limit minus :data:`RESERVE_FDS` for everything else helixd keeps open. A connection
+admitted must bring its first request head within ``[proxy] header_timeout_s``.
 """
 
 from __future__ import annotations
@@ -42,6 +43,62 @@ class _Turnaway(asyncio.Protocol):
             transport.close()
 
 
+class _HeadDeadline(asyncio.Protocol):
+    """An admitted connection whose first request head must arrive within ``timeout``.
+
+    A slowloris client trickles a header line every few seconds and holds its connection
+    (and a descriptor) for ever: aiohttp has no header timeout, and the idle timeout only
+    runs between requests. This wraps aiohttp's protocol, passing everything through, and
+    resets the connection when the blank line ending the first head has not come in time.
+    """
+
+    def __init__(self, inner: asyncio.Protocol, timeout: float, expired: Callable[[], None]):
+        self._inner = inner
+        self._timeout = timeout
+        self._expired = expired
+        self._tail = b""
+        self._timer: asyncio.TimerHandle | None = None
+        self._transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+        self._timer = asyncio.get_running_loop().call_later(self._timeout, self._expire)
+        self._inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self._timer is not None:
+            seen = self._tail + data
+            if b"\r\n\r\n" in seen or b"\n\n" in seen:
+                self._timer.cancel()
+                self._timer = None
+            else:
+                self._tail = seen[-3:]
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+    def _expire(self) -> None:
+        self._timer = None
+        self._expired()
+        if isinstance(self._transport, asyncio.Transport):
+            self._transport.abort()
+        elif self._transport is not None:
+            self._transport.close()
+
+
 class Door:
     """A protocol factory that admits at most ``cap`` open connections of ``server``."""
 
@@ -50,19 +107,27 @@ class Door:
         server: Callable[[], asyncio.BaseProtocol],
         connections: Callable[[], Sized],
         cap: int,
+        head_timeout_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._server = server
+        self._head_timeout_s = head_timeout_s
+        self.too_slow = 0
         self._connections = connections
         self.cap = cap
         self.turned_away = 0
         self._clock = clock
         self._noted_at: float | None = None
         self._since_note = 0
+        self._slow_noted_at: float | None = None
+        self._slow_noted_count = 0
 
     def __call__(self) -> asyncio.BaseProtocol:
         if len(self._connections()) < self.cap:
-            return self._server()
+            protocol = self._server()
+            if self._head_timeout_s is None or not isinstance(protocol, asyncio.Protocol):
+                return protocol
+            return _HeadDeadline(protocol, self._head_timeout_s, self._too_slow)
         self.turned_away += 1
         self._since_note += 1
         now = self._clock()
@@ -75,3 +140,15 @@ class Door:
             )
             self._noted_at, self._since_note = now, 0
         return _Turnaway()
+
+    def _too_slow(self) -> None:
+        self.too_slow += 1
+        now = self._clock()
+        if self._slow_noted_at is None or now - self._slow_noted_at >= NOTE_INTERVAL_S:
+            log.warning(
+                "endpoint: reset %d connections whose request head took over %g s "
+                "([proxy] header_timeout_s) since the last note",
+                self.too_slow - self._slow_noted_count,
+                self._head_timeout_s,
+            )
+            self._slow_noted_at, self._slow_noted_count = now, self.too_slow

@@ -131,7 +131,10 @@ class ProxyServer:
         server = self._runner.server
         assert server is not None
         self.door = Door(
-            server, lambda: server.connections, connection_cap(self.config.max_connections)
+            server,
+            lambda: server.connections,
+            connection_cap(self.config.max_connections),
+            self.config.header_timeout_s,
         )
         self._listener = await asyncio.get_running_loop().create_server(
             self.door, self.host, self.port, reuse_address=True

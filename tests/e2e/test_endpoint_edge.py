@@ -9,8 +9,10 @@ import contextlib
 import gzip
 import json
 import os
+import select
 import signal
 import socket
+import time
 import zlib
 from typing import Any
 
@@ -196,3 +198,35 @@ def test_silent_connections_past_the_cap_are_turned_away_and_helixctl_still_answ
             return False  # still turned away: the closes are not all noticed yet
 
     wait_for_sync(served, timeout=20, what="the endpoint to serve again")
+
+
+def test_a_slowloris_head_is_cut_but_a_slow_second_request_is_not(helix: Any) -> None:
+    h = helix(echo_models("m"), proxy="header_timeout_s = 1")
+    assert h.ctl("load", "m").returncode == 0
+    with socket.create_connection(("127.0.0.1", h.proxy_port), timeout=10) as slow:
+        slow.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+        started = time.monotonic()
+        try:
+            # A header byte now and then: never the blank line that ends the head.
+            while True:
+                slow.sendall(b"X")
+                ready, _, _ = select.select([slow], [], [], 0.2)
+                if ready and slow.recv(1) == b"":
+                    break
+                assert time.monotonic() - started < 8, "the trickling head was not cut"
+        except (ConnectionResetError, BrokenPipeError):
+            pass
+    logged(h, "whose request head took over 1 s")
+    # A kept-alive connection that waits between requests is the idle timeout's business.
+    body = json.dumps(CHAT).encode()
+    request = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    with socket.create_connection(("127.0.0.1", h.proxy_port), timeout=10) as steady:
+        for _ in range(2):
+            steady.sendall(request)
+            answer = steady.recv(65536)
+            assert answer.startswith(b"HTTP/1.1 200"), answer[:100]
+            ready, _, _ = select.select([steady], [], [], 1.5)  # past header_timeout_s
+            assert not ready, "the connection was closed while idle between requests"

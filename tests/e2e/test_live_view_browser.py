@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import import_real_provider
+from tests.e2e.gpu_host import FakeGpuHost
 from tests.e2e.test_proxy import echo_models, post
 
 webdriver = import_real_provider("selenium.webdriver")
@@ -186,3 +187,32 @@ def test_with_keys_the_page_asks_for_one(helix: Any, browser: Any) -> None:
     assert browser.execute_script("return localStorage.length") == 0
     shoot(browser, "live-view-after-login")
     assert console_errors(browser) == []
+
+
+def test_a_swap_on_the_gpu_shows_in_the_bar(helix: Any, browser: Any, tmp_path: Path) -> None:
+    """A 24 GiB card (the fake NVML) and three 8 GiB models: loading the third evicts the
+    least recently used one, and the page shows the card's bar change hands."""
+    gpu = FakeGpuHost(tmp_path)
+    config = gpu.provider() + "".join(gpu.model(n, 8192) for n in ("alpha", "beta", "gamma"))
+    h = helix(config, extra_env=gpu.env())
+    browser.get(h.proxy_url + "/ui/")
+    for name in ("alpha", "beta"):
+        assert h.ctl("load", name, timeout=90).returncode == 0
+        wait(browser, f"{name} on gpu0", lambda d, n=name: segment_width(d, "gpu0", n) > 0)
+    alpha, beta = segment_width(browser, "gpu0", "alpha"), segment_width(browser, "gpu0", "beta")
+    assert alpha == pytest.approx(beta, rel=0.05)  # the same size, the same share of the bar
+    wait(browser, "alpha next to go", lambda d: cell_text(d, "alpha", "evict") == "next")
+    assert h.ctl("load", "gamma", timeout=90).returncode == 0
+    wait(browser, "alpha evicted", lambda d: state_of(d, "alpha") == "unloaded")
+    wait(browser, "gamma on gpu0", lambda d: segment_width(d, "gpu0", "gamma") > 0)
+    wait(browser, "alpha off the bar", lambda d: segment_width(d, "gpu0", "alpha") == 0)
+    assert "evicted" in cell_text(browser, "alpha", "message")
+    shot = shoot(browser, "live-view-gpu-swap")
+    if os.environ.get("HELIXD_UPDATE_SCREENSHOT") == "1":
+        shutil.copyfile(shot, README_SHOT.with_name("live-view-gpu.png"))
+    assert console_errors(browser) == []
+
+
+def cell_text(driver: Any, model: str, column: str) -> str:
+    cell = driver.find_element(By.CSS_SELECTOR, f'tr[data-model="{model}"] td.{column}')
+    return str(cell.text)

@@ -99,6 +99,24 @@ class _HeadDeadline(asyncio.Protocol):
             self._transport.close()
 
 
+class _Tally:
+    """Counts an event; says so in the log at most once per :data:`NOTE_INTERVAL_S`."""
+
+    def __init__(self, clock: Callable[[], float], message: str) -> None:
+        self._clock = clock
+        self._message = message  # formatted with the count since the last note
+        self.total = 0
+        self._noted_at: float | None = None
+        self._noted_total = 0
+
+    def count(self) -> None:
+        self.total += 1
+        now = self._clock()
+        if self._noted_at is None or now - self._noted_at >= NOTE_INTERVAL_S:
+            log.warning(self._message, self.total - self._noted_total)
+            self._noted_at, self._noted_total = now, self.total
+
+
 class Door:
     """A protocol factory that admits at most ``cap`` open connections of ``server``."""
 
@@ -111,44 +129,25 @@ class Door:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._server = server
-        self._head_timeout_s = head_timeout_s
-        self.too_slow = 0
         self._connections = connections
         self.cap = cap
-        self.turned_away = 0
-        self._clock = clock
-        self._noted_at: float | None = None
-        self._since_note = 0
-        self._slow_noted_at: float | None = None
-        self._slow_noted_count = 0
+        self._head_timeout_s = head_timeout_s
+        self.turned_away = _Tally(
+            clock,
+            f"endpoint: {cap} connections open, the most allowed ([proxy] max_connections, "
+            "within the descriptor limit); turned away %d new ones since the last note",
+        )
+        self.too_slow = _Tally(
+            clock,
+            f"endpoint: reset %d connections whose request head took over "
+            f"{head_timeout_s or 0:g} s ([proxy] header_timeout_s) since the last note",
+        )
 
     def __call__(self) -> asyncio.BaseProtocol:
         if len(self._connections()) < self.cap:
             protocol = self._server()
             if self._head_timeout_s is None or not isinstance(protocol, asyncio.Protocol):
                 return protocol
-            return _HeadDeadline(protocol, self._head_timeout_s, self._too_slow)
-        self.turned_away += 1
-        self._since_note += 1
-        now = self._clock()
-        if self._noted_at is None or now - self._noted_at >= NOTE_INTERVAL_S:
-            log.warning(
-                "endpoint: %d connections open, the most allowed ([proxy] max_connections, "
-                "within the descriptor limit); turned away %d new ones since the last note",
-                self.cap,
-                self._since_note,
-            )
-            self._noted_at, self._since_note = now, 0
+            return _HeadDeadline(protocol, self._head_timeout_s, self.too_slow.count)
+        self.turned_away.count()
         return _Turnaway()
-
-    def _too_slow(self) -> None:
-        self.too_slow += 1
-        now = self._clock()
-        if self._slow_noted_at is None or now - self._slow_noted_at >= NOTE_INTERVAL_S:
-            log.warning(
-                "endpoint: reset %d connections whose request head took over %g s "
-                "([proxy] header_timeout_s) since the last note",
-                self.too_slow - self._slow_noted_count,
-                self._head_timeout_s,
-            )
-            self._slow_noted_at, self._slow_noted_count = now, self.too_slow

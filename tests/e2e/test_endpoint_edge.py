@@ -35,6 +35,12 @@ def raw_request(port: int, data: bytes) -> bytes:
     return b"".join(chunks)
 
 
+def metrics(h: Any, headers: str = "") -> str:
+    """``GET /metrics`` on the endpoint, its whole answer as text."""
+    request = f"GET /metrics HTTP/1.1\r\nHost: x\r\n{headers}Connection: close\r\n\r\n"
+    return raw_request(h.proxy_port, request.encode()).decode()
+
+
 def test_json_nested_past_any_parser_depth_is_a_400(helix: Any) -> None:
     h = helix(echo_models("m"))
     deep = b'{"model": "m", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
@@ -95,9 +101,7 @@ def test_refusals_are_logged_and_counted(helix: Any) -> None:
     assert post(h, "/v1/chat/completions", b"{bad")[0] == 400
     ghost = json.dumps({"model": "ghost", "messages": []}).encode()
     assert post(h, "/v1/chat/completions", ghost)[0] == 404
-    text = raw_request(
-        h.proxy_port, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    ).decode()
+    text = metrics(h)
     assert 'helix_requests_total{model="-",route="-",status="400"} 1.0' in text
     assert 'helix_requests_total{model="-",route="-",status="404"} 1.0' in text
     log = h.stderr()
@@ -111,11 +115,7 @@ def test_the_edges_own_errors_are_logged_and_counted(helix: Any) -> None:
     body = json.dumps(CHAT).encode()
     assert post(h, "/v1/chat/completions", body)[0] == 401
     assert post(h, "/v1/nowhere", body, {"Authorization": f"Bearer {key}"})[0] == 404
-    text = raw_request(
-        h.proxy_port,
-        f"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
-        "Connection: close\r\n\r\n".encode(),
-    ).decode()
+    text = metrics(h, f"Authorization: Bearer {key}\r\n")
     assert 'helix_requests_total{model="-",route="-",status="401"} 1.0' in text
     assert 'helix_requests_total{model="-",route="-",status="404"} 1.0' in text
     log = h.stderr()
@@ -142,10 +142,7 @@ def test_a_stream_cut_mid_way_and_a_client_gone_are_their_own_outcomes(helix: An
     asyncio.run(cut())
     logged(h, "model=m attempts=1 status=200")
     logged(h, "error=upstream_cut")
-    metrics = raw_request(
-        h.proxy_port, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    ).decode()
-    assert 'helix_request_errors_total{kind="upstream_cut",model="m"} 1.0' in metrics
+    assert 'helix_request_errors_total{kind="upstream_cut",model="m"} 1.0' in metrics(h)
 
     # A client that gives up while its request waits for the model: 499, not 500.
     assert h.ctl("load", "m").returncode == 0

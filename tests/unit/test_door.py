@@ -38,7 +38,7 @@ def test_past_the_cap_a_connection_is_reset_counted_and_noted_once_a_minute(
             assert turned is not served and transport.aborted
         now[0] += door.NOTE_INTERVAL_S
         gate()
-    assert gate.turned_away == 6
+    assert gate.turned_away.total == 6
     notes = [r.getMessage() for r in caplog.records if "turned away" in r.getMessage()]
     assert len(notes) == 2 and "turned away 1 new ones" in notes[0]
     assert "turned away 5 new ones" in notes[1]

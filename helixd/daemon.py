@@ -349,10 +349,9 @@ class Daemon:
         if not config.ui.serves(config.proxy):
             self.proxy.mount(ui_off)
             return None
-        view = LiveView(
-            self.live_feed, self, config.proxy, lambda: self.proxy.port, self._redactor(loaded)
-        )
-        view.configure(config.ui, self._redactor(loaded))
+        redact = self._redactor(loaded)
+        view = LiveView(self.live_feed, self, config.proxy, lambda: self.proxy.port, redact)
+        view.configure(config.ui, redact)
         self.proxy.mount(view.add_routes, public=is_page)
         return view
 

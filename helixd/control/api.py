@@ -11,6 +11,7 @@ names from the config are accepted, never command lines.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 from typing import Any, Protocol
@@ -121,11 +122,8 @@ class ControlAPI:
             async with self.backend.live_feed.follow() as follower:
                 await response.prepare(request)
                 # A snapshot at least every few seconds: a write to a reader gone fails.
-                while (record := await follower.next()) is not None:
-                    kind, text = record
+                async for kind, text in follower.records():
                     await response.write(f'{{"type":"{kind}","data":{text}}}\n'.encode())
-                end = _dumps({"type": "end", "data": {"reason": follower.ended or "ended"}})
-                await response.write((end + "\n").encode())
             await response.write_eof()
         except FeedRefused as exc:  # before anything was sent
             return error(503, exc.code, str(exc))
@@ -214,27 +212,18 @@ class ControlAPI:
             lines = min(int(request.query.get("lines", "100")), MAX_LOG_LINES)
         except ValueError:
             return error(400, "bad_request", "lines must be a whole number")
-        follow = request.query.get("follow", "0") not in ("0", "", "false")
-        tail = [line.as_json() for line in process.sink.tail(lines)]
-        if not follow:
+        if request.query.get("follow", "0") in ("0", "", "false"):
+            tail = [line.as_json() for line in process.sink.tail(lines)]
             return web.json_response({"name": process.spec.name, "lines": tail}, dumps=_dumps)
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await response.prepare(request)
         try:
-            async with process.sink.follow() as queue:
-                for item in tail:
-                    await response.write((_dumps(item) + "\n").encode())
-                while True:
-                    try:
-                        async with asyncio.timeout(FOLLOW_CHECK_S):
-                            line = await queue.get()
-                    except TimeoutError:
-                        if request.transport is None or request.transport.is_closing():
-                            break
-                        continue
-                    if line is None:
+            async with contextlib.aclosing(process.sink.lines(lines, FOLLOW_CHECK_S)) as stream:
+                async for line in stream:
+                    if line is not None:
+                        await response.write((_dumps(line.as_json()) + "\n").encode())
+                    elif request.transport is None or request.transport.is_closing():
                         break
-                    await response.write((_dumps(line.as_json()) + "\n").encode())
             await response.write_eof()
         except ConnectionError:
             pass  # the follower went away (Ctrl-C on helixctl logs -f): nothing to report

@@ -14,7 +14,7 @@ import os
 import subprocess
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -129,6 +129,23 @@ class LogSink:
             yield queue
         finally:
             self._followers.discard(queue)
+
+    async def lines(self, tail: int, idle_s: float) -> AsyncGenerator[LogLine | None, None]:
+        """The last ``tail`` lines, then each new one until the sink closes; ``None`` after
+        every ``idle_s`` without a line, so a follower can check that its reader is there."""
+        async with self.follow() as queue:
+            for line in self.tail(tail):
+                yield line
+            while True:
+                try:
+                    async with asyncio.timeout(idle_s):
+                        line_or_end = await queue.get()
+                except TimeoutError:
+                    yield None
+                    continue
+                if line_or_end is None:
+                    return
+                yield line_or_end
 
     def close(self) -> None:
         """Wake followers so their streams end, and close the file."""

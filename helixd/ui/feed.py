@@ -78,6 +78,12 @@ class Follower:
             self._queue.get_nowait()
         self._queue.put_nowait(None)
 
+    async def records(self) -> AsyncIterator[Record]:
+        """Every record, then ``("end", {"reason"})`` once the feed has ended this one."""
+        while (record := await self.next()) is not None:
+            yield record
+        yield "end", _encode({"reason": self.ended or "ended"})
+
     async def next(self, timeout: float | None = None) -> Record | None:
         """The next record; None once ended; TimeoutError after ``timeout`` of silence."""
         async with asyncio.timeout(timeout):

@@ -10,7 +10,7 @@ check. Errors are the endpoint's OpenAI shape, ``{"error": {"message", "code"}}`
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -148,11 +148,8 @@ class LiveView:
         try:
             async with self.feed.follow() as follower:
                 await response.prepare(request)
-                while (record := await follower.next()) is not None:
-                    kind, text = record
+                async for kind, text in follower.records():
                     await response.write(f"event: {kind}\ndata: {text}\n\n".encode())
-                end = json.dumps({"reason": follower.ended or "ended"})
-                await response.write(f"event: end\ndata: {end}\n\n".encode())
         except FeedRefused as exc:  # before anything was sent
             return openai_error(503, str(exc), exc.code)
         except ConnectionError:
@@ -175,19 +172,12 @@ class LiveView:
         await response.prepare(request)
         reason = "the process was replaced or helixd is stopping"
         try:
-            async with process.sink.follow() as queue:
-                for old in process.sink.tail(count):
-                    await response.write(self._log_event(old.as_json()))
-                while True:
-                    try:
-                        async with asyncio.timeout(LOG_KEEPALIVE_S):
-                            new = await queue.get()
-                    except TimeoutError:
+            async with contextlib.aclosing(process.sink.lines(count, LOG_KEEPALIVE_S)) as stream:
+                async for line in stream:
+                    if line is None:  # quiet: a comment, so a vanished tab is noticed
                         await response.write(b": keep-alive\n\n")
-                        continue
-                    if new is None:
-                        break
-                    await response.write(self._log_event(new.as_json()))
+                    else:
+                        await response.write(self._log_event(line.as_json()))
             end = json.dumps({"reason": reason})
             await response.write(f"event: end\ndata: {end}\n\n".encode())
             await response.write_eof()
@@ -207,7 +197,12 @@ class LiveView:
             return openai_error(
                 403, "actions are off for the page ([ui] actions = false)", "actions_off"
             )
-        raw = await request.content.read(MAX_ACTION_BYTES + 1)
+        # read(n) answers with what has arrived so far: loop until the end or past the cap.
+        raw = bytearray()
+        while len(raw) <= MAX_ACTION_BYTES and (
+            chunk := await request.content.read(MAX_ACTION_BYTES + 1 - len(raw))
+        ):
+            raw += chunk
         if len(raw) > MAX_ACTION_BYTES:
             return openai_error(413, "an action's body is a few bytes of JSON", "body_too_large")
         try:

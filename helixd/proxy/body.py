@@ -1,5 +1,5 @@
 """A request body on its way in: inflated as its ``Content-Encoding`` says, within the
-body limit, and what to do with a connection whose body was left unread.
+body limit.
 
 aiohttp would inflate a compressed body whole before anyone could look at its size (a
 4 MB gzip bomb cost 7.5 s of CPU and 390 MiB), so the endpoint takes bodies as sent and
@@ -10,23 +10,15 @@ from __future__ import annotations
 
 import zlib
 
-from aiohttp import web
-
-from helixd.errors import HelixError
 from helixd.proxy.attempt import Refused
 
 MiB = 1024**2
 
-# Refusals that leave part of the body unread: the connection cannot carry another
-# request after them, so it is closed (Connection: close), never left hanging.
-UNREAD_BODY = frozenset({"request_timeout", "body_too_large"})
 
-
-def closing_if_unread(response: web.Response, refused: HelixError) -> web.Response:
-    """``response``, closing the connection after it when the body was not all read."""
-    if refused.code in UNREAD_BODY:
-        response.force_close()
-    return response
+def too_large(limit_mib: int, inflated: bool = False) -> str:
+    """The 413's words: the limit and the key that sets it."""
+    once = " once inflated" if inflated else ""
+    return f"request body over {limit_mib} MiB{once} ([proxy] max_body_mib)"
 
 
 # Content-Encoding → zlib's wbits: gzip's header, zlib's (HTTP's "deflate"), none.
@@ -52,10 +44,10 @@ def inflate(raw: bytes, encoding: str, limit_mib: int) -> bytes:
     except zlib.error as exc:
         raise Refused(f"request body is not valid {encoding}: {exc}", "bad_encoding") from None
     if len(body) > limit:
-        raise Refused(
-            f"request body over {limit_mib} MiB once inflated ([proxy] max_body_mib)",
-            "body_too_large",
-        )
+        raise Refused(too_large(limit_mib, inflated=True), "body_too_large")
     if not inflater.eof:
         raise Refused(f"request body is cut short: incomplete {encoding}", "bad_encoding")
+    if inflater.unused_data:
+        # A second gzip member, or junk: taking only the first would lose data silently.
+        raise Refused(f"request body has data after its {encoding} stream ends", "bad_encoding")
     return body

@@ -24,7 +24,6 @@ from aiohttp import web
 
 from helixd import __version__
 from helixd.proxy.attempt import Exchange, Refused
-from helixd.proxy.body import closing_if_unread
 from helixd.proxy.ollama import (
     OLLAMA_STATUS,
     BadOllamaRequest,
@@ -273,7 +272,7 @@ class OllamaFront:
             status = OLLAMA_STATUS[code]
             self.server.refused_log(request, body.get("model"), status, code, started)
             message = exc.message if isinstance(exc, Refused) else str(exc)
-            return closing_if_unread(ollama_error(status, message), exc)
+            return ollama_error(status, message)
         exchange = Exchange(request, body, raw, plan, started, translation)
         try:
             return await self.server.attempt_in_order(exchange)

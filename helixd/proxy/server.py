@@ -27,7 +27,7 @@ from helixd.config.routes import FailureClass
 from helixd.hub import Hub
 from helixd.proxy import failover
 from helixd.proxy.attempt import FAILURE_OF, Exchange, Failed, Outcome, Refused, RequestRecord
-from helixd.proxy.body import closing_if_unread, inflate
+from helixd.proxy.body import inflate, too_large
 from helixd.proxy.classify import classify
 from helixd.proxy.door import Door, connection_cap
 from helixd.proxy.errors import OPENAI_STATUS, openai_error, sse_error
@@ -192,10 +192,8 @@ class ProxyServer:
             response: web.StreamResponse = await handler(request)
             return response
         except web.HTTPRequestEntityTooLarge:
-            why = f"request body over {self.config.max_body_mib} MiB ([proxy] max_body_mib)"
-            refused = self._refuse(request, 413, why, "body_too_large", started)
-            refused.force_close()  # the rest of the body is not read
-            return refused
+            why = too_large(self.config.max_body_mib)
+            return self._refuse(request, 413, why, "body_too_large", started)
         except web.HTTPNotFound:
             why = f"no such endpoint: {request.method} {request.path}"
             return self._refuse(request, 404, why, "unknown_endpoint", started)
@@ -284,7 +282,7 @@ class ProxyServer:
         except Refused as refused:
             status = OPENAI_STATUS[refused.code]
             self.refused_log(request, body.get("model"), status, refused.code, started)
-            return closing_if_unread(openai_error(status, refused.message, refused.code), refused)
+            return openai_error(status, refused.message, refused.code)
         exchange = Exchange(request, body, raw, plan, started)
         try:
             return await self.attempt_in_order(exchange)
@@ -305,10 +303,7 @@ class ProxyServer:
                 f"request body not received within {limit:g} s", "request_timeout"
             ) from None
         except web.HTTPRequestEntityTooLarge:
-            limit = self.config.max_body_mib
-            raise Refused(
-                f"request body over {limit} MiB ([proxy] max_body_mib)", "body_too_large"
-            ) from None
+            raise Refused(too_large(self.config.max_body_mib), "body_too_large") from None
         raw = inflate(raw, request.headers.get("Content-Encoding", ""), self.config.max_body_mib)
         try:
             body = json.loads(raw)

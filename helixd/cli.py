@@ -10,7 +10,9 @@ import asyncio
 import logging
 import os
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from helixd import __version__
 from helixd.config import ConfigError, default_config_path, describe, load_config
@@ -80,6 +82,20 @@ def _setup_logging(level: str) -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run helixd's loop: uvloop's (the endpoint's speed depends on it) unless
+    ``HELIXD_LOOP=asyncio`` asks for the standard library's, which also works."""
+    if os.environ.get("HELIXD_LOOP", "uvloop") != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            uvloop.run(main)
+            return
+    asyncio.run(main)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``helixd`` command."""
     args = _parser().parse_args(argv)
@@ -101,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
 
     notifier = Notifier()
     try:
-        asyncio.run(Daemon(loaded, loaded.paths(mode), notifier).run())
+        run_loop(Daemon(loaded, loaded.paths(mode), notifier).run())
     except (StartupError, SpecError) as exc:
         logging.getLogger("helixd").error("cannot start: %s", exc)
         return 1

@@ -23,6 +23,7 @@ from helixd.config import ConfigError, DaemonPaths, LoadedConfig, load_config
 from helixd.control.api import ControlAPI
 from helixd.control.jobs_api import add_jobs_routes
 from helixd.control.models_api import add_model_routes
+from helixd.control.quiet import quiet_client_errors
 from helixd.control.sockets import bind_control_socket
 from helixd.errors import ReloadRefused, StartupError
 from helixd.jobs.alerts import AlertBook
@@ -272,6 +273,7 @@ class Daemon:
         add_model_routes(api, app, self)
         add_jobs_routes(api, app, self)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        quiet_client_errors()
         await self._runner.setup()
         await web.SockSite(self._runner, sock, shutdown_timeout=1.0).start()
 

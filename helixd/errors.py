@@ -35,6 +35,12 @@ and is listed all the same::
         * UpstreamUnreachable  upstream_unreachable  nothing came back from the upstream
         * UpstreamRejected  upstream_failed  the upstream answered with an error status
         * BadOllamaRequest  bad_request  a request that is not valid Ollama
+        * BodyTooLarge  body_too_large  a request body past ``[proxy] max_body_mib``
+        * MalformedRequest  malformed_request  HTTP the endpoint cannot parse or accept
+        * UpstreamIOError  upstream_io  the exchange with a model's server broke
+          * ConnectFailed  connect_failed  no connection: nothing listens, no such name
+          * ClosedEarly  closed_early  closed before any answer (may be sent again)
+          * AnswerCut  answer_cut  an answer that stopped part way
       * JobError  job  scheduled jobs, backups and restores
         * JobFailed  job_failed  a job could not do its work; says what to do
           * BackupError  backup_failed  a backup or restore refused or failed
@@ -49,7 +55,8 @@ and is listed all the same::
 
 Codes are public (the control API's and the endpoint's error bodies carry them); the
 classes a request can meet use the code the wire shows. Some refusals carry the wire code
-of each instance instead of their class's (``Refused``, ``FeedRefused``). HTTP statuses
+of each instance instead of their class's (``Refused``, ``FeedRefused``,
+``MalformedRequest``). HTTP statuses
 are not decided here: each edge maps codes to statuses in one table
 (``helixd.control.errors``, ``helixd.proxy.errors``, ``helixd.proxy.ollama``). The
 residency refusals' ``status`` is the one source those tables read: the status helixd's

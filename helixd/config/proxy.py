@@ -44,13 +44,16 @@ class ProxyConfig(Strict):
     max_body_mib: int = Field(default=32, ge=1, le=1024)
     # A client must send its whole request body within this long (slowloris guard).
     read_timeout_s: Seconds = 60.0
-    # A new connection must send its first request head within this long.
+    # A request head (line and headers) must be complete within this long of its start.
     header_timeout_s: Seconds = 20.0
     # A kept-alive connection with no request for this long is closed.
     idle_timeout_s: Seconds = 75.0
     # Connections open at once; more are reset at once (within the descriptor limit,
     # less a reserve for the control socket and the model servers).
     max_connections: int = Field(default=4096, ge=1, le=1_000_000)
+    # A request line and its headers, in all, and the number of header lines (else 431).
+    max_header_kib: int = Field(default=32, ge=1, le=1024)
+    max_headers: int = Field(default=100, ge=1, le=10_000)
     # How long an upstream may take to start answering once the model is loaded.
     upstream_timeout_s: Annotated[
         float, BeforeValidator(parse_duration_s), Field(gt=0, le=86400)

@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from aiohttp import web
-
 from helixd.config.routes import FailureClass
+from helixd.edge.message import Request, Response
 from helixd.errors import EndpointError
 from helixd.proxy.ollama import Translation
 from helixd.proxy.routing import Attempts
@@ -34,7 +33,7 @@ class Failed(EndpointError):
 
     code = "attempt_failed"
 
-    def __init__(self, kind: FailureKind, response: web.Response) -> None:
+    def __init__(self, kind: FailureKind, response: Response) -> None:
         super().__init__(kind)
         self.kind = kind
         self.response = response
@@ -77,7 +76,7 @@ class Exchange:
     ``translation``: set for an Ollama-dialect request (how to speak OpenAI upstream).
     """
 
-    request: web.Request
+    request: Request
     body: dict[str, Any]
     raw: bytes
     plan: Attempts

@@ -8,14 +8,14 @@ classifier, an answer that names no known label — picks the route's default in
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 from collections.abc import Mapping
 from typing import Any
 
-import aiohttp
-
 from helixd.config.routes import ClassifierConfig
+from helixd.edge.client import Pool, UpstreamIOError
 from helixd.proxy.routing import last_user_text
 from helixd.scheduler import Residency, ResidencyError
 
@@ -23,7 +23,7 @@ log = logging.getLogger("helixd.proxy")
 
 
 async def classify(
-    session: aiohttp.ClientSession,
+    pool: Pool,
     residency: Residency,
     classifier_model: str,
     config: ClassifierConfig,
@@ -48,17 +48,18 @@ async def classify(
                 "temperature": 0,
             }
             headers = model.adapter.upstream_headers(classifier_model)
-            async with session.post(
-                base + "/v1/chat/completions", json=request, headers=headers
-            ) as response:
+            response, _ = await pool.post(
+                base + "/v1/chat/completions", json.dumps(request).encode(), headers
+            )
+            async with response:
                 if response.status != 200:
                     raise ConnectionError(f"HTTP {response.status}")
-                data = await response.json(content_type=None)
+                data = await response.json()
         answer = str(data["choices"][0]["message"]["content"])
     except (
         TimeoutError,
         ResidencyError,
-        aiohttp.ClientError,
+        UpstreamIOError,
         ConnectionError,
         ValueError,
         KeyError,

@@ -7,8 +7,7 @@ import json
 from collections.abc import Mapping
 from typing import Final
 
-from aiohttp import web
-
+from helixd.edge.message import Response
 from helixd.errors import RESIDENCY_REFUSALS, QueueFull
 
 # Where a dialect answers a code with another status than helixd's own API, and why.
@@ -32,6 +31,10 @@ OPENAI_STATUS: Final[Mapping[str, int]] = {
     "method_not_allowed": 405,
     "request_timeout": 408,
     "body_too_large": 413,
+    # the HTTP itself (helixd.edge): junk, smuggling attempts, heads too large
+    "malformed_request": 400,
+    "headers_too_large": 431,
+    "internal_error": 500,
     "budget_exceeded": 429,
     # the models: residency's refusals say as helixd's own API does, but for a full queue
     **{refusal.code: refusal.status for refusal in RESIDENCY_REFUSALS},
@@ -60,10 +63,10 @@ def error_type(status: int) -> str:
 
 def openai_error(
     status: int, message: str, code: str, headers: dict[str, str] | None = None
-) -> web.Response:
+) -> Response:
     """``{"error": {"message", "type", "code"}}`` with ``status``."""
     body = {"error": {"message": message, "type": error_type(status), "code": code}}
-    return web.Response(
+    return Response(
         status=status,
         text=json.dumps(body),
         content_type="application/json",

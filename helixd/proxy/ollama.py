@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
-import aiohttp
-from aiohttp import web
-
+from helixd.edge.client import Pool, UpstreamIOError
+from helixd.edge.message import Answer, Request, Response, StreamResponse, json_response
 from helixd.errors import EndpointError
 from helixd.proxy.errors import OPENAI_STATUS
 from helixd.proxy.relay import DROPPED_HEADERS, RelayResult, open_upstream, read_bounded
@@ -131,9 +130,9 @@ def _message(message: Any) -> dict[str, Any]:
     return {"role": message["role"], "content": message.get("content", "")}
 
 
-def ollama_error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+def ollama_error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
     """Ollama's error shape: ``{"error": "text"}``."""
-    return web.json_response({"error": message}, status=status, headers=headers)
+    return json_response({"error": message}, status=status, headers=headers)
 
 
 def now_rfc3339() -> str:
@@ -189,8 +188,8 @@ def _delta(kind: str, choice: Mapping[str, Any]) -> str:
 
 
 async def relay_ollama(
-    session: aiohttp.ClientSession,
-    request: web.Request,
+    pool: Pool,
+    request: Request,
     url: str,
     translation: Translation,
     model: str,
@@ -199,10 +198,10 @@ async def relay_ollama(
     clock: Callable[[], float],
     may_retry: bool,
     upstream_headers: dict[str, str] | None = None,
-) -> tuple[web.StreamResponse, RelayResult]:
+) -> tuple[Answer, RelayResult]:
     """Send the OpenAI request; answer the client in Ollama's shape, streaming as NDJSON."""
     payload = json.dumps(translation.body).encode()
-    upstream = await open_upstream(session, url, payload, upstream_headers, may_retry)
+    upstream = await open_upstream(pool, url, payload, upstream_headers, may_retry)
     async with upstream:
         result = RelayResult(upstream.status, None)
         if upstream.status >= 400:
@@ -212,27 +211,27 @@ async def relay_ollama(
                 message = json.loads(raw)["error"]["message"]
             except (ValueError, KeyError, TypeError):
                 message = raw[:500].decode(errors="replace")
-            response = web.json_response({"error": message}, status=upstream.status)
+            response = json_response({"error": message}, status=upstream.status)
             response.headers.update(extra_headers)
             return response, result
         answer = _Answer(model, translation.kind)
         if not translation.stream:
-            data = await upstream.json(content_type=None)
+            data = await upstream.json()
             result.first_byte_s = clock() - started
             document = _whole(translation.kind, answer, data)
             if isinstance(data.get("usage"), dict):
                 result.usage = data["usage"]
-            response = web.json_response(document, headers=extra_headers)
+            response = json_response(document, headers=extra_headers)
             return response, result
         headers = {k: v for k, v in extra_headers.items() if k.lower() not in DROPPED_HEADERS}
-        stream = web.StreamResponse(
+        stream = StreamResponse(
             status=200, headers={**headers, "Content-Type": "application/x-ndjson"}
         )
         await stream.prepare(request)
         reason: str | None = None
         usage: Mapping[str, Any] = {}
         try:
-            async for line in upstream.content:
+            async for line in upstream.lines():
                 text = line.strip()
                 if not text.startswith(b"data:"):
                     continue
@@ -252,8 +251,7 @@ async def relay_ollama(
                             result.first_byte_s = clock() - started
                         await stream.write((json.dumps(answer.piece(piece)) + "\n").encode())
         except (
-            aiohttp.ClientPayloadError,
-            aiohttp.ClientConnectionError,
+            UpstreamIOError,
             TimeoutError,
             ValueError,  # a malformed event: the answer cannot go on
         ) as exc:

@@ -19,10 +19,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-import aiohttp
-from aiohttp import web
-
 from helixd import __version__
+from helixd.edge.client import Pool, UpstreamIOError
+from helixd.edge.message import Answer, Request, Response, json_response
+from helixd.edge.routes import Routes
 from helixd.proxy.attempt import Exchange, Refused
 from helixd.proxy.ollama import (
     OLLAMA_STATUS,
@@ -52,7 +52,7 @@ class OllamaBackend(Protocol):
         """Names, aliases and routes."""
         ...
 
-    async def read_body(self, request: web.Request) -> tuple[bytes, dict[str, Any]]:
+    async def read_body(self, request: Request) -> tuple[bytes, dict[str, Any]]:
         """The bounded, parsed JSON body; :class:`Refused` when it is not acceptable."""
         ...
 
@@ -64,7 +64,7 @@ class OllamaBackend(Protocol):
         """The models to try for a request, in order."""
         ...
 
-    async def attempt_in_order(self, x: Exchange) -> web.StreamResponse:
+    async def attempt_in_order(self, x: Exchange) -> Answer:
         """Serve the exchange from its plan's models, falling back in order."""
         ...
 
@@ -73,13 +73,13 @@ class OllamaBackend(Protocol):
         ...
 
     def refused_log(
-        self, request: web.Request, asked: Any, status: int, code: str, started: float
+        self, request: Request, asked: Any, status: int, code: str, started: float
     ) -> None:
         """Log a request refused before any model was tried."""
         ...
 
-    def _session_or_fail(self) -> aiohttp.ClientSession:
-        """The upstream client session (the server's own, private to the proxy package)."""
+    def _pool_or_fail(self) -> Pool:
+        """The upstream client (the server's own, private to the proxy package)."""
         ...
 
 
@@ -103,33 +103,33 @@ class OllamaFront:
         self.server = server
         self.files = ModelFiles()
 
-    def add_routes(self, app: web.Application) -> None:
+    def add_routes(self, routes: Routes) -> None:
         """Register the Ollama routes."""
         for path in ("/api/chat", "/api/generate", "/api/embed", "/api/embeddings"):
-            app.router.add_post(path, self.handle)
-        app.router.add_post("/api/show", self.show)
-        app.router.add_get("/api/tags", self.tags)
-        app.router.add_get("/api/ps", self.ps)
-        app.router.add_get("/api/version", self.version)
-        app.router.add_get("/", self.root)
+            routes.add_post(path, self.handle)
+        routes.add_post("/api/show", self.show)
+        routes.add_get("/api/tags", self.tags)
+        routes.add_get("/api/ps", self.ps)
+        routes.add_get("/api/version", self.version)
+        routes.add_get("/", self.root)
 
-    async def root(self, request: web.Request) -> web.Response:
+    async def root(self, request: Request) -> Response:
         """``GET /``: what Ollama clients probe."""
-        return web.Response(text="Ollama is running")
+        return Response(text="Ollama is running")
 
-    async def version(self, request: web.Request) -> web.Response:
+    async def version(self, request: Request) -> Response:
         """``GET /api/version``."""
-        return web.json_response({"version": __version__})
+        return json_response({"version": __version__})
 
-    async def tags(self, request: web.Request) -> web.Response:
+    async def tags(self, request: Request) -> Response:
         """``GET /api/tags``: every model once (aliases on it), then the routes."""
         models = self.server.residency.views()
         files = await self._files_of(models)
         cards = [self._card(m, files) for m in models]
         cards += [self._route_card(route) for route in self.server.router.routes]
-        return web.json_response({"models": cards})
+        return json_response({"models": cards})
 
-    async def ps(self, request: web.Request) -> web.Response:
+    async def ps(self, request: Request) -> Response:
         """``GET /api/ps``: the resident models, with helixd's memory figures."""
         loaded = [m for m in self.server.residency.views() if m.loaded]
         files = await self._files_of(loaded)
@@ -140,7 +140,7 @@ class OllamaFront:
             card["size_vram"] = model.vram_bytes
             card["expires_at"] = self._expires_at(model)
             cards.append(card)
-        return web.json_response({"models": cards})
+        return json_response({"models": cards})
 
     async def _files_of(self, models: list[ModelStatus]) -> dict[Path, ModelFile]:
         """The facts of these models' files (GGUF headers, read off the event loop)."""
@@ -181,13 +181,13 @@ class OllamaFront:
             "helix": self.server.router.describe_route(route),
         }
 
-    async def show(self, request: web.Request) -> web.Response:
+    async def show(self, request: Request) -> Response:
         """``POST /api/show``: what Ollama says of a model, from helixd's config and the
         model's file, never loading it; an Ollama provider's models from that Ollama."""
         try:
             _, body = await self.server.read_body(request)
         except Refused as refused:
-            # Ollama still accepts the older "name"; aiohttp kept the body read_body read.
+            # Ollama still accepts the older "name"; the request keeps the body read_body read.
             named = await _legacy_named(request) if refused.code == "missing_model" else None
             if named is None:
                 return ollama_error(OLLAMA_STATUS[refused.code], refused.message)
@@ -221,11 +221,9 @@ class OllamaFront:
             helix["route"] = plan.route
         elif asked != model:
             helix["alias_of"] = model
-        return web.json_response({**document, "helix": helix})
+        return json_response({**document, "helix": helix})
 
-    async def _show_from_ollama(
-        self, entry: ModelStatus, body: dict[str, Any]
-    ) -> web.Response | None:
+    async def _show_from_ollama(self, entry: ModelStatus, body: dict[str, Any]) -> Response | None:
         """Ollama's own answer for a model it hosts; None when it cannot be asked."""
         base = entry.adapter.server_url()
         if base is None:
@@ -233,16 +231,17 @@ class OllamaFront:
         payload = {k: v for k, v in body.items() if k != "name"}
         payload["model"] = entry.config.id or entry.name
         try:
-            async with self.server._session_or_fail().post(
-                base + "/api/show",
-                json=payload,
-                headers=entry.adapter.upstream_headers(entry.name),
-                timeout=aiohttp.ClientTimeout(total=SHOW_TIMEOUT_S),
-            ) as upstream:
-                answer = await read_bounded(upstream, SHOW_BYTES)
+            async with asyncio.timeout(SHOW_TIMEOUT_S):
+                upstream, _ = await self.server._pool_or_fail().post(
+                    base + "/api/show",
+                    json.dumps(payload).encode(),
+                    entry.adapter.upstream_headers(entry.name),
+                )
+                async with upstream:
+                    answer = await read_bounded(upstream, SHOW_BYTES)
                 content_type = upstream.headers.get("Content-Type", "application/json")
                 status = upstream.status
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (UpstreamIOError, TimeoutError) as exc:
             log.warning(
                 "/api/show %s: %s did not answer (%s); answering from the config",
                 entry.name,
@@ -250,9 +249,9 @@ class OllamaFront:
                 exc or type(exc).__name__,
             )
             return None
-        return web.Response(status=status, body=answer, headers={"Content-Type": content_type})
+        return Response(status=status, body=answer, headers={"Content-Type": content_type})
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: Request) -> Answer:
         """``/api/chat``, ``/api/generate``, ``/api/embed``, ``/api/embeddings``: translated
         to OpenAI upstreams (passed through to an Ollama provider's own server)."""
         started = time.perf_counter()
@@ -284,7 +283,7 @@ class OllamaFront:
 
     async def _load_or_unload(
         self, asked: str, plan: Attempts, body: dict[str, Any], path: str
-    ) -> web.Response:
+    ) -> Response:
         """An empty generate (or legacy embeddings) loads the model (``keep_alive: 0``
         unloads it), as in Ollama."""
         model = plan.order[0]
@@ -298,8 +297,8 @@ class OllamaFront:
         except ResidencyError as exc:
             return ollama_error(OLLAMA_STATUS[exc.code], str(exc))
         if path == "/api/embeddings":
-            return web.json_response({"embedding": []})
-        return web.json_response(
+            return json_response({"embedding": []})
+        return json_response(
             {
                 "model": asked,
                 "created_at": now_rfc3339(),
@@ -318,7 +317,7 @@ def _is_load_or_unload(path: str, body: dict[str, Any]) -> bool:
     return path == "/api/generate" and not body.get("prompt") and not body.get("system")
 
 
-async def _legacy_named(request: web.Request) -> dict[str, Any] | None:
+async def _legacy_named(request: Request) -> dict[str, Any] | None:
     """A body that names its model ``name`` (Ollama's older field), as one with ``model``."""
     try:
         body = json.loads(await request.read())

@@ -25,9 +25,9 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, Literal, Protocol
 
-from aiohttp import web
-
 from helixd import __version__
+from helixd.edge.message import Request, Response, json_response
+from helixd.edge.routes import Routes
 from helixd.proxy.errors import openai_error
 from helixd.proxy.routing import Router
 from helixd.scheduler import ModelState, ModelStatus, Residency
@@ -118,14 +118,14 @@ class GatewayHealth:
         self.server = server
         self.clock = clock
 
-    def add_routes(self, app: web.Application) -> None:
+    def add_routes(self, routes: Routes) -> None:
         """Register the health routes."""
-        app.router.add_get("/health", self.overall)
-        app.router.add_get("/health/models", self.models)
-        app.router.add_get("/health/models/{name:.+}", self.one)
+        routes.add_get("/health", self.overall)
+        routes.add_get("/health/models", self.models)
+        routes.add_get("/health/models/{name:.+}", self.one)
         for want in WANTS:
             for path in PROBE_PATHS:
-                app.router.add_post(f"/health/{want}/v1/{path}", self._probe(want, path))
+                routes.add_post(f"/health/{want}/v1/{path}", self._probe(want, path))
 
     # -- what is ready -----------------------------------------------------------------
 
@@ -168,7 +168,7 @@ class GatewayHealth:
 
     # -- handlers ----------------------------------------------------------------------
 
-    async def overall(self, request: web.Request) -> web.Response:
+    async def overall(self, request: Request) -> Response:
         """``GET /health``: 200 while some model can be served, else 503."""
         counts = dict.fromkeys(READINESS, 0)
         for model in self.server.residency.views():
@@ -179,25 +179,25 @@ class GatewayHealth:
             "version": __version__,
             "models": counts,
         }
-        return web.json_response(body, status=200 if servable else 503)
+        return json_response(body, status=200 if servable else 503)
 
-    async def models(self, request: web.Request) -> web.Response:
+    async def models(self, request: Request) -> Response:
         """``GET /health/models``: every name's readiness."""
-        return web.json_response({"object": "list", "data": self.listing()})
+        return json_response({"object": "list", "data": self.listing()})
 
-    async def one(self, request: web.Request) -> web.Response:
+    async def one(self, request: Request) -> Response:
         """``GET /health/models/{name}``: 200 when loaded or loadable, 503 when failed."""
         name = request.match_info["name"]
         readiness = self.of_name(name)
         if readiness is None:
             return self._unknown(name)
         body = {"id": name, "readiness": readiness}
-        return web.json_response(body, status=503 if readiness == "failed" else 200)
+        return json_response(body, status=503 if readiness == "failed" else 200)
 
-    def _probe(self, want: str, path: str) -> Callable[[web.Request], Any]:
+    def _probe(self, want: str, path: str) -> Callable[[Request], Any]:
         accepted = WANTS[want]
 
-        async def probe(request: web.Request) -> web.Response:
+        async def probe(request: Request) -> Response:
             """A gateway's health check as an OpenAI request: answered, never forwarded."""
             try:
                 body = json.loads(await request.read())
@@ -216,10 +216,10 @@ class GatewayHealth:
                     f"{name} is {readiness} on this helixd (the probe wants {wanted})",
                     "model_not_ready",
                 )
-            return web.json_response(probe_answer(path, name, readiness))
+            return json_response(probe_answer(path, name, readiness))
 
         return probe
 
-    def _unknown(self, name: str) -> web.Response:
+    def _unknown(self, name: str) -> Response:
         listing = ", ".join(self.server.router.known()) or "none configured"
         return openai_error(404, f"model {name!r} not found; models: {listing}", "model_not_found")

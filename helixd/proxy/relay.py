@@ -1,6 +1,6 @@
 """Forward one request to the upstream that serves its model, streaming the answer back.
 
-Chunks go to the client as they arrive (``iter_any``: no buffering, no re-framing). A
+Chunks go to the client as they arrive (no buffering, no re-framing). A
 failure before the first byte may be retried; after it, an event stream ends with a
 well-formed error event and any other body simply ends — never a hang.
 """
@@ -15,9 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
-from aiohttp import web
-
+from helixd.edge.client import Answer as UpstreamAnswer
+from helixd.edge.client import ClosedEarly, Pool, UpstreamIOError
+from helixd.edge.message import Answer, Request, Response, StreamResponse
 from helixd.errors import EndpointError
 from helixd.proxy.errors import sse_error
 from helixd.proxy.spend import UsageSniffer
@@ -52,9 +52,9 @@ WHOLE_BODY_BYTES = 1024 * 1024
 
 # A pooled connection the upstream closed while it sat idle (uvicorn's 5 s keep-alive in
 # vLLM and friends; llama-server after every stream) fails the next request before any
-# answer. aiohttp sends such a request again only for idempotent methods, and ours are
-# POSTs: sent again here, once, on the connection the pool gives next. A refused connect
-# is not retried (nothing listens), nor anything after the status line.
+# answer. HTTP clients send such a request again only for idempotent methods, and ours
+# are POSTs: sent again here, once, on the connection the pool gives next. A refused
+# connect is not retried (nothing listens), nor anything after the status line.
 STALE_CONNECTION_RETRIES = 1
 
 # Statuses worth another candidate: the server is failing, overloaded or timing out.
@@ -66,17 +66,9 @@ RETRYABLE = frozenset({429, 500, 502, 503, 504})
 ERROR_BODY_BYTES = 64 * 1024
 
 
-async def read_bounded(response: aiohttp.ClientResponse, limit: int = ERROR_BODY_BYTES) -> bytes:
+async def read_bounded(response: UpstreamAnswer, limit: int = ERROR_BODY_BYTES) -> bytes:
     """At most ``limit`` bytes of ``response``'s body; the rest is left unread."""
-    chunks: list[bytes] = []
-    size = 0
-    while size < limit:
-        chunk = await response.content.read(limit - size)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks)
+    return await response.read_bounded(limit)
 
 
 @dataclass
@@ -90,32 +82,29 @@ class RelayResult:
 
 
 async def open_upstream(
-    session: aiohttp.ClientSession,
+    pool: Pool,
     url: str,
     payload: bytes,
     upstream_headers: dict[str, str] | None,
     may_retry: bool,
-) -> aiohttp.ClientResponse:
+) -> UpstreamAnswer:
     """POST to the upstream and read its status line and headers, nothing more.
 
     :class:`UpstreamUnreachable` when it gave no answer; with ``may_retry`` an error
     status is raised as :class:`UpstreamRejected` (with its body) so the caller can try
     elsewhere before the client sees anything.
     """
-    headers = {"Content-Type": "application/json", **(upstream_headers or {})}
     for attempt in range(1 + STALE_CONNECTION_RETRIES):
         try:
-            upstream = await session.post(url, data=payload, headers=headers)
+            upstream, _ = await pool.post(url, payload, upstream_headers)
             break
-        except aiohttp.ClientConnectorError as exc:  # nothing listens: no point again
-            raise UpstreamUnreachable(str(exc) or type(exc).__name__) from None
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+        except ClosedEarly as exc:
             if attempt < STALE_CONNECTION_RETRIES:
                 log.debug("%s: connection closed before an answer (%s); once more", url, exc)
                 continue
-            raise UpstreamUnreachable(str(exc) or type(exc).__name__) from None
-        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-            raise UpstreamUnreachable(str(exc) or type(exc).__name__) from None
+            raise UpstreamUnreachable(str(exc)) from None
+        except (UpstreamIOError, TimeoutError) as exc:  # nothing listens: no point again
+            raise UpstreamUnreachable(str(exc) or "no answer within the timeout") from None
     if may_retry and upstream.status in RETRYABLE:
         async with upstream:
             raise UpstreamRejected(upstream.status, await read_bounded(upstream))
@@ -123,25 +112,25 @@ async def open_upstream(
 
 
 async def relay(
-    session: aiohttp.ClientSession,
-    request: web.Request,
+    pool: Pool,
+    request: Request,
     url: str,
     payload: bytes,
     extra_headers: dict[str, str],
     started: float,
     clock: Callable[[], float],
     may_retry: bool = False,
-    prepared: web.StreamResponse | None = None,
+    prepared: StreamResponse | None = None,
     upstream_headers: dict[str, str] | None = None,
     sniffer: UsageSniffer | None = None,
-) -> tuple[web.StreamResponse, RelayResult]:
+) -> tuple[Answer, RelayResult]:
     """POST ``payload`` to ``url`` and stream the answer to ``request``'s client.
 
     ``may_retry``: see :func:`open_upstream`. ``prepared``: an event stream already
     started (keep-alives while the model loaded); the answer continues it, and an error
     status becomes an error event.
     """
-    upstream = await open_upstream(session, url, payload, upstream_headers, may_retry)
+    upstream = await open_upstream(pool, url, payload, upstream_headers, may_retry)
     async with upstream:
         result = RelayResult(upstream.status, None)
         ndjson = upstream.headers.get("Content-Type", "").startswith("application/x-ndjson")
@@ -166,16 +155,16 @@ async def relay(
                 # in one write with its Content-Length (no chunked framing, no extra
                 # syscalls); nothing is gained by trickling a complete JSON document.
                 return await _whole(upstream, headers, result, started, clock, sniffer)
-            response = web.StreamResponse(status=upstream.status, headers=headers)
+            response = StreamResponse(status=upstream.status, headers=headers)
             await response.prepare(request)
         try:
-            async for chunk in upstream.content.iter_any():
+            async for chunk in upstream.chunks():
                 if result.first_byte_s is None:
                     result.first_byte_s = clock() - started
                 if sniffer is not None:
                     sniffer.feed(chunk)
                 await response.write(chunk)
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
+        except (UpstreamIOError, TimeoutError) as exc:
             result.failed_mid_stream = True
             message = f"the model's server failed mid-answer: {describe_cut(exc)}"
             log.warning("upstream %s: %s", url, message)
@@ -190,16 +179,16 @@ async def relay(
 
 
 async def _whole(
-    upstream: aiohttp.ClientResponse,
+    upstream: UpstreamAnswer,
     headers: dict[str, str],
     result: RelayResult,
     started: float,
     clock: Callable[[], float],
     sniffer: UsageSniffer | None,
-) -> tuple[web.StreamResponse, RelayResult]:
+) -> tuple[Answer, RelayResult]:
     try:
         body = await upstream.read()
-    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
+    except (UpstreamIOError, TimeoutError) as exc:
         # Nothing reached the client yet: the caller may try elsewhere.
         raise UpstreamUnreachable(f"answer cut short: {describe_cut(exc)}") from None
     result.first_byte_s = clock() - started
@@ -208,25 +197,17 @@ async def _whole(
         result.usage = sniffer.usage()
     headers.pop("Content-Type", None)
     content_type = upstream.headers.get("Content-Type", "application/json")
-    response = web.Response(status=upstream.status, body=body, headers=headers)
+    response = Response(status=upstream.status, body=body, headers=headers)
     response.headers["Content-Type"] = content_type
     return response, result
 
 
 def describe_cut(exc: BaseException) -> str:
-    """What happened to an answer that stopped part way, in words (not aiohttp's).
-
-    aiohttp reports a server that closed its connection in the middle of a chunked or
-    fixed-length body as ``TransferEncodingError: 400, message=...`` or
-    ``ContentLengthError``: an HTTP 400 nobody sent, which misled users into looking
-    for a bad request.
-    """
-    if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError):
-        return "its connection closed before the answer was complete (did it crash?)"
+    """What happened to an answer that stopped part way, in words."""
     if isinstance(exc, TimeoutError):
         return "no data arrived within the read timeout"
-    if isinstance(exc, aiohttp.ClientOSError) and exc.strerror:
-        return f"connection lost: {exc.strerror}"
+    if isinstance(exc, UpstreamIOError):
+        return f"{exc} (did it crash?)"
     return f"connection lost ({type(exc).__name__})"
 
 
@@ -238,18 +219,18 @@ class EarlyStream:
     live connection. A request served quickly never starts one.
     """
 
-    def __init__(self, request: web.Request, interval_s: float, headers: dict[str, str]) -> None:
+    def __init__(self, request: Request, interval_s: float, headers: dict[str, str]) -> None:
         self.request = request
         self.interval_s = interval_s
         self.headers = headers
-        self.response: web.StreamResponse | None = None
+        self.response: StreamResponse | None = None
         self._task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.interval_s)
             if self.response is None:
-                response = web.StreamResponse(
+                response = StreamResponse(
                     status=200,
                     headers={
                         **self.headers,
@@ -261,7 +242,7 @@ class EarlyStream:
                 self.response = response
             await self.response.write(b": waiting for the model to load\n\n")
 
-    async def stop(self) -> web.StreamResponse | None:
+    async def stop(self) -> StreamResponse | None:
         """Stop the keep-alives; the started response, if any, for the answer to continue."""
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError, ConnectionError):

@@ -2,8 +2,8 @@
 
 Request flow (DESIGN.md): bounded body → resolve the name → ``residency.lease`` (waits in
 the model's bounded queue, may load, may evict) → relay to the model's own server,
-streaming → release. A client that goes away cancels its handler (aiohttp's
-``handler_cancellation``), which takes it out of the queue or frees its slot.
+streaming → release. The HTTP is :mod:`helixd.edge`'s: a client that goes away cancels
+its handler, which takes it out of the queue or frees its slot.
 """
 
 from __future__ import annotations
@@ -18,25 +18,31 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-from aiohttp import web
-
 from helixd.config import ProviderConfig, ProxyConfig, RouteConfig
 from helixd.config.proxy import split_listen
 from helixd.config.routes import FailureClass
+from helixd.edge.client import Pool
+from helixd.edge.message import (
+    Answer,
+    BodyTooLarge,
+    Request,
+    Response,
+    StreamResponse,
+    json_response,
+)
+from helixd.edge.routes import Routes
+from helixd.edge.server import EdgeServer, Limits
 from helixd.hub import Hub
 from helixd.proxy import failover
 from helixd.proxy.attempt import FAILURE_OF, Exchange, Failed, Outcome, Refused, RequestRecord
 from helixd.proxy.body import inflate, too_large
 from helixd.proxy.classify import classify
-from helixd.proxy.door import Door, connection_cap
 from helixd.proxy.errors import OPENAI_STATUS, openai_error, sse_error
 from helixd.proxy.health import ModelHealth
 from helixd.proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from helixd.proxy.metrics import Metrics
 from helixd.proxy.ollama import OLLAMA_STATUS, ollama_error, relay_ollama
 from helixd.proxy.ollama_front import OllamaFront
-from helixd.proxy.quiet import quiet_client_errors
 from helixd.proxy.readiness import GatewayHealth
 from helixd.proxy.relay import EarlyStream, UpstreamRejected, UpstreamUnreachable, relay
 from helixd.proxy.routing import Attempts, Router
@@ -58,10 +64,8 @@ class ProxyServer:
         self.config = config
         self.residency = residency
         self.host, self.port = split_listen(config.listen)
-        self._runner: web.AppRunner | None = None
-        self._listener: asyncio.Server | None = None
-        self.door: Door | None = None
-        self._session: aiohttp.ClientSession | None = None
+        self.edge: EdgeServer | None = None
+        self._pool: Pool | None = None
         self.router = Router(residency)
         self.health = ModelHealth()
         self.readiness = GatewayHealth(self)
@@ -69,34 +73,32 @@ class ProxyServer:
         self.spend = Spending(state_dir / "spend.json" if state_dir is not None else None)
         # Each finished request, for whoever watches (the live view); nothing when nobody does.
         self.finished: Hub[RequestRecord] = Hub("helixd.proxy")
-        self._mounts: list[Callable[[web.Application], None]] = []
+        self._mounts: list[Callable[[Routes], None]] = []
         self._public: list[Callable[[str], bool]] = []
 
     # -- life cycle --------------------------------------------------------------------
 
-    def app(self) -> web.Application:
-        """The aiohttp application with every route."""
-        app = web.Application(
-            client_max_size=self.config.max_body_mib * MiB, middlewares=[self._guard]
-        )
-        app.router.add_get("/metrics", self.scrape)
-        app.router.add_get("/v1/models", self.list_models)
-        app.router.add_get("/v1/models/{name:.+}", self.get_model)
+    def routes(self) -> Routes:
+        """Every route of the endpoint."""
+        routes = Routes()
+        routes.add_get("/metrics", self.scrape)
+        routes.add_get("/v1/models", self.list_models)
+        routes.add_get("/v1/models/{name:.+}", self.get_model)
         for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
-            app.router.add_post(path, self.forward)
-        OllamaFront(self).add_routes(app)
-        self.readiness.add_routes(app)
+            routes.add_post(path, self.forward)
+        OllamaFront(self).add_routes(routes)
+        self.readiness.add_routes(routes)
         for mount in self._mounts:
-            mount(app)
-        return app
+            mount(routes)
+        return routes
 
     def mount(
         self,
-        add_routes: Callable[[web.Application], None],
+        add_routes: Callable[[Routes], None],
         public: Callable[[str], bool] | None = None,
     ) -> None:
         """Serve more routes on the endpoint (before :meth:`start`): ``add_routes`` adds
-        them to the app. A GET of a path ``public`` accepts is served without an API key
+        them. A GET of a path ``public`` accepts is served without an API key
         (a page's own files, which hold no secret and must load to ask for one)."""
         self._mounts.append(add_routes)
         if public is not None:
@@ -104,53 +106,32 @@ class ProxyServer:
 
     async def start(self) -> None:
         """Bind and serve; an address in use raises OSError for the daemon to report."""
-        timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=10, sock_read=self.config.upstream_timeout_s
+        # No HTTP(S)_PROXY is read: loopback traffic to a model's server goes direct.
+        self._pool = Pool(connect_timeout_s=10, read_timeout_s=self.config.upstream_timeout_s)
+        config = self.config
+        self._routes = self.routes()
+        self.edge = EdgeServer(
+            self.dispatch,
+            Limits(
+                header_timeout_s=config.header_timeout_s,
+                idle_timeout_s=config.idle_timeout_s,
+                max_header_bytes=config.max_header_kib * 1024,
+                max_headers=config.max_headers,
+                max_body_bytes=config.max_body_mib * MiB,
+                max_connections=config.max_connections,
+            ),
+            openai_error,
+            lambda status, code: self.refused_log(None, None, status, code, time.perf_counter()),
         )
-        # trust_env=False: an HTTP(S)_PROXY in helixd's environment must never route
-        # loopback traffic to a model's server.
-        self._session = aiohttp.ClientSession(
-            timeout=timeout,
-            trust_env=False,
-            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
-            auto_decompress=False,
-        )
-        self._runner = web.AppRunner(
-            self.app(),
-            access_log=None,
-            handle_signals=False,
-            handler_cancellation=True,
-            # Bodies are inflated by read_body, incrementally and capped: aiohttp would
-            # inflate a compression bomb whole before max_body_mib could refuse it.
-            auto_decompress=False,
-            keepalive_timeout=self.config.idle_timeout_s,
-            shutdown_timeout=5.0,
-        )
-        quiet_client_errors()
-        await self._runner.setup()
-        server = self._runner.server
-        assert server is not None
-        self.door = Door(
-            server,
-            lambda: server.connections,
-            connection_cap(self.config.max_connections),
-            self.config.header_timeout_s,
-        )
-        self._listener = await asyncio.get_running_loop().create_server(
-            self.door, self.host, self.port, reuse_address=True
-        )
-        if self._listener.sockets:
-            self.port = self._listener.sockets[0].getsockname()[1]
+        await self.edge.start(self.host, self.port)
+        self.port = self.edge.port
 
     async def stop(self) -> None:
         """Stop accepting, finish or drop what is in flight, close upstream connections."""
-        if self._listener is not None:
-            self._listener.close()
-            await self._listener.wait_closed()
-        if self._runner is not None:
-            await self._runner.cleanup()
-        if self._session is not None:
-            await self._session.close()
+        if self.edge is not None:
+            await self.edge.stop()
+        if self._pool is not None:
+            await self._pool.close()
 
     def configure(
         self,
@@ -172,10 +153,10 @@ class ProxyServer:
             "routes": {r: self.router.describe_route(r) for r in self.router.routes},
         }
 
-    # -- middleware --------------------------------------------------------------------
+    # -- dispatch ----------------------------------------------------------------------
 
-    @web.middleware
-    async def _guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
+    async def dispatch(self, request: Request) -> Answer:
+        """Every request: its key, its route, and the endpoint's own refusals."""
         started = time.perf_counter()
         keys = self.config.api_keys
         if keys and not (
@@ -188,22 +169,23 @@ class ProxyServer:
             if token is None or not any(_same_secret(token, key) for key in keys):
                 why = "missing or wrong API key (Authorization: Bearer KEY)"
                 return self._refuse(request, 401, why, "invalid_api_key", started)
-        try:
-            response: web.StreamResponse = await handler(request)
-            return response
-        except web.HTTPRequestEntityTooLarge:
-            why = too_large(self.config.max_body_mib)
-            return self._refuse(request, 413, why, "body_too_large", started)
-        except web.HTTPNotFound:
+        found = self._routes.find(request.method, request.path)
+        if found is None:
+            if self._routes.allows_other_methods(request.path):
+                why = f"{request.method} is not allowed on {request.path}"
+                return self._refuse(request, 405, why, "method_not_allowed", started)
             why = f"no such endpoint: {request.method} {request.path}"
             return self._refuse(request, 404, why, "unknown_endpoint", started)
-        except web.HTTPMethodNotAllowed:
-            why = f"{request.method} is not allowed on {request.path}"
-            return self._refuse(request, 405, why, "method_not_allowed", started)
+        request.match_info = found.info
+        try:
+            return await found.handler(request)
+        except BodyTooLarge:
+            why = too_large(self.config.max_body_mib)
+            return self._refuse(request, 413, why, "body_too_large", started)
 
     def _refuse(
-        self, request: web.Request, status: int, message: str, code: str, started: float
-    ) -> web.Response:
+        self, request: Request, status: int, message: str, code: str, started: float
+    ) -> Response:
         """An error of the endpoint's own, before any handler: logged and counted too."""
         self.refused_log(request, None, status, code, started)
         return openai_error(status, message, code)
@@ -216,20 +198,20 @@ class ProxyServer:
 
     # -- handlers ----------------------------------------------------------------------
 
-    async def scrape(self, request: web.Request) -> web.Response:
+    async def scrape(self, request: Request) -> Response:
         """``GET /metrics``: Prometheus text format."""
-        return web.Response(
+        return Response(
             body=self.metrics.exposition(), headers={"Content-Type": METRICS_CONTENT_TYPE}
         )
 
-    async def list_models(self, request: web.Request) -> web.Response:
+    async def list_models(self, request: Request) -> Response:
         """``GET /v1/models``: models, aliases and routes, with helixd's fields."""
         data = [self._model_card(model.name, model=model) for model in self.residency.views()]
         data += [self._model_card(model, alias) for alias, model in self.router.aliases.items()]
         data += [self._route_card(route) for route in self.router.routes]
-        return web.json_response({"object": "list", "data": [d for d in data if d]})
+        return json_response({"object": "list", "data": [d for d in data if d]})
 
-    async def get_model(self, request: web.Request) -> web.Response:
+    async def get_model(self, request: Request) -> Response:
         """``GET /v1/models/{id}``."""
         name = request.match_info["name"]
         model = self.resolve(name)
@@ -242,7 +224,7 @@ class ProxyServer:
                 self.resolve_plan(name, {})
             except Refused as refused:
                 return openai_error(OPENAI_STATUS[refused.code], refused.message, refused.code)
-        return web.json_response(card)
+        return json_response(card)
 
     def _model_card(
         self, name: str, alias: str | None = None, model: ModelStatus | None = None
@@ -272,7 +254,7 @@ class ProxyServer:
             return None
         return {"id": route, "object": "model", "created": 0, "owned_by": "helixd", "helix": helix}
 
-    async def forward(self, request: web.Request) -> web.StreamResponse:
+    async def forward(self, request: Request) -> Answer:
         """The OpenAI POST routes: resolve, then try models in order until one answers."""
         started = time.perf_counter()
         body: dict[str, Any] = {}
@@ -292,7 +274,7 @@ class ProxyServer:
         finally:
             self.access_log(exchange)
 
-    async def read_body(self, request: web.Request) -> tuple[bytes, dict[str, Any]]:
+    async def read_body(self, request: Request) -> tuple[bytes, dict[str, Any]]:
         """The request's JSON object, which names a ``model``; :class:`Refused` if not."""
         try:
             async with asyncio.timeout(self.config.read_timeout_s):
@@ -302,7 +284,7 @@ class ProxyServer:
             raise Refused(
                 f"request body not received within {limit:g} s", "request_timeout"
             ) from None
-        except web.HTTPRequestEntityTooLarge:
+        except BodyTooLarge:
             raise Refused(too_large(self.config.max_body_mib), "body_too_large") from None
         raw = inflate(raw, request.headers.get("Content-Encoding", ""), self.config.max_body_mib)
         try:
@@ -333,12 +315,12 @@ class ProxyServer:
             raise Refused(blocked, "budget_exceeded")
         return plan
 
-    async def attempt_in_order(self, x: Exchange) -> web.StreamResponse:
+    async def attempt_in_order(self, x: Exchange) -> Answer:
         """Make the tries the failover policy (:mod:`helixd.proxy.failover`) picks, in
         order, until one answers, a failure is not one to escalate, or none is left."""
         plan, outcome = x.plan, x.outcome
         tries = failover.schedule(plan)
-        failure: web.Response | None = None
+        failure: Response | None = None
         attempt = 0
         index = failover.next_try(tries, 0, self.cooling)
         while index is not None:
@@ -371,7 +353,7 @@ class ProxyServer:
         assert failure is not None  # the last try is always made
         return failure
 
-    async def _serve(self, x: Exchange, model: str, last: bool) -> web.StreamResponse:
+    async def _serve(self, x: Exchange, model: str, last: bool) -> Answer:
         """One attempt on one model: acquire it, relay, release. Raise :class:`Failed`."""
         plan = x.plan
         headers = {"x-helix-model": model}
@@ -401,7 +383,7 @@ class ProxyServer:
         if classifier_model is None:
             return plan
         label, target = await classify(
-            self._session_or_fail(), self.residency, classifier_model, route.classifier, body
+            self._pool_or_fail(), self.residency, classifier_model, route.classifier, body
         )
         chosen = self.router.model_of(target)
         if chosen is None:
@@ -446,7 +428,7 @@ class ProxyServer:
         last: bool,
         headers: dict[str, str],
         early: EarlyStream | None,
-    ) -> web.StreamResponse:
+    ) -> Answer:
         request, body, raw, started = x.request, x.body, x.raw, x.started
         outcome, translation = x.outcome, x.translation
         error = openai_error if translation is None else _as_ollama_error
@@ -477,7 +459,7 @@ class ProxyServer:
                 try:
                     if translation is None or native:
                         response, result = await relay(
-                            self._session_or_fail(),
+                            self._pool_or_fail(),
                             request,
                             base + request.path,
                             payload,
@@ -494,7 +476,7 @@ class ProxyServer:
                             translation, body={**translation.body, "model": upstream_id}
                         )
                         response, result = await relay_ollama(
-                            self._session_or_fail(),
+                            self._pool_or_fail(),
                             request,
                             base + translation.openai_path,
                             to_send,
@@ -518,7 +500,7 @@ class ProxyServer:
                         if exc.status == 504
                         else "error"
                     )
-                    rejected = web.Response(
+                    rejected = Response(
                         status=exc.status,
                         body=exc.body,
                         content_type="application/json",
@@ -550,18 +532,20 @@ class ProxyServer:
             raise Failed(residency_kind, response) from None
 
     def refused_log(
-        self, request: web.Request, asked: Any, status: int, code: str, started: float
+        self, request: Request | None, asked: Any, status: int, code: str, started: float
     ) -> None:
         """One access-log line (and a record for watchers) for a request refused before
-        any model was tried: an unknown name, a body that is not JSON, a budget spent."""
+        any model was tried: an unknown name, a body that is not JSON, a budget spent;
+        ``request`` None: one too malformed to have a method and path."""
         asked = asked if isinstance(asked, str) else "-"
+        method, path = ("-", "-") if request is None else (request.method, request.path)
         elapsed = time.perf_counter() - started
         self.metrics.requests.labels("-", "-", str(status)).inc()
-        self._tell_watchers(request, asked, None, None, status, elapsed, None, 0)
+        self._tell_watchers(method, path, asked, None, None, status, elapsed, None, 0)
         access_log.info(
             "%s %s asked=%s refused=%s status=%d ms=%.1f",
-            request.method,
-            request.path,
+            method,
+            path,
             asked,
             code,
             status,
@@ -570,7 +554,8 @@ class ProxyServer:
 
     def _tell_watchers(
         self,
-        request: web.Request,
+        method: str,
+        path: str,
         asked: str,
         route: str | None,
         model: str | None,
@@ -584,8 +569,8 @@ class ProxyServer:
         self.finished.emit(
             RequestRecord(
                 time=time.time(),
-                method=request.method,
-                path=request.path,
+                method=method,
+                path=path,
                 asked=asked,
                 route=route,
                 model=model,
@@ -608,7 +593,15 @@ class ProxyServer:
             self.metrics.ttft.labels(model).observe(o.first_byte_s)
         ttft = f"{o.first_byte_s * 1000:.1f}" if o.first_byte_s is not None else "-"
         self._tell_watchers(
-            request, asked, plan.route, o.model, o.status, elapsed, o.first_byte_s, o.attempts
+            request.method,
+            request.path,
+            asked,
+            plan.route,
+            o.model,
+            o.status,
+            elapsed,
+            o.first_byte_s,
+            o.attempts,
         )
         access_log.info(
             "%s %s asked=%s route=%s model=%s attempts=%d status=%d ms=%.1f ttft_ms=%s%s",
@@ -624,22 +617,22 @@ class ProxyServer:
             f" error={o.error}" if o.error else "",
         )
 
-    def _session_or_fail(self) -> aiohttp.ClientSession:
-        if self._session is None:
+    def _pool_or_fail(self) -> Pool:
+        if self._pool is None:
             raise RuntimeError("proxy not started")
-        return self._session
+        return self._pool
 
 
 def _as_ollama_error(
     status: int, message: str, code: str = "", headers: dict[str, str] | None = None
-) -> web.Response:
+) -> Response:
     """The Ollama dialect's error, with the same signature as :func:`openai_error`."""
     return ollama_error(status, message, headers)
 
 
 async def _end_with_error(
-    response: web.StreamResponse, message: str, code: str, outcome: Outcome
-) -> web.StreamResponse:
+    response: StreamResponse, message: str, code: str, outcome: Outcome
+) -> Answer:
     """End an event stream that already started (with keep-alives) with an error event."""
     outcome.status = 200
     await response.write(sse_error(message, code))

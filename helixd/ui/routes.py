@@ -17,10 +17,10 @@ from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any, Protocol
 
-from aiohttp import web
-
 from helixd.config import ProxyConfig, UiConfig
 from helixd.config.proxy import split_listen
+from helixd.edge.message import Answer, Request, Response, StreamResponse, json_response
+from helixd.edge.routes import Routes
 from helixd.errors import HelixError, ResidencyError, StartupError
 from helixd.proxy.errors import openai_error
 from helixd.supervisor.process import ManagedProcess
@@ -61,7 +61,7 @@ MAX_ACTION_BYTES = 4096
 # A quiet log follow sends a comment this often, so a vanished tab is noticed.
 LOG_KEEPALIVE_S = 15.0
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Handler = Callable[[Request], Awaitable[Answer]]
 
 
 class UiBackend(ActionBackend, Protocol):
@@ -102,17 +102,17 @@ class LiveView:
         self.actions = ui.actions
         self.redact = redact
 
-    def add_routes(self, app: web.Application) -> None:
+    def add_routes(self, routes: Routes) -> None:
         """The page and its API, each behind :meth:`_guarded`."""
-        app.router.add_get("/ui", self._guarded(self.redirect))
-        app.router.add_get("/ui/", self._guarded(self.page))
-        app.router.add_get("/ui/static/{file}", self._guarded(self.static))
-        app.router.add_get("/ui/api/events", self._guarded(self.events))
-        app.router.add_get("/ui/api/logs/{name}", self._guarded(self.logs))
-        app.router.add_post("/ui/api/actions", self._guarded(self.action))
+        routes.add_get("/ui", self._guarded(self.redirect))
+        routes.add_get("/ui/", self._guarded(self.page))
+        routes.add_get("/ui/static/{file}", self._guarded(self.static))
+        routes.add_get("/ui/api/events", self._guarded(self.events))
+        routes.add_get("/ui/api/logs/{name}", self._guarded(self.logs))
+        routes.add_post("/ui/api/actions", self._guarded(self.action))
 
     def _guarded(self, handler: Handler) -> Handler:
-        async def guarded(request: web.Request) -> web.StreamResponse:
+        async def guarded(request: Request) -> Answer:
             policy = Policy(self._listen_host, self._port(), self._keys)
             why = refusal(policy, request.method, request.path, request.headers)
             if why is not None:
@@ -124,27 +124,27 @@ class LiveView:
 
     # -- the page ----------------------------------------------------------------------
 
-    async def redirect(self, request: web.Request) -> web.StreamResponse:
-        raise web.HTTPPermanentRedirect("/ui/")
+    async def redirect(self, request: Request) -> Answer:
+        return Response(308, headers={"Location": "/ui/"})
 
-    async def page(self, request: web.Request) -> web.StreamResponse:
+    async def page(self, request: Request) -> Answer:
         return self._file("index.html")
 
-    async def static(self, request: web.Request) -> web.StreamResponse:
+    async def static(self, request: Request) -> Answer:
         name = request.match_info["file"]
         if name == "index.html" or name not in self._files:
             return openai_error(404, f"no such file: {request.path}", "unknown_endpoint")
         return self._file(name)
 
-    def _file(self, name: str) -> web.Response:
+    def _file(self, name: str) -> Response:
         body, kind = self._files[name]
-        return web.Response(body=body, content_type=kind, charset="utf-8", headers=HEADERS)
+        return Response(body=body, content_type=kind, charset="utf-8", headers=HEADERS)
 
     # -- the feed ----------------------------------------------------------------------
 
-    async def events(self, request: web.Request) -> web.StreamResponse:
+    async def events(self, request: Request) -> Answer:
         """The live feed as server-sent events: ``snapshot`` and ``request`` events."""
-        response = web.StreamResponse(headers=STREAM_HEADERS)
+        response = StreamResponse(headers=STREAM_HEADERS)
         try:
             async with self.feed.follow() as follower:
                 await response.prepare(request)
@@ -157,7 +157,7 @@ class LiveView:
         await response.write_eof()
         return response
 
-    async def logs(self, request: web.Request) -> web.StreamResponse:
+    async def logs(self, request: Request) -> Answer:
         """A provider's or model's log: the last ``lines``, then each new one, redacted."""
         name = request.match_info["name"]
         try:
@@ -168,7 +168,7 @@ class LiveView:
             count = max(0, min(int(request.query.get("lines", LOG_LINES)), MAX_LOG_LINES))
         except ValueError:
             return openai_error(400, "lines must be a whole number", "bad_request")
-        response = web.StreamResponse(headers=STREAM_HEADERS)
+        response = StreamResponse(headers=STREAM_HEADERS)
         await response.prepare(request)
         reason = "the process was replaced or helixd is stopping"
         try:
@@ -191,7 +191,7 @@ class LiveView:
 
     # -- actions -----------------------------------------------------------------------
 
-    async def action(self, request: web.Request) -> web.StreamResponse:
+    async def action(self, request: Request) -> Answer:
         """``{"action", "target"}``: one of :data:`ACTIONS` on a configured name."""
         if not self.actions:
             return openai_error(
@@ -226,7 +226,7 @@ class LiveView:
             else:
                 status = ACTION_STATUS.get(exc.code, 500)
             return openai_error(status, str(exc.args[0]) if exc.args else exc.code, exc.code)
-        return web.json_response({"ok": done.ok, "message": done.message})
+        return json_response({"ok": done.ok, "message": done.message})
 
 
 def _read_static() -> dict[str, tuple[bytes, str]]:
@@ -244,10 +244,10 @@ def _read_static() -> dict[str, tuple[bytes, str]]:
     return files
 
 
-def ui_off(app: web.Application) -> None:
+def ui_off(routes: Routes) -> None:
     """Where the page would be, say why it is not there and how to turn it on."""
 
-    async def off(request: web.Request) -> web.StreamResponse:
+    async def off(request: Request) -> Answer:
         return openai_error(
             404,
             "the live view is off: [ui] enabled = false, or the endpoint listens beyond "
@@ -255,5 +255,5 @@ def ui_off(app: web.Application) -> None:
             "ui_off",
         )
 
-    app.router.add_get("/ui", off)
-    app.router.add_get("/ui/{tail:.*}", off)
+    routes.add_get("/ui", off)
+    routes.add_get("/ui/{tail:.*}", off)

@@ -48,11 +48,17 @@ class Helix:
     def write_config(self, text: str) -> None:
         self.config.write_text(self.header() + text)
 
-    def start(self, extra_env: dict[str, str] | None = None, wait: bool = True) -> None:
+    def start(
+        self,
+        extra_env: dict[str, str] | None = None,
+        wait: bool = True,
+        prefix: tuple[str, ...] = (),
+    ) -> None:
+        """Start helixd (``prefix``: a command that execs it, e.g. ``prlimit ... --``)."""
         env = dict(self.env, **(extra_env or {}))
         with open(self.stderr_path, "ab") as stderr:
             self.proc = subprocess.Popen(
-                [str(BIN / "helixd"), "--user", "--config", str(self.config)],
+                [*prefix, str(BIN / "helixd"), "--user", "--config", str(self.config)],
                 env=env,
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,

@@ -216,6 +216,36 @@ def test_silent_connections_past_the_cap_are_turned_away_and_helixctl_still_answ
     wait_for_sync(served, timeout=20, what="the endpoint to serve again")
 
 
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_a_flood_of_connections_under_a_low_descriptor_limit_leaves_room_for_the_rest(
+    helix: Any, loop: str
+) -> None:
+    """With 400 descriptors, the cap is 400 - 256 = 144 connections: 300 silent ones
+    fill it, the rest are turned away, and the control socket and a model's server
+    still get descriptors; once they go, the endpoint serves again."""
+    h = helix(echo_models("m"), start=False)
+    h.start(extra_env={"HELIXD_LOOP": loop}, prefix=("prlimit", "--nofile=400:400", "--"))
+    flood: list[socket.socket] = []
+    try:
+        for _ in range(300):
+            flood.append(socket.create_connection(("127.0.0.1", h.proxy_port)))
+        logged(h, "144 connections open, the most allowed")
+        assert h.ctl("status").returncode == 0  # the control socket still accepts
+        assert h.ctl("load", "m").returncode == 0  # a model server can still be started
+    finally:
+        for sock in flood:
+            sock.close()
+
+    def served() -> bool:
+        try:
+            return post(h, "/v1/chat/completions", json.dumps(CHAT).encode())[0] == 200
+        except ConnectionError:
+            return False  # still turned away: the closes are not all noticed yet
+
+    wait_for_sync(served, timeout=20, what="the endpoint to serve again")
+    assert "Traceback" not in h.stderr() and "Too many open files" not in h.stderr()
+
+
 def test_a_slowloris_head_is_cut_but_a_slow_second_request_is_not(helix: Any) -> None:
     h = helix(echo_models("m"), proxy="header_timeout_s = 1")
     assert h.ctl("load", "m").returncode == 0

@@ -6,7 +6,7 @@ import logging
 
 from aiohttp.http_exceptions import BadHttpMessage
 
-from helixd.proxy.quiet import INTERVAL_S, ClientErrorFilter
+from helixd.control.quiet import INTERVAL_S, ClientErrorFilter
 
 
 def record(error: BaseException | None) -> logging.LogRecord:

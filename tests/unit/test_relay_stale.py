@@ -12,9 +12,9 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-import aiohttp
 import pytest
 
+from helixd.edge.client import Pool
 from helixd.proxy.relay import (
     ERROR_BODY_BYTES,
     UpstreamRejected,
@@ -59,6 +59,13 @@ class Upstream:
 
 
 @pytest.fixture
+async def pool() -> AsyncIterator[Pool]:
+    upstreams = Pool()
+    yield upstreams
+    await upstreams.close()
+
+
+@pytest.fixture
 async def serve() -> AsyncIterator[Callable[[Upstream], Awaitable[str]]]:
     servers: list[asyncio.Server] = []
 
@@ -74,38 +81,35 @@ async def serve() -> AsyncIterator[Callable[[Upstream], Awaitable[str]]]:
 
 
 async def test_a_request_on_a_connection_closed_while_idle_is_sent_again(
-    serve: Callable[[Upstream], Awaitable[str]],
+    serve: Callable[[Upstream], Awaitable[str]], pool: Pool
 ) -> None:
     upstream = Upstream(answers=lambda n: n == 1)  # each connection answers once only
     url = await serve(upstream)
-    async with aiohttp.ClientSession() as session:
-        for _ in range(3):
-            async with await open_upstream(session, url, b"{}", None, may_retry=False) as answer:
-                assert answer.status == 200
-                assert await answer.read() == b"{}"
+    for _ in range(3):
+        async with await open_upstream(pool, url, b"{}", None, may_retry=False) as answer:
+            assert answer.status == 200
+            assert await answer.read() == b"{}"
     # the 2nd and 3rd requests each went to a pooled connection that dropped them
     assert (upstream.connections, upstream.requests) == (3, 5)
 
 
 async def test_an_upstream_that_drops_every_request_is_tried_twice_then_unreachable(
-    serve: Callable[[Upstream], Awaitable[str]],
+    serve: Callable[[Upstream], Awaitable[str]], pool: Pool
 ) -> None:
     upstream = Upstream(answers=lambda n: False)
     url = await serve(upstream)
-    async with aiohttp.ClientSession() as session:
-        with pytest.raises(UpstreamUnreachable, match="disconnected"):
-            await open_upstream(session, url, b"{}", None, may_retry=False)
+    with pytest.raises(UpstreamUnreachable, match="disconnected"):
+        await open_upstream(pool, url, b"{}", None, may_retry=False)
     assert upstream.requests == 2
 
 
-async def test_a_refused_connection_is_not_tried_again() -> None:
+async def test_a_refused_connection_is_not_tried_again(pool: Pool) -> None:
     url = f"http://127.0.0.1:{free_port()}/v1/chat/completions"
-    async with aiohttp.ClientSession() as session:
-        with pytest.raises(UpstreamUnreachable, match="onnect"):
-            await open_upstream(session, url, b"{}", None, may_retry=False)
+    with pytest.raises(UpstreamUnreachable, match="onnect"):
+        await open_upstream(pool, url, b"{}", None, may_retry=False)
 
 
-async def test_an_error_answer_is_read_only_up_to_its_cap() -> None:
+async def test_an_error_answer_is_read_only_up_to_its_cap(pool: Pool) -> None:
     """A server that sends a huge body with an error status cannot fill helixd's memory."""
     huge = 4 * ERROR_BODY_BYTES
 
@@ -120,9 +124,8 @@ async def test_an_error_answer_is_read_only_up_to_its_cap() -> None:
     port = free_port()
     server = await asyncio.start_server(answer, "127.0.0.1", port)
     try:
-        async with aiohttp.ClientSession() as session:
-            with pytest.raises(UpstreamRejected) as caught:
-                await open_upstream(session, f"http://127.0.0.1:{port}/", b"{}", None, True)
+        with pytest.raises(UpstreamRejected) as caught:
+            await open_upstream(pool, f"http://127.0.0.1:{port}/", b"{}", None, True)
     finally:
         server.close()
         await server.wait_closed()

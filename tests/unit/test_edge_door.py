@@ -8,8 +8,8 @@ import resource
 
 import pytest
 
-from helixd.proxy import door
-from helixd.proxy.door import RESERVE_FDS, Door, connection_cap
+from helixd.edge import door
+from helixd.edge.door import RESERVE_FDS, AcceptFailures, Door, connection_cap
 
 
 class Transport(asyncio.Transport):
@@ -53,3 +53,25 @@ def test_the_cap_leaves_descriptors_for_the_rest_of_helixd(monkeypatch: pytest.M
     infinity = resource.RLIM_INFINITY
     monkeypatch.setattr(resource, "getrlimit", lambda _: (infinity, infinity))
     assert connection_cap(4096) == 4096
+
+
+def test_failed_accepts_are_noted_once_an_interval_without_tracebacks() -> None:
+    now = [0.0]
+    accepts = AcceptFailures(clock=lambda: now[0])
+
+    def record(message: str) -> logging.LogRecord:
+        try:
+            raise OSError(24, "Too many open files")
+        except OSError as exc:
+            info = (type(exc), exc, exc.__traceback__)
+        return logging.LogRecord("asyncio", logging.ERROR, __file__, 1, message, (), info)
+
+    first = record("socket.accept() out of system resource\nsocket: <...>")
+    assert accepts.filter(first) and first.levelno == logging.WARNING
+    assert first.exc_info is None and "1 connections could not be accepted" in first.getMessage()
+    assert not any(accepts.filter(record(AcceptFailures.MESSAGE)) for _ in range(500))
+    other = record("Task exception was never retrieved")
+    assert accepts.filter(other) and other.exc_info is not None  # anything else passes
+    now[0] += door.NOTE_INTERVAL_S
+    later = record(AcceptFailures.MESSAGE)
+    assert accepts.filter(later) and "501 connections" in later.getMessage()

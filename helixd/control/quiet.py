@@ -1,10 +1,11 @@
 """Client errors in the HTTP layer, logged as what they are: one WARNING an interval.
 
-aiohttp logs each request it cannot parse (a malformed request line, a header too big, a
-length that lies) as an ERROR with a traceback. Those are the client's faults, answered
-with a 400 already; a fuzzer or a port scanner would otherwise fill the journal with
-tracebacks. :class:`ClientErrorFilter` turns them into one line per interval, with how
-many there were and the latest reason; anything else aiohttp logs passes unchanged.
+aiohttp (the control API's server) logs each request it cannot parse (a malformed
+request line, a header too big, a length that lies) as an ERROR with a traceback. Those
+are the client's faults, answered with a 400 already; a fuzzer or a port scanner would
+otherwise fill the journal with tracebacks. :class:`ClientErrorFilter` turns them into
+one line per interval, with how many there were and the latest reason; anything else
+aiohttp logs passes unchanged.
 """
 
 from __future__ import annotations

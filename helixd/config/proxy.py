@@ -51,6 +51,10 @@ class ProxyConfig(Strict):
     # Connections open at once; more are reset at once (within the descriptor limit,
     # less a reserve for the control socket and the model servers).
     max_connections: int = Field(default=4096, ge=1, le=1_000_000)
+    # One access-log line per request (helixd.access), or none; of the requests that
+    # succeed, the share written (refusals and failures always are). Metrics count all.
+    access_log: bool = True
+    access_log_sample: float = Field(default=1.0, ge=0.0, le=1.0)
     # A request line and its headers, in all, and the number of header lines (else 431).
     max_header_kib: int = Field(default=32, ge=1, le=1024)
     max_headers: int = Field(default=100, ge=1, le=10_000)

@@ -23,6 +23,7 @@ import contextlib
 import logging
 import socket
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 from urllib.parse import unquote
 
@@ -69,7 +70,11 @@ class Connection(asyncio.Protocol):
         self._parsing: Request | None = None
         self._waiting: deque[Request] = deque()
         self._task: asyncio.Task[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        # The one deadline now running (head, idle or linger): a time on the loop's clock
+        # and what to do then; the server's sweep fires it (a timer per request would
+        # cost more than everything else the connection does).
+        self.due = 0.0
+        self._on_due: Callable[[], object] | None = None
         self._reading_paused = False
         self._writable: asyncio.Future[None] | None = None
         self._closing = False  # no more requests: close once the current answer is out
@@ -308,15 +313,19 @@ class Connection(asyncio.Protocol):
 
     # -- timers and closing ------------------------------------------------------------
 
-    def _deadline(self, seconds: float | None, then: object = None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if seconds is not None and callable(then):
-            self._timer = self.loop.call_later(seconds, then)
+    def _deadline(self, seconds: float | None, then: Callable[[], object] | None = None) -> None:
+        if seconds is None or then is None:
+            self.due, self._on_due = 0.0, None
+        else:
+            self.due, self._on_due = self.loop.time() + seconds, then
+
+    def expire(self) -> None:
+        """The deadline has passed (called by the server's sweep)."""
+        then, self.due, self._on_due = self._on_due, 0.0, None
+        if then is not None:
+            then()
 
     def _head_too_slow(self) -> None:
-        self._timer = None
         if self.transport is None:  # never connected: nothing to cut, one less to count
             self.server.connections.discard(self)
             return
@@ -328,7 +337,7 @@ class Connection(asyncio.Protocol):
         body left unread, junk after junk); closing on unread data would reset the
         connection and lose the answer, so end our side, drop what comes, and close
         when the client does or after :data:`LINGER_S` (nginx's lingering close)."""
-        self._timer = None
+        self._deadline(None)
         self._closing = True
         transport = self.transport
         if transport is None or transport.is_closing():

@@ -72,6 +72,9 @@ class EdgeServer:
             "(the access log has each)",
         )
         self._listener: asyncio.Server | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
+        # Deadlines fire within this much of their time: a fraction of the shortest.
+        self.sweep_s = max(0.01, min(0.5, limits.header_timeout_s / 4, limits.idle_timeout_s / 4))
         self.port = 0
 
     def refused(self, connection: Connection, status: int, code: str, message: str) -> None:
@@ -89,6 +92,15 @@ class EdgeServer:
         )
         if self._listener.sockets:
             self.port = self._listener.sockets[0].getsockname()[1]
+        self._sweeper = loop.call_later(self.sweep_s, self._sweep)
+
+    def _sweep(self) -> None:
+        """Fire the connections' deadlines that have passed; again in ``sweep_s``."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for connection in [c for c in self.connections if 0.0 < c.due <= now]:
+            connection.expire()
+        self._sweeper = loop.call_later(self.sweep_s, self._sweep)
 
     async def stop(self) -> None:
         """Stop accepting; let answers under way finish for a while, then cut them."""
@@ -101,6 +113,8 @@ class EdgeServer:
             await asyncio.sleep(0.05)
         for connection in list(self.connections):
             connection.abort()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self._listener is not None:
             await self._listener.wait_closed()
 

@@ -8,6 +8,7 @@ residency books at scrape time rather than updated on every request.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -79,6 +80,29 @@ class Metrics:
         self.cooldowns = Counter("helix_cooldowns", "Cooldowns started", ["model"], registry=r)
         r.register(_ResidencyCollector(residency))
         residency.events.subscribe(self._observe)
+        # labels() costs microseconds (a lock, a tuple, a dict): the hot path keeps the
+        # children it has asked for. Label values are few (models, routes, statuses).
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def request_done(
+        self, model: str, route: str, status: int, seconds: float, first_byte_s: float | None
+    ) -> None:
+        """Count a finished request, its duration, and its time to the first byte."""
+        self._child(self.requests, model, route, str(status)).inc()
+        self._child(self.latency, model).observe(seconds)
+        if first_byte_s is not None:
+            self._child(self.ttft, model).observe(first_byte_s)
+
+    def request_refused(self, status: int) -> None:
+        """Count a request refused before any model was tried."""
+        self._child(self.requests, "-", "-", str(status)).inc()
 
     def _observe(self, event: Event) -> None:
         """Count residency's loads (with their duration) and evictions."""
@@ -94,7 +118,7 @@ class Metrics:
         for key, direction in (("prompt_tokens", "in"), ("completion_tokens", "out")):
             value = usage.get(key)
             if isinstance(value, int) and value > 0:
-                self.tokens.labels(model, direction).inc(value)
+                self._child(self.tokens, model, direction).inc(value)
 
     def exposition(self) -> bytes:
         """The text a scrape gets."""

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from helixd.config import RouteConfig
 from helixd.config.routes import FAILURE_CLASSES, FailureClass
+from helixd.providers.base import ModelAdapter
 from helixd.scheduler import ModelStatus
 
 # A plain model name: retried once when its server gave no byte (it may be restarting).
@@ -38,6 +39,8 @@ class Models(Protocol):
 
     def find(self, name: str) -> ModelStatus | None: ...
 
+    def adapter_of(self, name: str) -> ModelAdapter | None: ...
+
     def names(self) -> list[str]: ...
 
 
@@ -61,7 +64,7 @@ class Router:
 
     def model_of(self, name: str) -> str | None:
         """A model's name from a model name or an alias."""
-        if self.models.find(name) is not None:
+        if self.models.adapter_of(name) is not None:
             return name
         return self.aliases.get(name)
 

@@ -34,6 +34,7 @@ from helixd.edge.routes import Routes
 from helixd.edge.server import EdgeServer, Limits
 from helixd.hub import Hub
 from helixd.proxy import failover
+from helixd.proxy.access import AccessLog
 from helixd.proxy.attempt import FAILURE_OF, Exchange, Failed, Outcome, Refused, RequestRecord
 from helixd.proxy.body import inflate, too_large
 from helixd.proxy.classify import classify
@@ -50,7 +51,6 @@ from helixd.proxy.spend import Spending, UsageSniffer
 from helixd.scheduler import ModelStatus, Residency, ResidencyError
 
 log = logging.getLogger("helixd.proxy")
-access_log = logging.getLogger("helixd.access")
 
 MiB = 1024**2
 
@@ -70,6 +70,7 @@ class ProxyServer:
         self.health = ModelHealth()
         self.readiness = GatewayHealth(self)
         self.metrics = Metrics(residency)
+        self.access = AccessLog()
         self.spend = Spending(state_dir / "spend.json" if state_dir is not None else None)
         # Each finished request, for whoever watches (the live view); nothing when nobody does.
         self.finished: Hub[RequestRecord] = Hub("helixd.proxy")
@@ -109,6 +110,7 @@ class ProxyServer:
         # No HTTP(S)_PROXY is read: loopback traffic to a model's server goes direct.
         self._pool = Pool(connect_timeout_s=10, read_timeout_s=self.config.upstream_timeout_s)
         config = self.config
+        self.access.configure(config.access_log, config.access_log_sample)
         self._routes = self.routes()
         self.edge = EdgeServer(
             self.dispatch,
@@ -277,8 +279,11 @@ class ProxyServer:
     async def read_body(self, request: Request) -> tuple[bytes, dict[str, Any]]:
         """The request's JSON object, which names a ``model``; :class:`Refused` if not."""
         try:
-            async with asyncio.timeout(self.config.read_timeout_s):
+            if request.content.complete:  # the usual case: it came with the head
                 raw = await request.read()
+            else:
+                async with asyncio.timeout(self.config.read_timeout_s):
+                    raw = await request.read()
         except TimeoutError:
             limit = self.config.read_timeout_s
             raise Refused(
@@ -394,10 +399,9 @@ class ProxyServer:
     def _health_keys(self, model: str) -> list[str]:
         # A multi-model server (a remote, Ollama) failing is every one of its models
         # failing; per-model servers fail alone.
-        found = self.residency.find(model)
-        if found is None:  # removed by a reload while a request for it was under way
+        adapter = self.residency.adapter_of(model)
+        if adapter is None:  # removed by a reload while a request for it was under way
             return [model]
-        adapter = found.adapter
         if adapter.shape == "multi-model":
             return [model, f"provider:{adapter.provider}"]
         return [model]
@@ -409,9 +413,11 @@ class ProxyServer:
     def within_budget(self, plan: Attempts) -> tuple[Attempts, str | None]:
         """Drop candidates whose remote is past its daily budget; say why if none is left."""
         reasons = {}
+        if not self.spend.providers:
+            return plan, None  # no priced provider: nothing to check
         for model in plan.order:
-            found = self.residency.find(model)
-            reason = None if found is None else self.spend.blocked(found.provider)
+            adapter = self.residency.adapter_of(model)
+            reason = None if adapter is None else self.spend.blocked(adapter.provider)
             if reason is not None:
                 reasons[model] = reason
         if not reasons:
@@ -540,16 +546,12 @@ class ProxyServer:
         asked = asked if isinstance(asked, str) else "-"
         method, path = ("-", "-") if request is None else (request.method, request.path)
         elapsed = time.perf_counter() - started
-        self.metrics.requests.labels("-", "-", str(status)).inc()
+        self.metrics.request_refused(status)
         self._tell_watchers(method, path, asked, None, None, status, elapsed, None, 0)
-        access_log.info(
-            "%s %s asked=%s refused=%s status=%d ms=%.1f",
-            method,
-            path,
-            asked,
-            code,
-            status,
-            elapsed * 1000,
+        self.access.write(
+            f"{method} {path} asked={asked} refused={code} status={status} "
+            f"ms={elapsed * 1000:.1f}",
+            succeeded=False,
         )
 
     def _tell_watchers(
@@ -587,10 +589,7 @@ class ProxyServer:
         elapsed = time.perf_counter() - x.started
         model = o.model or "-"
         route = plan.route or "-"
-        self.metrics.requests.labels(model, route, str(o.status)).inc()
-        self.metrics.latency.labels(model).observe(elapsed)
-        if o.first_byte_s is not None:
-            self.metrics.ttft.labels(model).observe(o.first_byte_s)
+        self.metrics.request_done(model, route, o.status, elapsed, o.first_byte_s)
         ttft = f"{o.first_byte_s * 1000:.1f}" if o.first_byte_s is not None else "-"
         self._tell_watchers(
             request.method,
@@ -603,18 +602,11 @@ class ProxyServer:
             o.first_byte_s,
             o.attempts,
         )
-        access_log.info(
-            "%s %s asked=%s route=%s model=%s attempts=%d status=%d ms=%.1f ttft_ms=%s%s",
-            request.method,
-            request.path,
-            asked,
-            route,
-            model,
-            o.attempts,
-            o.status,
-            elapsed * 1000,
-            ttft,
-            f" error={o.error}" if o.error else "",
+        self.access.write(
+            f"{request.method} {request.path} asked={asked} route={route} model={model} "
+            f"attempts={o.attempts} status={o.status} ms={elapsed * 1000:.1f} ttft_ms={ttft}"
+            f"{f' error={o.error}' if o.error else ''}",
+            succeeded=o.status < 400 and not o.error,
         )
 
     def _pool_or_fail(self) -> Pool:

@@ -18,12 +18,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from helixd.config import ResourcesConfig, SchedulerConfig
 from helixd.errors import WaitTimeout, refusal
-from helixd.providers.base import LoadError, ModelTarget, says_out_of_memory
+from helixd.providers.base import LoadError, ModelAdapter, ModelTarget, says_out_of_memory
 from helixd.scheduler import views
 from helixd.scheduler.core import (
     RAM,
@@ -134,6 +134,13 @@ class Residency:
         entry = self._ledger.current(name)
         return None if entry is None else self._ledger.status(entry)
 
+    def adapter_of(self, name: str) -> ModelAdapter | None:
+        """The adapter serving model ``name`` now, or None if no model has that name: what
+        the endpoint asks per request (which provider, which server shape) without the
+        cost of a whole :class:`ModelStatus`."""
+        entry = self._ledger.current(name)
+        return None if entry is None else entry.adapter
+
     def views(self) -> list[ModelStatus]:
         """Every configured model now, in config order."""
         ledger = self._ledger
@@ -207,46 +214,62 @@ class Residency:
 
     # -- using a model -----------------------------------------------------------------
 
-    @contextlib.asynccontextmanager
-    async def lease(self, name: str, timeout: float | None = None) -> AsyncIterator[ModelStatus]:
-        """Hold one slot of ``name``, loading it first if needed; release on exit.
+    def lease(self, name: str, timeout: float | None = None) -> Lease:
+        """Hold one slot of ``name``, loading it first if needed; release on exit
+        (``async with residency.lease(name) as model``).
 
         Waits for a load or a free slot up to ``timeout`` (the load timeout by default),
         or refuses at once (a full queue, a model cooling down, no room that could ever
-        be made); yields the model as it was when the slot was taken.
+        be made); gives the model as it was when the slot was taken.
         """
-        entry = self._ledger.entry(name)
-        full = admission_refusal(
-            self._ledger.view(entry), entry.config.max_concurrency, entry.config.max_queue
-        )
+        return Lease(self, name, timeout)
+
+    async def _acquire(self, name: str, timeout: float | None) -> ModelEntry:
+        """Take a slot of ``name`` (see :meth:`lease`); the entry whose slot it is."""
+        ledger = self._ledger
+        entry = ledger.entry(name)
+        config = entry.config
+        if (
+            entry.state == ModelState.LOADED
+            and entry.in_flight < config.max_concurrency
+            and entry.queued == 0
+            and not ledger.closed
+            and not entry.removed
+        ):
+            # The common case, on every proxied request: loaded, a slot free, nobody
+            # ahead. Taken at once, with one change notice instead of three.
+            entry.in_flight += 1
+            ledger.counts_changed(entry)
+            return entry
+        full = admission_refusal(ledger.view(entry), config.max_concurrency, config.max_queue)
         if full is not None:
             raise refusal(full.code, full.reason)
-        deadline = self._ledger.clock() + (
-            timeout if timeout is not None else self._ledger.scheduler.load_timeout_s
+        deadline = ledger.clock() + (
+            timeout if timeout is not None else ledger.scheduler.load_timeout_s
         )
         entry.queued += 1
-        self._ledger.counts_changed(entry)
+        ledger.counts_changed(entry)
         try:
             while True:
                 await self._ensure_loaded(entry, deadline)
-                if has_free_slot(self._ledger.view(entry), entry.config.max_concurrency):
+                if has_free_slot(ledger.view(entry), config.max_concurrency):
                     break
                 await self._wait_until(deadline, f"{name}: no free slot")
         except BaseException:
             entry.queued -= 1
-            self._ledger.counts_changed(entry)
+            ledger.counts_changed(entry)
             raise
         entry.queued -= 1
         entry.in_flight += 1
-        self._ledger.counts_changed(entry)
-        try:
-            yield self._ledger.status(entry)
-        finally:
-            entry.in_flight -= 1
-            entry.last_used = self._ledger.clock()
-            entry.last_used_wall = self._ledger.wall()
-            # A model that just went idle may have an unload waiting for that (a reload).
-            self._ledger.counts_changed(entry, state=entry.idle and entry.stale)
+        ledger.counts_changed(entry)
+        return entry
+
+    def _release(self, entry: ModelEntry) -> None:
+        entry.in_flight -= 1
+        entry.last_used = self._ledger.clock()
+        entry.last_used_wall = self._ledger.wall()
+        # A model that just went idle may have an unload waiting for that (a reload).
+        self._ledger.counts_changed(entry, state=entry.idle and entry.stale)
 
     async def load(self, name: str, timeout: float | None = None) -> ModelStatus:
         """Make ``name`` resident (the control API's explicit load); a failed one retries."""
@@ -747,3 +770,29 @@ async def _uncancellable(coro: Any) -> None:
         with contextlib.suppress(Exception):
             await task
         raise
+
+
+class Lease:
+    """One slot of a model, held for an ``async with`` block (see :meth:`Residency.lease`).
+
+    A class rather than a generator-based context manager: it is entered on every
+    proxied request, and contextlib's machinery costs several times what it does.
+    """
+
+    __slots__ = ("_entry", "_name", "_residency", "_timeout")
+
+    def __init__(self, residency: Residency, name: str, timeout: float | None) -> None:
+        self._residency = residency
+        self._name = name
+        self._timeout = timeout
+        self._entry: ModelEntry | None = None
+
+    async def __aenter__(self) -> ModelStatus:
+        residency = self._residency
+        self._entry = await residency._acquire(self._name, self._timeout)
+        return residency._ledger.status(self._entry)
+
+    async def __aexit__(self, *_: object) -> None:
+        if self._entry is not None:
+            entry, self._entry = self._entry, None
+            self._residency._release(entry)

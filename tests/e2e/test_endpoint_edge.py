@@ -276,3 +276,13 @@ def test_a_slowloris_head_is_cut_but_a_slow_second_request_is_not(helix: Any) ->
             assert answer.startswith(b"HTTP/1.1 200"), answer[:100]
             ready, _, _ = select.select([steady], [], [], 1.5)  # past header_timeout_s
             assert not ready, "the connection was closed while idle between requests"
+
+
+def test_the_access_log_can_be_off_while_metrics_still_count(helix: Any) -> None:
+    h = helix(echo_models("m"), proxy="access_log = false")
+    assert post(h, "/v1/chat/completions", json.dumps(CHAT).encode())[0] == 200
+    assert post(h, "/v1/chat/completions", b"{bad")[0] == 400
+    text = metrics(h)
+    assert 'helix_requests_total{model="m",route="-",status="200"} 1.0' in text
+    assert 'helix_requests_total{model="-",route="-",status="400"} 1.0' in text
+    assert "helixd.access" not in h.stderr()

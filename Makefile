@@ -75,6 +75,7 @@ typecheck: $(TEST_STAMP)
 bench: $(TEST_STAMP)
 	$(BIN)/python bench/helixctl_status.py
 	$(BIN)/python bench/proxy_overhead.py
+	$(BIN)/python bench/access_log_cost.py
 	$(BIN)/python bench/live_view_cost.py
 
 deb:

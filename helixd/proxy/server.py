@@ -549,8 +549,7 @@ class ProxyServer:
         self.metrics.request_refused(status)
         self._tell_watchers(method, path, asked, None, None, status, elapsed, None, 0)
         self.access.write(
-            f"{method} {path} asked={asked} refused={code} status={status} "
-            f"ms={elapsed * 1000:.1f}",
+            f"{method} {path} asked={asked} refused={code} status={status} ms={elapsed * 1000:.1f}",
             succeeded=False,
         )
 

@@ -268,7 +268,8 @@ class Connection(asyncio.Protocol):
                 # skipped reliably: the connection closes after this answer.
                 keep_alive = keep_alive and not response.close and request.content.complete
                 keep_alive = keep_alive and not request.content.too_large and not self._closing
-                self.write(response.encode(keep_alive, request.method == "HEAD"))
+                head_only, http10 = request.method == "HEAD", request.version == "1.0"
+                self.write(response.encode(keep_alive, head_only, http10))
         except asyncio.CancelledError:
             return  # the client went away, or a refusal took over: see _refuse
         except ConnectionError:

@@ -272,11 +272,14 @@ class Response:
     def text(self) -> str:
         return self.body.decode("utf-8", "replace")
 
-    def encode(self, keep_alive: bool, head_only: bool) -> bytes:
-        """The bytes on the wire: status line, headers, and (but for HEAD) the body."""
+    def encode(self, keep_alive: bool, head_only: bool, http10: bool = False) -> bytes:
+        """The bytes on the wire: status line, headers, and (but for HEAD) the body.
+        ``http10``: an HTTP/1.0 client keeps its connection only when told so."""
         extra = b"Content-Length: %d\r\n" % len(self.body)
         if not keep_alive:
             extra += b"Connection: close\r\n"
+        elif http10:
+            extra += b"Connection: keep-alive\r\n"
         head = _head(self.status, self.headers, extra)
         return head if head_only else head + self.body
 

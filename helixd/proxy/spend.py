@@ -98,6 +98,10 @@ class Spending:
         }
 
 
+# One decoder for every answer: making one costs more than decoding a usage object.
+_DECODER = json.JSONDecoder()
+
+
 class UsageSniffer:
     """Keeps the tail of an answer to read its ``usage`` once it is complete.
 
@@ -128,7 +132,7 @@ class UsageSniffer:
             start = text.find("{", at)
             if start != -1:
                 try:
-                    found, _ = json.JSONDecoder().raw_decode(text[start:])
+                    found, _ = _DECODER.raw_decode(text, start)
                 except ValueError:
                     found = None
                 if isinstance(found, dict):

@@ -176,6 +176,13 @@ def test_http_1_0_gets_its_answer_and_the_connection_closes(loop: str) -> None:
             reader, writer = await h.connect()
             writer.write(b"GET /echo HTTP/1.0\r\n\r\n")
             assert (await reader.read()).startswith(b"HTTP/1.1 200")
+            # An HTTP/1.0 client that asks to keep its connection is told it may.
+            reader, writer = await h.connect()
+            for _ in range(2):
+                writer.write(b"GET /echo HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+                status, headers, _ = await read_answer(reader)
+                assert status == 200 and headers["connection"] == "keep-alive"
+            writer.close()
 
     run(loop, scenario())
 

@@ -66,11 +66,6 @@ class EdgeServer:
             f"endpoint: reset %d connections whose request head took over "
             f"{limits.header_timeout_s:g} s ([proxy] header_timeout_s) since the last note",
         )
-        self._bad = Tally(
-            clock,
-            "endpoint: answered %d malformed requests with an error since the last note "
-            "(the access log has each)",
-        )
         self._listener: asyncio.Server | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         # Deadlines fire within this much of their time: a fraction of the shortest.
@@ -78,9 +73,8 @@ class EdgeServer:
         self.port = 0
 
     def refused(self, connection: Connection, status: int, code: str, message: str) -> None:
-        """A request the connection refused itself: one note an interval, and the
-        application's record of it."""
-        self._bad.count()
+        """A request the connection refused itself: the application records it (its
+        access line, its count, its note in the log)."""
         self._refused(status, code)
 
     async def start(self, host: str, port: int) -> None:

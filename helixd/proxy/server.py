@@ -22,6 +22,7 @@ from helixd.config import ProviderConfig, ProxyConfig, RouteConfig
 from helixd.config.proxy import split_listen
 from helixd.config.routes import FailureClass
 from helixd.edge.client import Pool
+from helixd.edge.door import Tally
 from helixd.edge.message import (
     Answer,
     BodyTooLarge,
@@ -71,6 +72,9 @@ class ProxyServer:
         self.readiness = GatewayHealth(self)
         self.metrics = Metrics(residency)
         self.access = AccessLog()
+        # One WARNING a minute per kind of refusal: a flood of bad requests is noticed
+        # without flooding the log (each one has its access line).
+        self._refusal_notes: dict[str, Tally] = {}
         self.spend = Spending(state_dir / "spend.json" if state_dir is not None else None)
         # Each finished request, for whoever watches (the live view); nothing when nobody does.
         self.finished: Hub[RequestRecord] = Hub("helixd.proxy")
@@ -547,6 +551,14 @@ class ProxyServer:
         method, path = ("-", "-") if request is None else (request.method, request.path)
         elapsed = time.perf_counter() - started
         self.metrics.request_refused(status)
+        notes = self._refusal_notes.get(code)
+        if notes is None:
+            notes = self._refusal_notes[code] = Tally(
+                time.monotonic,
+                f"endpoint: refused %d requests with {status} ({code}) since the last note; "
+                "the access log has each",
+            )
+        notes.count()
         self._tell_watchers(method, path, asked, None, None, status, elapsed, None, 0)
         self.access.write(
             f"{method} {path} asked={asked} refused={code} status={status} ms={elapsed * 1000:.1f}",

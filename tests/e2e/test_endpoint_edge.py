@@ -126,6 +126,12 @@ def test_refusals_are_logged_and_counted(helix: Any) -> None:
     log = h.stderr()
     assert "asked=- refused=invalid_json status=400" in log
     assert "asked=ghost refused=model_not_found status=404" in log
+    # and one WARNING per kind of refusal, however many came (once a minute at most)
+    for _ in range(5):
+        post(h, "/v1/chat/completions", b"{bad")
+    notes = [line for line in h.stderr().splitlines() if "WARNING" in line and "refused" in line]
+    assert len([n for n in notes if "(invalid_json)" in n]) == 1, notes
+    assert len([n for n in notes if "(model_not_found)" in n]) == 1, notes
 
 
 def test_the_edges_own_errors_are_logged_and_counted(helix: Any) -> None:

@@ -264,7 +264,9 @@ class Answer:
 
     async def read(self) -> bytes:
         """The whole body."""
-        parts = [chunk async for chunk in self.chunks()]
+        link, parts = self._link, []
+        while chunk := await link.next_chunk(self._timeout):
+            parts.append(chunk)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def read_bounded(self, limit: int) -> bytes:

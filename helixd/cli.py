@@ -85,14 +85,17 @@ def _setup_logging(level: str) -> None:
 def run_loop(main: Coroutine[Any, Any, None]) -> None:
     """Run helixd's loop: uvloop's (the endpoint's speed depends on it) unless
     ``HELIXD_LOOP=asyncio`` asks for the standard library's, which also works."""
+    log = logging.getLogger("helixd")
     if os.environ.get("HELIXD_LOOP", "uvloop") != "asyncio":
         try:
             import uvloop
         except ImportError:
-            pass
+            log.warning("uvloop is not installed: the endpoint runs slower on asyncio's loop")
         else:
+            log.debug("event loop: uvloop")
             uvloop.run(main)
             return
+    log.debug("event loop: asyncio's own")
     asyncio.run(main)
 
 

@@ -120,7 +120,7 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.gone = True
-        self.server.connections.discard(self)
+        self.server.forget(self)
         self._deadline(None)
         if self._task is not None:
             self._task.cancel()
@@ -333,7 +333,7 @@ class Connection(asyncio.Protocol):
 
     def _head_too_slow(self) -> None:
         if self.transport is None:  # never connected: nothing to cut, one less to count
-            self.server.connections.discard(self)
+            self.server.forget(self)
             return
         self.server.too_slow.count()
         self.transport.abort()

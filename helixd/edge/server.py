@@ -10,6 +10,7 @@ through ``refused``, so the application logs and counts those answers as its own
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -68,9 +69,16 @@ class EdgeServer:
         )
         self._listener: asyncio.Server | None = None
         self._sweeper: asyncio.TimerHandle | None = None
+        self._all_gone: asyncio.Event | None = None  # set up by stop()
         # Deadlines fire within this much of their time: a fraction of the shortest.
         self.sweep_s = max(0.01, min(0.5, limits.header_timeout_s / 4, limits.idle_timeout_s / 4))
         self.port = 0
+
+    def forget(self, connection: Connection) -> None:
+        """A connection has closed (or never opened)."""
+        self.connections.discard(connection)
+        if not self.connections and self._all_gone is not None:
+            self._all_gone.set()
 
     def refused(self, connection: Connection, status: int, code: str, message: str) -> None:
         """A request the connection refused itself: the application records it (its
@@ -100,11 +108,13 @@ class EdgeServer:
         """Stop accepting; let answers under way finish for a while, then cut them."""
         if self._listener is not None:
             self._listener.close()
+        self._all_gone = asyncio.Event()
         for connection in list(self.connections):
             connection.shut()
-        deadline = time.monotonic() + SHUTDOWN_GRACE_S
-        while self.connections and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        if self.connections:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(SHUTDOWN_GRACE_S):
+                    await self._all_gone.wait()
         for connection in list(self.connections):
             connection.abort()
         if self._sweeper is not None:

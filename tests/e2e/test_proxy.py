@@ -58,8 +58,13 @@ def post(h: Any, path: str, body: bytes, headers: dict[str, str] | None = None) 
         return e.code, json.loads(e.read())
 
 
-def test_the_openai_client_chats_streams_completes_and_embeds_through_helixd(helix: Any) -> None:
-    h = helix(echo_models("coder", aliases=["code"]))
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])  # HELIXD_LOOP: both loops serve
+def test_the_openai_client_chats_streams_completes_and_embeds_through_helixd(
+    helix: Any, loop: str
+) -> None:
+    h = helix(echo_models("coder", aliases=["code"]), start=False)
+    h.start(extra_env={"HELIXD_LOOP": loop})
+    assert ("event loop: asyncio's own" in h.stderr()) == (loop == "asyncio")
     c = client(h)
     raw = c.chat.completions.with_raw_response.create(
         model="code", messages=[{"role": "user", "content": "hello there"}]

@@ -17,6 +17,8 @@ import resource
 import time
 from collections.abc import Callable, Sized
 
+from helixd.lognotes import FoldedRecords, fold
+
 log = logging.getLogger("helixd.proxy")
 
 # Descriptors kept for the control socket, model servers, log files, NVML and the state.
@@ -87,40 +89,25 @@ class Door:
         return _Turnaway()
 
 
-class AcceptFailures(logging.Filter):
+class AcceptFailures(FoldedRecords):
     """asyncio's own loop logs every failed ``accept()`` (out of descriptors: EMFILE) with
     a traceback, hundreds a second while the limit is reached; this folds them into one
-    WARNING a :data:`NOTE_INTERVAL_S`. (uvloop's libuv drops such connections itself, with
-    a descriptor it keeps spare, and logs nothing.)"""
+    WARNING an interval. (uvloop's libuv drops such connections itself, with a descriptor
+    it keeps spare, and logs nothing.)"""
 
     MESSAGE = "socket.accept() out of system resource"
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        super().__init__()
-        self._clock = clock
-        self._noted_at: float | None = None
-        self._held = 0
+    def reason(self, record: logging.LogRecord) -> str | None:
+        return "EMFILE" if str(record.msg).startswith(self.MESSAGE) else None
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not str(record.msg).startswith(self.MESSAGE):
-            return True
-        self._held += 1
-        now = self._clock()
-        if self._noted_at is not None and now - self._noted_at < NOTE_INTERVAL_S:
-            return False
-        record.msg = (
+    def note(self, count: int, reason: str) -> tuple[str, tuple[object, ...]]:
+        message = (
             "out of file descriptors: %d connections could not be accepted since the last "
             "note (raise LimitNOFILE, or lower [proxy] max_connections)"
         )
-        record.args = (self._held,)
-        record.levelno, record.levelname = logging.WARNING, "WARNING"
-        record.exc_info = record.exc_text = None
-        self._noted_at, self._held = now, 0
-        return True
+        return message, (count,)
 
 
 def quiet_accept_failures() -> None:
     """Install :class:`AcceptFailures` on asyncio's logger, once."""
-    logger = logging.getLogger("asyncio")
-    if not any(isinstance(f, AcceptFailures) for f in logger.filters):
-        logger.addFilter(AcceptFailures())
+    fold("asyncio", AcceptFailures)

@@ -60,6 +60,7 @@ class Ledger:
         self.closed = False
         self._lost = lost
         self._changed = asyncio.Event()
+        self._waiting = 0  # tasks in wait_changed
         self._state_changed = asyncio.Event()
         self._sampled_at = 0.0
         self._figures_moved = False  # a load or unload ended since the last sample
@@ -78,8 +79,9 @@ class Ledger:
         State changes also wake the maintenance pass and tell subscribers (the daemon
         refreshes systemd's STATUS= line).
         """
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
+        if self._waiting:  # else nobody waits: no new Event (this runs twice a request)
+            changed, self._changed = self._changed, asyncio.Event()
+            changed.set()
         if state:
             self._state_changed.set()
             self.events.emit(Changed())
@@ -99,9 +101,13 @@ class Ledger:
     async def wait_changed(self, timeout: float | None) -> None:
         """Wait until any model's state changes (or ``timeout`` passes)."""
         changed = self._changed
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                await changed.wait()
+        self._waiting += 1
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await changed.wait()
+        finally:
+            self._waiting -= 1
 
     def set(self, entry: ModelEntry, state: ModelState, message: str = "") -> None:
         """Record ``entry``'s new state and why; the figures of a model gone are cleared."""

@@ -35,6 +35,19 @@ def raw_request(port: int, data: bytes) -> bytes:
     return b"".join(chunks)
 
 
+def wait_until_served(h: Any) -> None:
+    """Until a chat request is answered 200: connections turned away while helixd has
+    not yet seen the closes of earlier ones are retried (bounded)."""
+
+    def served() -> bool:
+        try:
+            return post(h, "/v1/chat/completions", json.dumps(CHAT).encode())[0] == 200
+        except ConnectionError:
+            return False
+
+    wait_for_sync(served, timeout=20, what="the endpoint to serve again")
+
+
 def metrics(h: Any, headers: str = "") -> str:
     """``GET /metrics`` on the endpoint, its whole answer as text."""
     request = f"GET /metrics HTTP/1.1\r\nHost: x\r\n{headers}Connection: close\r\n\r\n"
@@ -213,13 +226,7 @@ def test_silent_connections_past_the_cap_are_turned_away_and_helixctl_still_answ
             sock.close()
 
     # Once helixd has seen them go, requests are served again.
-    def served() -> bool:
-        try:
-            return post(h, "/v1/chat/completions", json.dumps(CHAT).encode())[0] == 200
-        except ConnectionResetError:
-            return False  # still turned away: the closes are not all noticed yet
-
-    wait_for_sync(served, timeout=20, what="the endpoint to serve again")
+    wait_until_served(h)
 
 
 @pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
@@ -241,14 +248,7 @@ def test_a_flood_of_connections_under_a_low_descriptor_limit_leaves_room_for_the
     finally:
         for sock in flood:
             sock.close()
-
-    def served() -> bool:
-        try:
-            return post(h, "/v1/chat/completions", json.dumps(CHAT).encode())[0] == 200
-        except ConnectionError:
-            return False  # still turned away: the closes are not all noticed yet
-
-    wait_for_sync(served, timeout=20, what="the endpoint to serve again")
+    wait_until_served(h)
     assert "Traceback" not in h.stderr() and "Too many open files" not in h.stderr()
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from helixd.edge import door
 from helixd.edge.door import RESERVE_FDS, AcceptFailures, Door, connection_cap
+from helixd.lognotes import INTERVAL_S
 
 
 class Transport(asyncio.Transport):
@@ -72,6 +73,6 @@ def test_failed_accepts_are_noted_once_an_interval_without_tracebacks() -> None:
     assert not any(accepts.filter(record(AcceptFailures.MESSAGE)) for _ in range(500))
     other = record("Task exception was never retrieved")
     assert accepts.filter(other) and other.exc_info is not None  # anything else passes
-    now[0] += door.NOTE_INTERVAL_S
+    now[0] += INTERVAL_S
     later = record(AcceptFailures.MESSAGE)
     assert accepts.filter(later) and "501 connections" in later.getMessage()

@@ -36,6 +36,7 @@ and is listed all the same::
         * UpstreamRejected  upstream_failed  the upstream answered with an error status
         * BadOllamaRequest  bad_request  a request that is not valid Ollama
         * BodyTooLarge  body_too_large  a request body past ``[proxy] max_body_mib``
+        * BodyTimeout  body_timeout  a request body not all in within ``read_timeout_s``
         * MalformedRequest  malformed_request  HTTP the endpoint cannot parse or accept
         * UpstreamIOError  upstream_io  the exchange with a model's server broke
           * ConnectFailed  connect_failed  no connection: nothing listens, no such name

@@ -217,6 +217,8 @@ class _Link(asyncio.Protocol):
             and self.error is None
             and not self.lost
             and self.keep_alive
+            and not self.chunks  # all read (a bounded read may stop short)
+            and not self.paused
             and self.transport is not None
             and not self.transport.is_closing()
         )
@@ -367,7 +369,8 @@ class Pool:
         now = self._clock()
         while idle:
             link = idle.pop()
-            if link.lost or now - link.idle_since > IDLE_S:
+            closing = link.transport is None or link.transport.is_closing()
+            if link.lost or closing or now - link.idle_since > IDLE_S:
                 link.close()
                 continue
             link._reset()

@@ -40,6 +40,9 @@ log = logging.getLogger("helixd.proxy")
 
 # How long a closing connection drops what the client still sends before cutting it.
 LINGER_S = 2.0
+# Bytes a head may run past max_header_bytes before it is cut mid-line (the parser
+# holds an unfinished line itself; the exact count is checked when the line ends).
+HEAD_SLACK = 8 * 1024
 
 
 class MalformedRequest(EndpointError):
@@ -79,6 +82,8 @@ class Connection(asyncio.Protocol):
         self._writable: asyncio.Future[None] | None = None
         self._closing = False  # no more requests: close once the current answer is out
         self._last_words = b""  # a refusal to send after the answer under way
+        self._in_head = False  # between a request's first byte and its blank line
+        self._head_fed = 0
         # Counted from now, not from connection_made: asyncio's loop makes a batch of
         # protocols per readiness event before any is connected, and the door's cap must
         # see them all. The head deadline also forgets one that is never connected.
@@ -100,6 +105,18 @@ class Connection(asyncio.Protocol):
             return  # after a refusal or Connection: close, what comes is dropped
         try:
             self.parser.feed_data(data)
+            if self._in_head:
+                # httptools holds an unfinished header line itself and calls on_header
+                # only once it ends: bound what it holds by what was fed since the head
+                # began (an upper bound: the line that began it may hold more).
+                self._head_fed += len(data)
+                if self._head_fed > self.limits.max_header_bytes + HEAD_SLACK:
+                    kib = self.limits.max_header_bytes // 1024
+                    self._refuse(
+                        431,
+                        "headers_too_large",
+                        f"request line and headers over {kib} KiB ([proxy] max_header_kib)",
+                    )
         except httptools.HttpParserUpgrade:
             self._closing = True  # answered as plain HTTP; no protocol switch here
         except httptools.HttpParserCallbackError as exc:
@@ -171,6 +188,7 @@ class Connection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._url, self._headers, self._header_bytes = [], [], 0
+        self._in_head, self._head_fed = True, 0
         if self._task is None:
             self._deadline(self.limits.header_timeout_s, self._head_too_slow)
 
@@ -199,6 +217,7 @@ class Connection(asyncio.Protocol):
             )
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
         parser = self.parser
         raw_url = self._url[0] if len(self._url) == 1 else b"".join(self._url)
         if raw_url[:1] == b"/" and not any(c in raw_url for c in b"?%#"):
@@ -216,8 +235,10 @@ class Connection(asyncio.Protocol):
             query = url.query.decode("latin-1") if url.query else ""
         headers = CIMultiDictProxy(CIMultiDict(self._headers))
         method = parser.get_method().decode("ascii", "replace")
-        expect = headers.get("Expect", "").lower() == "100-continue"
-        body = Body(self, self.server.limits.max_body_bytes, expect_continue=expect)
+        version = parser.get_http_version()
+        expect = version == "1.1" and headers.get("Expect", "").lower() == "100-continue"
+        limits = self.limits
+        body = Body(self, limits.max_body_bytes, expect, limits.body_timeout_s)
         length = headers.get("Content-Length")
         if length is not None and length.isdigit() and int(length) > body.limit:
             body.refuse()  # answered 413 without reading it
@@ -225,7 +246,7 @@ class Connection(asyncio.Protocol):
             method,
             path,
             query,
-            parser.get_http_version(),
+            version,
             headers,
             body,
             self.remote,
@@ -270,27 +291,34 @@ class Connection(asyncio.Protocol):
                 keep_alive = keep_alive and not request.content.too_large and not self._closing
                 head_only, http10 = request.method == "HEAD", request.version == "1.0"
                 self.write(response.encode(keep_alive, head_only, http10))
+                # A client that sends requests and reads no answers must not fill
+                # helixd's memory: the next request waits until this one is taken.
+                await self.drain()
         except asyncio.CancelledError:
             return  # the client went away, or a refusal took over: see _refuse
         except ConnectionError:
             keep_alive = False
         except Exception:
             log.exception("endpoint: %s %s failed", request.method, request.path)
+            if request.answered:  # part of an answer went out: nothing sane to add
+                self.abort()
+                return
             keep_alive = False
             self.write(Response(500, text="internal error").encode(False, False))
         finally:
             self._task = None
         keep_alive = keep_alive and request.content.complete and not self._closing
         if not keep_alive:
-            if self._last_words:
-                self.write(self._last_words)
-            self._close(linger=not request.content.complete or bool(self._last_words))
+            self._say_last_words(linger=not request.content.complete)
             return
         if self._waiting:
             self._start(self._waiting.popleft())
             self.resume_reading()
             return
-        self._deadline(self.limits.idle_timeout_s, self._close)
+        if self._in_head:  # the next head has begun: its deadline, not the idle one
+            self._deadline(self.limits.header_timeout_s, self._head_too_slow)
+        else:
+            self._deadline(self.limits.idle_timeout_s, self._close)
         self.resume_reading()
 
     def _refuse(self, status: int, code: str, message: str) -> None:
@@ -307,15 +335,22 @@ class Connection(asyncio.Protocol):
         if parsing is not None and not self._waiting:
             # The junk is in the body of the request being answered: it can never be
             # read whole, so its handler stops and the refusal is the answer (the task
-            # may not have started yet: a done callback runs either way).
+            # may not have started yet, or may end by returning: the callback runs
+            # either way, and the words are said once).
             self._task.add_done_callback(self._refused_instead)
             self._task.cancel()
 
     def _refused_instead(self, task: asyncio.Task[None]) -> None:
         self._task = None
-        if task.cancelled() and not self.gone:
-            self.write(self._last_words)
-            self._close(linger=True)
+        if not self.gone:
+            self._say_last_words(linger=True)
+
+    def _say_last_words(self, linger: bool) -> None:
+        """Close after the refusal waiting to be sent, if any (sent once)."""
+        words, self._last_words = self._last_words, b""
+        if words:
+            self.write(words)
+        self._close(linger=linger or bool(words))
 
     # -- timers and closing ------------------------------------------------------------
 
@@ -349,6 +384,9 @@ class Connection(asyncio.Protocol):
         if transport is None or transport.is_closing():
             return
         if linger and transport.can_write_eof():
+            # Drop what still comes, even if reading was paused for a body left unread.
+            self._reading_paused = False
+            transport.resume_reading()
             try:
                 transport.write_eof()
             except OSError:  # the client has already gone: nothing to linger for

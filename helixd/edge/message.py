@@ -33,6 +33,12 @@ class BodyTooLarge(EndpointError):
     code = "body_too_large"
 
 
+class BodyTimeout(EndpointError):
+    """The request's body did not all arrive within ``[proxy] read_timeout_s``."""
+
+    code = "body_timeout"
+
+
 class Channel(Protocol):
     """The connection a request came on, as its answer needs it."""
 
@@ -62,7 +68,9 @@ class Body:
         "_buffered",
         "_channel",
         "_chunks",
+        "_deadline",
         "_expect_continue",
+        "_timeout_s",
         "_waiter",
         "complete",
         "limit",
@@ -70,8 +78,16 @@ class Body:
         "too_large",
     )
 
-    def __init__(self, channel: Channel, limit: int, expect_continue: bool = False) -> None:
+    def __init__(
+        self,
+        channel: Channel,
+        limit: int,
+        expect_continue: bool = False,
+        timeout_s: float | None = None,
+    ) -> None:
         self._channel = channel
+        self._timeout_s = timeout_s
+        self._deadline: float | None = None
         self._chunks: list[bytes] = []
         self._buffered = 0
         self._waiter: asyncio.Future[None] | None = None
@@ -121,12 +137,21 @@ class Body:
             self._channel.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         if self._channel.gone:
             raise ConnectionResetError("the client closed its connection")
-        self._waiter = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = None
+        if self._timeout_s is not None:
+            # The whole body within the timeout, counted from the first wait for it.
+            if self._deadline is None:
+                self._deadline = loop.time() + self._timeout_s
+            timer = loop.call_at(self._deadline, _late, waiter, self._timeout_s)
         self._channel.resume_reading()
         try:
-            await self._waiter
+            await waiter
         finally:
             self._waiter = None
+            if timer is not None:
+                timer.cancel()
 
     async def read(self, n: int = -1) -> bytes:
         """Up to ``n`` bytes (all that has come, at least one) or, with ``n`` < 0, the
@@ -150,12 +175,18 @@ class Body:
         return data
 
 
+def _late(waiter: asyncio.Future[None], timeout_s: float) -> None:
+    if not waiter.done():
+        waiter.set_exception(BodyTimeout(f"request body not received within {timeout_s:g} s"))
+
+
 class Request:
     """One request: its head, parsed, and its :class:`Body`."""
 
     __slots__ = (
         "_body",
         "_query",
+        "answered",
         "channel",
         "content",
         "headers",
@@ -192,6 +223,7 @@ class Request:
         self.match_info: dict[str, str] = {}
         self._query: dict[str, str] | None = None
         self._body: bytes | None = None
+        self.answered = False  # a streamed answer has begun (its head is out)
 
     @property
     def query(self) -> Mapping[str, str]:
@@ -320,6 +352,7 @@ class StreamResponse:
         if self.prepared:
             return
         self.prepared = True
+        request.answered = True
         self._channel = request.channel
         self._head_only = request.method == "HEAD"
         self._chunked = request.version == "1.1"

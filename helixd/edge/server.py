@@ -33,6 +33,7 @@ class Limits:
     max_header_bytes: int = 32 * 1024
     max_headers: int = 100
     max_body_bytes: int = 32 * 1024**2
+    body_timeout_s: float = 60.0  # the whole body, from the first read of it
     max_connections: int = 4096
 
 
@@ -100,9 +101,11 @@ class EdgeServer:
         """Fire the connections' deadlines that have passed; again in ``sweep_s``."""
         loop = asyncio.get_running_loop()
         now = loop.time()
-        for connection in [c for c in self.connections if 0.0 < c.due <= now]:
-            connection.expire()
-        self._sweeper = loop.call_later(self.sweep_s, self._sweep)
+        try:
+            for connection in [c for c in self.connections if 0.0 < c.due <= now]:
+                connection.expire()
+        finally:  # one failure must not end every deadline for good
+            self._sweeper = loop.call_later(self.sweep_s, self._sweep)
 
     async def stop(self) -> None:
         """Stop accepting; let answers under way finish for a while, then cut them."""

@@ -8,7 +8,6 @@ well-formed error event and any other body simply ends — never a hang.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import Callable
@@ -245,6 +244,12 @@ class EarlyStream:
     async def stop(self) -> StreamResponse | None:
         """Stop the keep-alives; the started response, if any, for the answer to continue."""
         self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+        try:
             await self._task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # the request itself is being cancelled (its client left)
+        except ConnectionError:
+            pass
         return self.response

@@ -25,6 +25,7 @@ from helixd.edge.client import Pool
 from helixd.edge.door import Tally
 from helixd.edge.message import (
     Answer,
+    BodyTimeout,
     BodyTooLarge,
     Request,
     Response,
@@ -124,6 +125,7 @@ class ProxyServer:
                 max_header_bytes=config.max_header_kib * 1024,
                 max_headers=config.max_headers,
                 max_body_bytes=config.max_body_mib * MiB,
+                body_timeout_s=config.read_timeout_s,
                 max_connections=config.max_connections,
             ),
             openai_error,
@@ -188,6 +190,8 @@ class ProxyServer:
         except BodyTooLarge:
             why = too_large(self.config.max_body_mib)
             return self._refuse(request, 413, why, "body_too_large", started)
+        except BodyTimeout as exc:  # a handler that read the body and did not say
+            return self._refuse(request, 408, str(exc), "request_timeout", started)
 
     def _refuse(
         self, request: Request, status: int, message: str, code: str, started: float
@@ -288,7 +292,7 @@ class ProxyServer:
             else:
                 async with asyncio.timeout(self.config.read_timeout_s):
                     raw = await request.read()
-        except TimeoutError:
+        except (TimeoutError, BodyTimeout):
             limit = self.config.read_timeout_s
             raise Refused(
                 f"request body not received within {limit:g} s", "request_timeout"

@@ -17,6 +17,7 @@ import uvloop
 
 from helixd.edge.message import (
     Answer,
+    BodyTimeout,
     BodyTooLarge,
     Request,
     Response,
@@ -59,6 +60,8 @@ class Harness:
             return await found.handler(request)
         except BodyTooLarge:
             return openai_error(413, "too large", "body_too_large")
+        except BodyTimeout:
+            return openai_error(408, "too slow", "request_timeout")
 
     async def __aenter__(self) -> Harness:
         await self.server.start("127.0.0.1", 0)
@@ -405,3 +408,126 @@ def test_routes_match_exact_paths_and_variable_tails() -> None:
     assert not routes.allows_other_methods("/nowhere")
     with pytest.raises(ValueError, match="unsupported route pattern"):
         routes.add_get("/x/{a:[0-9]+}", echo)
+
+
+# -- what a review found (each confirmed by a script before its fix) ------------------
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_junk_in_a_body_the_handler_is_reading_is_refused_and_closed(loop: str) -> None:
+    async def scenario() -> None:
+        reading = asyncio.Event()
+
+        async def slurp(request: Request) -> Answer:
+            reading.set()
+            return Response(text=str(len(await request.read())))
+
+        async with Harness(routes_with(slurp=slurp)) as h:
+            reader, writer = await h.connect()
+            writer.write(b"POST /slurp HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
+            await reading.wait()  # the handler waits for the rest of the body
+            writer.write(b"zz\r\nabc\r\n")  # not a chunk size
+            answer = await reader.read()  # to the close
+            assert answer.startswith(b"HTTP/1.1 400") and b"malformed_request" in answer
+            assert h.refused == [(400, "malformed_request")]  # and our side is closed
+
+    run(loop, scenario())
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_client_that_reads_no_answers_cannot_fill_helixds_memory(loop: str) -> None:
+    async def scenario() -> None:
+        buffered: list[int] = []
+        big = b"x" * 100_000
+
+        async def large(request: Request) -> Answer:
+            transport = next(iter(h.server.connections)).transport
+            assert transport is not None
+            buffered.append(transport.get_write_buffer_size())
+            return Response(body=big)
+
+        async with Harness(routes_with(large=large)) as h:
+            reader, writer = await h.connect()
+            writer.write(b"GET /large HTTP/1.1\r\n\r\n" * 300)  # and read nothing yet
+            for _ in range(300):  # now all of them: every one is answered, in order
+                status, _, body = await read_answer(reader)
+                assert status == 200 and len(body) == len(big)
+            assert len(buffered) == 300
+            # Each request waited for the answer before it to leave the buffer; without
+            # that, the last one would find about 30 MB queued.
+            assert max(buffered) < 1_000_000, max(buffered)
+
+    run(loop, scenario())
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_header_line_that_never_ends_is_refused_at_the_bound(loop: str) -> None:
+    async def scenario() -> None:
+        async with Harness(routes_with(), max_header_bytes=4096) as h:
+            reader, writer = await h.connect()
+            writer.write(b"GET /echo HTTP/1.1\r\nX-Long: ")
+            for _ in range(64):  # 1 MiB, and never the end of the line
+                writer.write(b"a" * 16384)
+            answer = await reader.read()
+            assert answer.startswith(b"HTTP/1.1 431"), answer[:100]
+            assert h.refused == [(431, "headers_too_large")]
+
+    run(loop, scenario())
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_large_upload_left_unread_still_gets_its_answer(loop: str) -> None:
+    async def scenario() -> None:
+        async def refuse(request: Request) -> Answer:
+            await asyncio.sleep(0)  # answers without reading the body
+            return openai_error(401, "no key", "invalid_api_key")
+
+        async with Harness(routes_with(refuse=refuse)) as h:
+            reader, writer = await h.connect()
+            size = 8 * 1024 * 1024
+            writer.write(f"POST /refuse HTTP/1.1\r\nContent-Length: {size}\r\n\r\n".encode())
+
+            async def upload() -> None:
+                for _ in range(size // 65536):
+                    writer.write(b"y" * 65536)
+                    await writer.drain()  # fails if helixd stopped reading for good
+
+            sending = asyncio.ensure_future(upload())
+            status, headers, _ = await read_answer(reader)
+            await sending  # the whole upload went: the server drained it, not reset it
+            assert (status, headers["connection"]) == (401, "close")
+
+    run(loop, scenario())
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_body_that_stops_coming_times_out_at_the_edge(loop: str) -> None:
+    async def scenario() -> None:
+        async with Harness(routes_with(), body_timeout_s=0.2) as h:
+            reader, writer = await h.connect()
+            writer.write(b"POST /echo HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc")
+            status, headers, _ = await read_answer(reader)
+            assert (status, headers["connection"]) == (408, "close")
+
+    run(loop, scenario())
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_handler_failing_mid_stream_cuts_the_connection_not_the_framing(loop: str) -> None:
+    async def scenario() -> None:
+        async def broken(request: Request) -> Answer:
+            response = StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            await response.write(b"data: 1\n\n")
+            raise RuntimeError("a bug")
+
+        async with Harness(routes_with(broken=broken)) as h:
+            reader, writer = await h.connect()
+            writer.write(b"GET /broken HTTP/1.1\r\n\r\n")
+            try:
+                answer = await reader.read()
+            except ConnectionResetError:
+                answer = b""
+            assert b"internal error" not in answer and b"HTTP/1.1 500" not in answer
+
+    run(loop, scenario())

@@ -131,3 +131,41 @@ async def test_an_error_answer_is_read_only_up_to_its_cap(pool: Pool) -> None:
         await server.wait_closed()
     assert caught.value.status == 500
     assert caught.value.body == b"x" * ERROR_BODY_BYTES
+
+
+async def test_an_answer_read_in_part_does_not_go_back_to_the_pool(pool: Pool) -> None:
+    """A bounded read stops short of a long error answer: that connection still holds
+    the rest (and its reading may be paused), so the next request gets a new one."""
+    requests = 0
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal requests
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                await reader.readexactly(2)
+                requests += 1
+                if requests == 1:
+                    chunk = b"%x\r\n%s\r\n" % (1000, b"e" * 1000)
+                    writer.write(
+                        b"HTTP/1.1 500 Oops\r\nTransfer-Encoding: chunked\r\n\r\n"
+                        + chunk * 400
+                        + b"0\r\n\r\n"
+                    )
+                else:
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+
+    port = free_port()
+    server = await asyncio.start_server(answer, "127.0.0.1", port)
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    try:
+        with pytest.raises(UpstreamRejected) as caught:
+            await open_upstream(pool, url, b"{}", None, True)
+        assert len(caught.value.body) == ERROR_BODY_BYTES  # read in part
+        answer_two, pooled = await pool.post(url, b"{}")
+        async with answer_two:
+            assert (answer_two.status, await answer_two.read(), pooled) == (200, b"ok", False)
+    finally:
+        server.close()
+        await server.wait_closed()

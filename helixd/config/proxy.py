@@ -46,7 +46,8 @@ class ProxyConfig(Strict):
     read_timeout_s: Seconds = 60.0
     # A request head (line and headers) must be complete within this long of its start.
     header_timeout_s: Seconds = 20.0
-    # A kept-alive connection with no request for this long is closed.
+    # A kept-alive connection with no request for this long is closed, and so is one
+    # whose client reads nothing of its answer for this long.
     idle_timeout_s: Seconds = 75.0
     # Connections open at once; more are reset at once (within the descriptor limit,
     # less a reserve for the control socket and the model servers).

@@ -168,7 +168,13 @@ class Connection(asyncio.Protocol):
 
     async def drain(self) -> None:
         if self._writable is not None and not self._writable.done():
-            await self._writable
+            # A client that takes nothing of its answer for idle_timeout_s is cut (as
+            # nginx's send_timeout), so it cannot hold a model's slot for ever.
+            timer = self.loop.call_later(self.limits.idle_timeout_s, self._send_too_slow)
+            try:
+                await self._writable
+            finally:
+                timer.cancel()
         if self.gone:
             raise ConnectionResetError("the client closed its connection")
 
@@ -365,6 +371,10 @@ class Connection(asyncio.Protocol):
         then, self.due, self._on_due = self._on_due, 0.0, None
         if then is not None:
             then()
+
+    def _send_too_slow(self) -> None:
+        self.server.stalled.count()
+        self.abort()
 
     def _head_too_slow(self) -> None:
         if self.transport is None:  # never connected: nothing to cut, one less to count

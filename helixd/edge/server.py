@@ -68,6 +68,11 @@ class EdgeServer:
             f"endpoint: reset %d connections whose request head took over "
             f"{limits.header_timeout_s:g} s ([proxy] header_timeout_s) since the last note",
         )
+        self.stalled = Tally(
+            clock,
+            f"endpoint: reset %d connections whose client took nothing of its answer for "
+            f"{limits.idle_timeout_s:g} s ([proxy] idle_timeout_s) since the last note",
+        )
         self._listener: asyncio.Server | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._all_gone: asyncio.Event | None = None  # set up by stop()

@@ -531,3 +531,27 @@ def test_a_handler_failing_mid_stream_cuts_the_connection_not_the_framing(loop: 
             assert b"internal error" not in answer and b"HTTP/1.1 500" not in answer
 
     run(loop, scenario())
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_client_that_stops_reading_a_stream_is_cut_after_the_idle_timeout(loop: str) -> None:
+    async def scenario() -> None:
+        cut = asyncio.Event()
+
+        async def flood(request: Request) -> Answer:
+            response = StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            try:
+                while True:  # far more than any socket buffer holds
+                    await response.write(b"data: " + b"x" * 65536 + b"\n\n")
+            except (ConnectionError, asyncio.CancelledError):  # cut: the client is gone
+                cut.set()
+                raise
+
+        async with Harness(routes_with(flood=flood), idle_timeout_s=0.3) as h:
+            _, writer = await h.connect()
+            writer.write(b"GET /flood HTTP/1.1\r\n\r\n")  # then reads nothing
+            await cut.wait()
+            assert h.server.stalled.total == 1
+
+    run(loop, scenario())

@@ -225,20 +225,14 @@ class Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         parser = self.parser
-        raw_url = self._url[0] if len(self._url) == 1 else b"".join(self._url)
-        if raw_url[:1] == b"/" and not any(c in raw_url for c in b"?%#"):
-            path, query = raw_url.decode("latin-1"), ""  # the usual "/v1/chat/completions"
-        else:
-            try:
-                url = httptools.parse_url(raw_url)
-            except httptools.HttpParserInvalidURLError:
-                raise MalformedRequest(
-                    400, "malformed_request", "malformed request target"
-                ) from None
-            path = url.path.decode("latin-1") if url.path else "/"
-            if "%" in path:
-                path = unquote(path)
-            query = url.query.decode("latin-1") if url.query else ""
+        try:
+            url = httptools.parse_url(b"".join(self._url))
+        except httptools.HttpParserInvalidURLError:
+            raise MalformedRequest(400, "malformed_request", "malformed request target") from None
+        path = url.path.decode("latin-1") if url.path else "/"
+        if "%" in path:
+            path = unquote(path)
+        query = url.query.decode("latin-1") if url.query else ""
         headers = CIMultiDictProxy(CIMultiDict(self._headers))
         method = parser.get_method().decode("ascii", "replace")
         version = parser.get_http_version()

@@ -16,6 +16,7 @@ from typing import Any
 
 from helixd import __version__
 from helixd.config import ConfigError, default_config_path, describe, load_config
+from helixd.lognotes import BARE_FORMAT, TIMED_FORMAT
 from helixd.paths import Mode, default_mode
 
 
@@ -75,9 +76,7 @@ def check_config(path: Path) -> int:
 
 def _setup_logging(level: str) -> None:
     # Under systemd, journald stamps each line itself; a terminal wants the time.
-    fmt = "%(levelname)s %(name)s: %(message)s"
-    if not os.environ.get("JOURNAL_STREAM"):
-        fmt = "%(asctime)s " + fmt
+    fmt = BARE_FORMAT if os.environ.get("JOURNAL_STREAM") else TIMED_FORMAT
     logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 

@@ -4,7 +4,8 @@ A flood of client faults (malformed requests, a descriptor limit reached) is log
 the libraries one ERROR with a traceback each, hundreds a second; the journal would fill
 with what one line a minute says as well. :class:`FoldedRecords` is a logging filter:
 the records its :meth:`~FoldedRecords.reason` picks become one WARNING an interval,
-anything else passes unchanged. Imports nothing of helixd.
+anything else passes unchanged. Also here: the formats of helixd's log lines, which the
+access log writes itself (:mod:`helixd.proxy.access`). Imports nothing of helixd.
 """
 
 from __future__ import annotations
@@ -14,6 +15,11 @@ import time
 from collections.abc import Callable
 
 INTERVAL_S = 60.0
+
+# helixd's log lines (helixd.cli installs one): with the time on a terminal, without
+# under journald, which stamps each line itself.
+TIMED_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+BARE_FORMAT = "%(levelname)s %(name)s: %(message)s"
 
 
 class FoldedRecords(logging.Filter):

@@ -19,12 +19,11 @@ import logging
 import time
 from typing import TextIO
 
+from helixd.lognotes import BARE_FORMAT, TIMED_FORMAT
+
 LOGGER = "helixd.access"
-# The formats helixd.cli installs: with the time on a terminal, without under journald.
-_FORMATS = {
-    "%(asctime)s %(levelname)s %(name)s: %(message)s": True,
-    "%(levelname)s %(name)s: %(message)s": False,
-}
+# The formats helixd.cli installs, and whether each starts with the time.
+_FORMATS = {TIMED_FORMAT: True, BARE_FORMAT: False}
 
 
 class AccessLog:

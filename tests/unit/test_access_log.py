@@ -9,10 +9,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from helixd.lognotes import BARE_FORMAT, TIMED_FORMAT
 from helixd.proxy.access import AccessLog
 
-TIMED = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-BARE = "%(levelname)s %(name)s: %(message)s"
+TIMED, BARE = TIMED_FORMAT, BARE_FORMAT  # the formats helixd.cli installs
 
 
 @pytest.fixture

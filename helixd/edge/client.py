@@ -346,7 +346,11 @@ class Pool:
         json_body = True
         for name, value in (headers or {}).items():
             if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
-                raise ValueError(f"header {name!r} holds a line break")
+                # A key read from a file with its newline, say: not sent, and said so.
+                raise ConnectFailed(
+                    f"not sent: its {name} header holds a line break (check the key or "
+                    "header the provider's config gives it)"
+                )
             if name.lower() == "content-type":
                 json_body = False
             lines.append(f"{name}: {value}\r\n")

@@ -169,3 +169,10 @@ async def test_an_answer_read_in_part_does_not_go_back_to_the_pool(pool: Pool) -
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_a_header_with_a_line_break_is_refused_in_words_not_sent(pool: Pool) -> None:
+    """A provider key read from a file with its newline must not split the request."""
+    url = f"http://127.0.0.1:{free_port()}/v1/chat/completions"
+    with pytest.raises(UpstreamUnreachable, match="Authorization header holds a line break"):
+        await open_upstream(pool, url, b"{}", {"Authorization": "Bearer sk-1\n"}, False)

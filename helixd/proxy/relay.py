@@ -194,10 +194,8 @@ async def _whole(
     if sniffer is not None:
         sniffer.feed(body)
         result.usage = sniffer.usage()
-    headers.pop("Content-Type", None)
-    content_type = upstream.headers.get("Content-Type", "application/json")
     response = Response(status=upstream.status, body=body, headers=headers)
-    response.headers["Content-Type"] = content_type
+    response.headers.setdefault("Content-Type", "application/json")  # the upstream's if any
     return response, result
 
 
